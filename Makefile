@@ -1,0 +1,31 @@
+# hourglass_tf: `make demo`, `make test`. Everything runs inside .venv, made here.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+# Re-installs only when setup.py changed (or the venv is new).
+$(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,onnx]'
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) scripts/demo.py --output_dir=runs/demo
+
+bench: install
+	@echo "make bench: no benchmarks yet (see the speed and memory issue)."
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache

@@ -1,0 +1,227 @@
+"""The stacked hourglass network (Newell, Yang, Deng, ECCV 2016) in Keras 3.
+
+The network is composed by plain functions from stock Keras layers only
+(``Input``, ``ZeroPadding2D``, ``Conv2D``, ``BatchNormalization``, ``ReLU``,
+``MaxPooling2D``, ``UpSampling2D``, ``Add``), so a model saved with
+``model.save("x.keras")`` loads with ``tf.keras.models.load_model("x.keras")``
+in a program that never imports ``hourglass_tf``.
+
+Layout follows the original Torch code (``hg.lua`` / ``Residual.lua``) so that
+parameter counts match it exactly:
+
+* stem: 7x7 conv stride 2 (64) with 3 px zero padding on every side (as Torch's
+  ``SpatialConvolution(3,64,7,7,2,2,3,3)``; TF's ``"same"`` padding would pad
+  2/3 and shift the grid by one input pixel) -> BN -> ReLU -> residual(128) ->
+  max-pool -> residual(128) -> residual(filters);
+* residual module: BN-ReLU-1x1 conv (C/2), BN-ReLU-3x3 conv (C/2),
+  BN-ReLU-1x1 conv (C), plus identity, or a 1x1 conv when channels differ;
+* hourglass of ``depth`` levels: skip branch of ``num_blocks`` residuals at the
+  pre-pooled resolution, max-pool, ``num_blocks`` residuals, recursion (or
+  ``num_blocks`` residuals at the bottom), ``num_blocks`` residuals,
+  nearest-neighbour x2 upsampling, element-wise add;
+* after each hourglass: ``num_blocks`` residuals, 1x1 conv-BN-ReLU, 1x1 conv to
+  ``num_joints`` heatmaps (the output ``stack_i``); between stacks 1x1 convs map
+  the features and the heatmaps back to ``filters`` channels and both are added
+  to the stack's input.
+
+Images enter as float32 RGB in [0, 1], shape (N, H, W, 3); heatmaps leave at a
+quarter of the input resolution, shape (N, H/4, W/4, num_joints), float32 even
+under a mixed-precision policy.
+"""
+
+import keras
+from keras import layers
+
+STEM_FILTERS = 64
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer, received {name}={value!r}")
+
+
+def conv_bn_relu(x, filters, kernel_size, name):
+    """Conv2D (same padding, bias) -> BatchNormalization -> ReLU."""
+    x = layers.Conv2D(filters, kernel_size, padding="same", name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def residual(x, filters, name):
+    """Pre-activation bottleneck residual module of the paper (Fig. 4 left).
+
+    Args:
+      x: tensor (N, H, W, C_in).
+      filters: output channels C_out (even); the bottleneck uses C_out / 2.
+      name: prefix for every layer name.
+
+    Returns:
+      tensor (N, H, W, C_out).
+    """
+    in_channels = x.shape[-1]
+    half = filters // 2
+    y = x
+    for i, (width, kernel) in enumerate(((half, 1), (half, 3), (filters, 1)), start=1):
+        y = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn{i}")(y)
+        y = layers.ReLU(name=f"{name}_relu{i}")(y)
+        y = layers.Conv2D(width, kernel, padding="same", name=f"{name}_conv{i}")(y)
+    skip = x
+    if in_channels != filters:
+        skip = layers.Conv2D(filters, 1, name=f"{name}_skip")(x)
+    return layers.Add(name=f"{name}_add")([skip, y])
+
+
+def residual_sequence(x, filters, num_blocks, name):
+    """``num_blocks`` residual modules in a row (one 'box' of the paper's figures)."""
+    for b in range(1, num_blocks + 1):
+        x = residual(x, filters, f"{name}_res{b}")
+    return x
+
+
+def hourglass(x, depth, filters, num_blocks, name):
+    """One hourglass of ``depth`` pooling levels (recursive, as in ``hg.lua``).
+
+    Args:
+      x: tensor (N, H, W, filters) with H and W divisible by 2**depth.
+      depth: number of max-pool steps (4 in the paper: 64 -> 32 -> 16 -> 8 -> 4).
+
+    Returns:
+      tensor of the same shape as ``x``.
+    """
+    level = f"{name}_d{depth}"
+    up1 = residual_sequence(x, filters, num_blocks, f"{level}_skip")
+    low = layers.MaxPooling2D(2, 2, name=f"{level}_pool")(x)
+    low = residual_sequence(low, filters, num_blocks, f"{level}_low1")
+    if depth > 1:
+        low = hourglass(low, depth - 1, filters, num_blocks, name)
+    else:
+        low = residual_sequence(low, filters, num_blocks, f"{level}_bottom")
+    low = residual_sequence(low, filters, num_blocks, f"{level}_low3")
+    up2 = layers.UpSampling2D(2, interpolation="nearest", name=f"{level}_up")(low)
+    return layers.Add(name=f"{level}_add")([up1, up2])
+
+
+def stem(image, filters):
+    """7x7/2 conv (64) -> BN -> ReLU -> res(128) -> pool -> res(128) -> res(filters).
+
+    (N, H, W, 3) -> (N, H/4, W/4, filters).
+    """
+    x = layers.ZeroPadding2D(3, name="stem_pad")(image)
+    x = layers.Conv2D(STEM_FILTERS, 7, strides=2, padding="valid", name="stem_conv")(x)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    x = residual(x, 128, "stem_res1")
+    x = layers.MaxPooling2D(2, 2, name="stem_pool")(x)
+    x = residual(x, 128, "stem_res2")
+    return residual(x, filters, "stem_res3")
+
+
+def _input_hw(input_size):
+    if isinstance(input_size, (tuple, list)):
+        if len(input_size) != 2:
+            raise ValueError(
+                f"`input_size` must be an int or a (height, width) pair, received input_size={input_size!r}"
+            )
+        height, width = input_size
+    else:
+        height = width = input_size
+    for value in (height, width):
+        _check_positive_int("input_size", value)
+    return height, width
+
+
+def build_model(
+    num_stacks=8,
+    num_blocks=1,
+    filters=256,
+    depth=4,
+    num_joints=16,
+    input_size=256,
+    name="stacked_hourglass",
+):
+    """Builds the stacked hourglass network as a functional ``keras.Model``.
+
+    Args:
+      num_stacks: hourglasses stacked end to end (8 in the paper's final model).
+      num_blocks: residual modules per box (1 in the paper's final model; the
+        ablation uses 2 stacks x 4, 4 x 2, 8 x 1 at about the same size).
+      filters: features throughout the hourglasses (256 in the paper); even.
+      depth: pooling levels per hourglass (4 in the paper).
+      num_joints: heatmaps per stack (16 for MPII).
+      input_size: int or (height, width); each must be divisible by
+        4 * 2**depth (256 in the paper).
+      name: model name.
+
+    Returns:
+      ``keras.Model`` with input ``image`` (N, H, W, 3) float32 RGB in [0, 1]
+      and a dict of outputs ``stack_1`` ... ``stack_{num_stacks}``, each
+      (N, H/4, W/4, num_joints) float32 heatmaps.
+
+    Raises:
+      ValueError: a non-positive count, odd ``filters``, or an input size not
+        divisible by 4 * 2**depth; the message names the argument and value.
+    """
+    for arg, value in (
+        ("num_stacks", num_stacks),
+        ("num_blocks", num_blocks),
+        ("filters", filters),
+        ("depth", depth),
+        ("num_joints", num_joints),
+    ):
+        _check_positive_int(arg, value)
+    if filters % 2:
+        raise ValueError(f"`filters` must be even (the bottleneck uses filters / 2), received filters={filters}")
+    height, width = _input_hw(input_size)
+    multiple = 4 * 2**depth
+    if height % multiple or width % multiple:
+        raise ValueError(
+            f"`input_size` must be divisible by 4 * 2**depth = {multiple} for depth={depth}, "
+            f"received input_size={input_size!r}"
+        )
+
+    image = keras.Input(shape=(height, width, 3), name="image", dtype="float32")
+    inter = stem(image, filters)
+    outputs = {}
+    for s in range(1, num_stacks + 1):
+        prefix = f"hg{s}"
+        x = hourglass(inter, depth, filters, num_blocks, prefix)
+        x = residual_sequence(x, filters, num_blocks, f"{prefix}_out")
+        x = conv_bn_relu(x, filters, 1, f"{prefix}_lin")
+        # Heatmaps stay float32 under a mixed-precision policy.
+        heatmaps = layers.Conv2D(num_joints, 1, name=f"stack_{s}", dtype="float32")(x)
+        outputs[f"stack_{s}"] = heatmaps
+        if s < num_stacks:
+            features_back = layers.Conv2D(filters, 1, name=f"{prefix}_features_back")(x)
+            heatmaps_back = layers.Conv2D(filters, 1, name=f"{prefix}_heatmaps_back")(heatmaps)
+            inter = layers.Add(name=f"{prefix}_merge")([inter, features_back, heatmaps_back])
+    return keras.Model(image, outputs, name=name)
+
+
+def output_names(model):
+    """Names ``stack_1`` ... ``stack_k`` of a model's outputs, in stack order."""
+    names = [n for n in model.output_names if n.startswith("stack_")]
+    return sorted(names, key=lambda n: int(n.split("_")[1]))
+
+
+def truncate(model, num_stacks):
+    """Early exit: the first ``num_stacks`` stacks of ``model``, sharing its weights.
+
+    The returned model computes only what the first ``num_stacks`` outputs need
+    (the later hourglasses and the last kept stack's merge convolutions are not
+    part of its graph) and outputs ``stack_1`` ... ``stack_{num_stacks}``.
+
+    Args:
+      model: a model from ``build_model`` (or one loaded from a ``.keras`` file).
+      num_stacks: 1 <= num_stacks <= the model's stack count.
+
+    Raises:
+      ValueError: ``num_stacks`` out of range.
+    """
+    available = output_names(model)
+    _check_positive_int("num_stacks", num_stacks)
+    if num_stacks > len(available):
+        raise ValueError(
+            f"`num_stacks` must be at most the model's {len(available)} stacks, received num_stacks={num_stacks}"
+        )
+    outputs = {f"stack_{s}": model.get_layer(f"stack_{s}").output for s in range(1, num_stacks + 1)}
+    return keras.Model(model.inputs[0], outputs, name=f"{model.name}_first{num_stacks}")

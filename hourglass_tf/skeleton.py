@@ -1,0 +1,155 @@
+"""Joint sets of the supported datasets: names in dataset order, flip pairs, limbs.
+
+This module is the one place that knows joint orders; readers, the pipeline
+(left/right swap on horizontal flip), the metrics and the drawing code all read
+it. "Left" and "right" are the person's own left and right.
+
+* ``MPII`` (16): the MPII Human Pose order used by the original code.
+* ``LSP`` (14): LSP and LSP Extended ``joints.mat`` order.
+* ``FLIC`` (11): the upper-body joints used in FLIC's evaluation, in the order
+  of the original code's ``annot/*.h5`` (lsho, lelb, lwri, rsho, relb, rwri,
+  lhip, rhip, leye, reye, nose).
+* ``COCO`` (17): COCO person keypoints order.
+"""
+
+import dataclasses
+
+import numpy as np
+
+_SIDE_PREFIXES = (("l_", "r_"), ("left_", "right_"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Skeleton:
+    """A dataset's joint layout.
+
+    Attributes:
+      name: dataset name.
+      joints: joint names in dataset order.
+      limbs: pairs of joint indices joined when drawing a skeleton.
+    """
+
+    name: str
+    joints: tuple
+    limbs: tuple
+
+    @property
+    def num_joints(self):
+        return len(self.joints)
+
+    @property
+    def flip_pairs(self):
+        """((left_index, right_index), ...) derived from the joint names."""
+        pairs = []
+        for i, joint in enumerate(self.joints):
+            for left, right in _SIDE_PREFIXES:
+                if joint.startswith(left):
+                    pairs.append((i, self.joints.index(right + joint[len(left) :])))
+        return tuple(pairs)
+
+    @property
+    def flip_permutation(self):
+        """Index array p with ``flipped[..., j, :] = joints[..., p[j], :]`` after a mirror."""
+        perm = np.arange(self.num_joints)
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return perm
+
+    def index(self, joint_name):
+        """Index of ``joint_name``; ValueError naming the skeleton when unknown."""
+        if joint_name not in self.joints:
+            raise ValueError(f"joint {joint_name!r} is not in the {self.name} skeleton {self.joints}")
+        return self.joints.index(joint_name)
+
+
+def _limbs(joints, names):
+    return tuple((joints.index(a), joints.index(b)) for a, b in names)
+
+
+_MPII_JOINTS = (
+    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
+    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",
+)  # fmt: skip
+MPII = Skeleton(
+    "mpii",
+    _MPII_JOINTS,
+    _limbs(
+        _MPII_JOINTS,
+        [
+            ("r_ankle", "r_knee"), ("r_knee", "r_hip"), ("r_hip", "pelvis"),
+            ("l_ankle", "l_knee"), ("l_knee", "l_hip"), ("l_hip", "pelvis"),
+            ("pelvis", "thorax"), ("thorax", "upper_neck"), ("upper_neck", "head_top"),
+            ("r_wrist", "r_elbow"), ("r_elbow", "r_shoulder"), ("r_shoulder", "thorax"),
+            ("l_wrist", "l_elbow"), ("l_elbow", "l_shoulder"), ("l_shoulder", "thorax"),
+        ],
+    ),
+)  # fmt: skip
+
+_LSP_JOINTS = (
+    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "r_wrist", "r_elbow",
+    "r_shoulder", "l_shoulder", "l_elbow", "l_wrist", "neck", "head_top",
+)  # fmt: skip
+LSP = Skeleton(
+    "lsp",
+    _LSP_JOINTS,
+    _limbs(
+        _LSP_JOINTS,
+        [
+            ("r_ankle", "r_knee"), ("r_knee", "r_hip"), ("l_ankle", "l_knee"), ("l_knee", "l_hip"),
+            ("r_hip", "l_hip"), ("r_hip", "r_shoulder"), ("l_hip", "l_shoulder"),
+            ("r_wrist", "r_elbow"), ("r_elbow", "r_shoulder"), ("r_shoulder", "neck"),
+            ("l_wrist", "l_elbow"), ("l_elbow", "l_shoulder"), ("l_shoulder", "neck"),
+            ("neck", "head_top"),
+        ],
+    ),
+)  # fmt: skip
+
+_FLIC_JOINTS = (
+    "l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow", "r_wrist",
+    "l_hip", "r_hip", "l_eye", "r_eye", "nose",
+)  # fmt: skip
+FLIC = Skeleton(
+    "flic",
+    _FLIC_JOINTS,
+    _limbs(
+        _FLIC_JOINTS,
+        [
+            ("l_wrist", "l_elbow"), ("l_elbow", "l_shoulder"), ("r_wrist", "r_elbow"), ("r_elbow", "r_shoulder"),
+            ("l_shoulder", "r_shoulder"), ("l_shoulder", "l_hip"), ("r_shoulder", "r_hip"), ("l_hip", "r_hip"),
+            ("l_eye", "nose"), ("r_eye", "nose"),
+        ],
+    ),
+)  # fmt: skip
+
+_COCO_JOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+COCO = Skeleton(
+    "coco",
+    _COCO_JOINTS,
+    _limbs(
+        _COCO_JOINTS,
+        [
+            ("left_ankle", "left_knee"), ("left_knee", "left_hip"), ("right_ankle", "right_knee"),
+            ("right_knee", "right_hip"), ("left_hip", "right_hip"), ("left_shoulder", "left_hip"),
+            ("right_shoulder", "right_hip"), ("left_shoulder", "right_shoulder"),
+            ("left_shoulder", "left_elbow"), ("right_shoulder", "right_elbow"),
+            ("left_elbow", "left_wrist"), ("right_elbow", "right_wrist"),
+            ("left_eye", "right_eye"), ("nose", "left_eye"), ("nose", "right_eye"),
+            ("left_eye", "left_ear"), ("right_eye", "right_ear"),
+            ("left_ear", "left_shoulder"), ("right_ear", "right_shoulder"),
+        ],
+    ),
+)  # fmt: skip
+
+SKELETONS = {s.name: s for s in (MPII, LSP, FLIC, COCO)}
+
+
+def get_skeleton(name):
+    """The ``Skeleton`` called ``name`` (``mpii``, ``lsp``, ``flic``, ``coco``; ``lspet`` = ``lsp``)."""
+    key = {"lspet": "lsp"}.get(str(name).lower(), str(name).lower())
+    if key not in SKELETONS:
+        raise ValueError(f"unknown skeleton {name!r}; expected one of {sorted(SKELETONS) + ['lspet']}")
+    return SKELETONS[key]

@@ -1,0 +1,28 @@
+"""Shared fixtures: quiet TF, tiny models, and the optional ../shared data folder."""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_dir():
+    """``$HOURGLASS_SHARED`` or ``../shared`` beside the repository, or None when absent."""
+    candidate = pathlib.Path(os.environ.get("HOURGLASS_SHARED", REPO.parent / "shared"))
+    return candidate if (candidate / "data").is_dir() else None
+
+
+@pytest.fixture
+def shared_data():
+    """Path of ``shared/data``; skips the test when the folder is absent (a user's machine)."""
+    root = shared_dir()
+    if root is None:
+        pytest.skip("../shared/data is absent (set HOURGLASS_SHARED to point at it)")
+    return root / "data"
+
+
+TINY = dict(num_stacks=2, num_blocks=1, filters=16, depth=2, num_joints=16, input_size=64)
