@@ -1,0 +1,177 @@
+"""The heatmap codec and the crop geometry: one place for every coordinate mapping.
+
+Conventions:
+* Pixel coordinates are (x, y), 0-based, integer values at pixel centres, in
+  every frame: original image, network input (crop) and heatmap.
+* Input crop <-> heatmap (stride s = input / heatmap size): pixel k of the heatmap
+  covers input pixels s*k .. s*k+s-1, so x_heatmap = (x_input + 0.5) / s - 0.5.
+* The crop of a person: the box of side 200 x scale x scale_factor around
+  ``center`` (rotated by ``rotation`` degrees counter-clockwise, optionally
+  mirrored) is mapped onto the input_size x input_size crop, ``center`` landing
+  on the crop's centre ((R - 1) / 2, (R - 1) / 2).
+
+``HeatmapCodec.encode`` makes the training targets and ``HeatmapCodec.decode``
+reads predictions, so the two cannot drift apart. Both are TensorFlow ops that
+work eagerly, inside ``tf.data`` and inside exported graphs.
+"""
+
+import math
+
+import tensorflow as tf
+
+from hourglass_tf.data.sample import PERSON_BOX_UNIT
+
+QUARTER = 0.25
+
+
+def crop_matrix(center, scale, output_size, rotation=0.0, scale_factor=1.0, flip=False):
+    """3x3 affine matrix from original-image pixels to crop pixels.
+
+    Args:
+      center: (2,) person centre (x, y) in original pixels.
+      scale: person box side / 200.
+      output_size: side R of the square crop in pixels.
+      rotation: degrees, counter-clockwise as seen in the image.
+      scale_factor: augmentation factor; > 1 takes a larger box (person appears smaller).
+      flip: mirror the crop horizontally (x -> R - 1 - x).
+
+    Returns:
+      float32 (3, 3) matrix M with [x_crop, y_crop, 1]^T = M [x, y, 1]^T.
+    """
+    center = tf.cast(tf.reshape(center, [2]), tf.float32)
+    side = tf.cast(scale, tf.float32) * tf.cast(scale_factor, tf.float32) * PERSON_BOX_UNIT
+    size = tf.cast(output_size, tf.float32)
+    zoom = size / side
+    theta = tf.cast(rotation, tf.float32) * (math.pi / 180.0)
+    # Counter-clockwise in the image (y down) is a negative angle in the maths frame.
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    mirror = tf.where(tf.cast(flip, tf.bool), -1.0, 1.0)
+    half = (size - 1.0) / 2.0
+    a = mirror * zoom * cos
+    b = mirror * zoom * sin
+    c = -zoom * sin
+    d = zoom * cos
+    tx = half - (a * center[0] + b * center[1])
+    ty = half - (c * center[0] + d * center[1])
+    return tf.reshape(tf.stack([a, b, tx, c, d, ty, 0.0, 0.0, 1.0]), [3, 3])
+
+
+def apply_matrix(matrix, points):
+    """Maps (..., 2) points through a 3x3 affine ``matrix`` (float32)."""
+    points = tf.cast(points, tf.float32)
+    matrix = tf.cast(matrix, tf.float32)
+    return tf.linalg.matvec(matrix[:2, :2], points) + matrix[:2, 2]
+
+
+def warp_image(image, matrix, output_size):
+    """Crops ``image`` (H, W, C) float32 with the original->crop ``matrix`` (bilinear, zeros outside).
+
+    Uses TF's core ``ImageProjectiveTransformV3`` op (no TF Addons): it samples the input at
+    inverse(matrix) applied to each output pixel centre.
+    """
+    inverse = tf.linalg.inv(tf.cast(matrix, tf.float32))
+    inverse = inverse / inverse[2, 2]
+    transform = tf.reshape(inverse, [9])[:8]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[None],
+        transforms=transform[None],
+        output_shape=tf.constant([output_size, output_size], tf.int32),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+    return out[0]
+
+
+class HeatmapCodec:
+    """Joints <-> Gaussian heatmaps, at a fixed input and heatmap resolution.
+
+    Args:
+      input_size: side of the network input (crop) in pixels.
+      heatmap_size: side of the heatmaps (input_size / 4 for the hourglass).
+      sigma: Gaussian standard deviation in heatmap pixels (1 in the paper).
+    """
+
+    def __init__(self, input_size=256, heatmap_size=64, sigma=1.0):
+        for name, value in (("input_size", input_size), ("heatmap_size", heatmap_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, received {name}={value!r}")
+        if input_size % heatmap_size:
+            raise ValueError(
+                f"`input_size` must be a multiple of `heatmap_size`, received input_size={input_size}, "
+                f"heatmap_size={heatmap_size}"
+            )
+        if not sigma > 0:
+            raise ValueError(f"`sigma` must be positive, received sigma={sigma!r}")
+        self.input_size = input_size
+        self.heatmap_size = heatmap_size
+        self.sigma = float(sigma)
+        self.stride = input_size // heatmap_size
+
+    def input_to_heatmap(self, points):
+        """(..., 2) crop pixels -> heatmap pixels."""
+        return (tf.cast(points, tf.float32) + 0.5) / self.stride - 0.5
+
+    def heatmap_to_input(self, points):
+        """(..., 2) heatmap pixels -> crop pixels."""
+        return (tf.cast(points, tf.float32) + 0.5) * self.stride - 0.5
+
+    def encode(self, joints, present):
+        """Training targets.
+
+        Args:
+          joints: (..., K, 2) joints in crop pixels.
+          present: (..., K) bool; missing joints get an all-zero heatmap, and so do
+            joints outside the crop.
+
+        Returns:
+          float32 (..., H, W, K) heatmaps with H = W = heatmap_size, peak 1 at the joint.
+        """
+        xy = self.input_to_heatmap(joints)
+        size = float(self.heatmap_size)
+        inside = tf.reduce_all((xy >= -0.5) & (xy < size - 0.5), axis=-1)
+        keep = tf.cast(tf.cast(present, tf.bool) & inside, tf.float32)  # (..., K)
+        grid = tf.range(self.heatmap_size, dtype=tf.float32)
+        dx = grid - xy[..., 0:1]  # (..., K, W)
+        dy = grid - xy[..., 1:2]  # (..., K, H)
+        gx = tf.exp(-tf.square(dx) / (2.0 * self.sigma**2))
+        gy = tf.exp(-tf.square(dy) / (2.0 * self.sigma**2))
+        maps = gy[..., :, None] * gx[..., None, :] * keep[..., None, None]  # (..., K, H, W)
+        rank = len(maps.shape)
+        perm = list(range(rank - 3)) + [rank - 2, rank - 1, rank - 3]
+        return tf.transpose(maps, perm)
+
+    def decode(self, heatmaps):
+        """Predictions: argmax, then a quarter pixel toward the higher neighbour (per axis).
+
+        Args:
+          heatmaps: (N, H, W, K) float heatmaps.
+
+        Returns:
+          keypoints: float32 (N, K, 2) in crop pixels.
+          scores: float32 (N, K) heatmap maxima.
+        """
+        xy, scores = self.decode_heatmap_pixels(heatmaps)
+        return self.heatmap_to_input(xy), scores
+
+    def decode_heatmap_pixels(self, heatmaps):
+        """As ``decode`` but the keypoints stay in heatmap pixels."""
+        heatmaps = tf.cast(heatmaps, tf.float32)
+        shape = tf.shape(heatmaps)
+        n, h, w, k = shape[0], shape[1], shape[2], shape[3]
+        flat = tf.reshape(tf.transpose(heatmaps, [0, 3, 1, 2]), [n, k, h * w])
+        index = tf.argmax(flat, axis=-1, output_type=tf.int32)
+        scores = tf.reduce_max(flat, axis=-1)
+        x, y = index % w, index // w
+
+        def value(xx, yy):
+            xx = tf.clip_by_value(xx, 0, w - 1)
+            yy = tf.clip_by_value(yy, 0, h - 1)
+            return tf.gather(flat, yy * w + xx, batch_dims=2)
+
+        interior_x = (x > 0) & (x < w - 1)
+        interior_y = (y > 0) & (y < h - 1)
+        shift_x = tf.where(interior_x, QUARTER * tf.sign(value(x + 1, y) - value(x - 1, y)), 0.0)
+        shift_y = tf.where(interior_y, QUARTER * tf.sign(value(x, y + 1) - value(x, y - 1)), 0.0)
+        xy = tf.stack([tf.cast(x, tf.float32) + shift_x, tf.cast(y, tf.float32) + shift_y], axis=-1)
+        return xy, scores

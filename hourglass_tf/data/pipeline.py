@@ -1,0 +1,268 @@
+"""The tf.data pipeline: samples or TFRecord shards -> augmented crops and heatmap targets.
+
+Per sample, in graph mode: read/parse -> decode (JPEG/PNG; grayscale, RGBA and
+16-bit converted to 8-bit RGB) -> one affine matrix from centre, scale, rotation,
+scaling and flip -> one warp of the image (core ``ImageProjectiveTransformV3``) ->
+the same matrix on the joints -> left/right joint swap on flip (from the skeleton)
+-> colour jitter -> Gaussian heatmaps from the ``HeatmapCodec``.
+
+Elements:
+  training: ``(image, {"stack_1": hm, ..., "stack_N": hm})`` with image
+    (B, R, R, 3) float32 RGB in [0, 1] and hm (B, R/4, R/4, K) float32.
+  validation (``training=False``): no augmentation; with ``with_meta=True`` a
+    third element ``meta`` holds what back-projection and metrics need:
+    ``matrix`` (B, 3, 3) original image -> crop pixels, ``joints`` (B, K, 2)
+    original pixels, ``present``/``visible`` (B, K), ``center`` (B, 2), ``scale``,
+    ``normalizer`` (B,), ``id`` (B,) strings; and the target's view:
+    ``crop_joints`` (B, K, 2) crop pixels and ``crop_present`` (B, K), in the
+    heatmap channel order (left/right swapped where ``flip``). Missing joints read 0.
+
+Randomness is stateless, seeded from ``seed`` and a per-element stream
+(``tf.data.Dataset.random``), so a seeded pipeline gives the same batches every run.
+"""
+
+import dataclasses
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from hourglass_tf.codec import HeatmapCodec, apply_matrix, crop_matrix, warp_image
+from hourglass_tf.data.sample import SkipReport, sample_problem
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The paper's augmentation: rotation +-30 deg, scaling 0.75-1.25, flip, no translation.
+
+    Attributes:
+      rotation: maximum rotation in degrees (uniform in [-rotation, rotation]).
+      scale_min, scale_max: range of the box scaling factor (uniform).
+      flip: mirror half of the samples, swapping left/right joints.
+      color: per-channel multiplicative jitter range [1 - color, 1 + color] (0 disables).
+    """
+
+    rotation: float = 30.0
+    scale_min: float = 0.75
+    scale_max: float = 1.25
+    flip: bool = True
+    color: float = 0.2
+
+    def __post_init__(self):
+        if not 0 <= self.rotation <= 180:
+            raise ValueError(f"rotation must be in [0, 180] degrees, received rotation={self.rotation}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError(
+                f"need 0 < scale_min <= scale_max, received scale_min={self.scale_min}, scale_max={self.scale_max}"
+            )
+        if not 0 <= self.color < 1:
+            raise ValueError(f"color must be in [0, 1), received color={self.color}")
+
+
+NO_AUGMENTATION = Augmentation(rotation=0.0, scale_min=1.0, scale_max=1.0, flip=False, color=0.0)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def inspect_sample(sample, root, decode=True):
+    """Why ``sample`` is unusable, or None; and its decoded image when ``decode``.
+
+    Checks, in order: image path escaping ``root``; missing image; undecodable image
+    (the same TF decoder the pipeline uses, so corrupt or truncated files fail here);
+    bad scale or centre; no annotated joint; joints far outside the image.
+
+    Args:
+      sample: a ``PoseSample``.
+      root: resolved dataset root the ``image_path`` is relative to.
+      decode: decode the image (needed to catch corrupt files and to know its size).
+
+    Returns:
+      (problem or None, (H, W, 3) uint8 RGB array or None)
+    """
+    path = (root / sample.image_path).resolve()
+    if not path.is_relative_to(root):
+        return "image path escapes the dataset root", None
+    if not path.is_file():
+        return "missing image", None
+    image = size = None
+    if decode:
+        try:
+            image = decode_image(tf.io.read_file(str(path))).numpy()
+        except tf.errors.OpError:
+            return "corrupt or unreadable image", None
+        size = (image.shape[1], image.shape[0])
+    return sample_problem(sample, size), image
+
+
+def check_samples(samples, root, decode=True):
+    """Splits samples into usable ones and a ``SkipReport``: bad samples never reach tf.data.
+
+    See ``inspect_sample`` for the checks. Returns (kept samples, SkipReport).
+    """
+    root = pathlib.Path(root).resolve()
+    report = SkipReport()
+    kept = []
+    for sample in samples:
+        problem, _ = inspect_sample(sample, root, decode)
+        if problem:
+            report.skip(problem, sample.sample_id)
+        else:
+            kept.append(sample)
+    report.kept = len(kept)
+    return kept, report
+
+
+def samples_to_dataset(samples, root):
+    """A ``tf.data.Dataset`` of per-sample dicts that read their image from ``root``.
+
+    Every element: ``image`` (encoded bytes), ``joints`` (K, 2), ``present``,
+    ``visible`` (K,), ``center`` (2,), ``scale``, ``normalizer``, ``id``, and
+    ``offset`` (2,) / ``factor`` (2,) with ``encoded = (original - offset) * factor``
+    (identity here; TFRecord shards store person regions).
+    """
+    if not samples:
+        raise ValueError(f"no samples to build a dataset from (root {root})")
+    root = pathlib.Path(root)
+    columns = {
+        "path": np.array([str(root / s.image_path) for s in samples]),
+        "joints": np.stack([s.joints for s in samples]).astype(np.float32),
+        "present": np.stack([s.present for s in samples]),
+        "visible": np.stack([s.visible for s in samples]),
+        "center": np.stack([s.center for s in samples]).astype(np.float32),
+        "scale": np.array([s.scale for s in samples], np.float32),
+        "normalizer": np.array([s.normalizer for s in samples], np.float32),
+        "id": np.array([s.sample_id for s in samples]),
+    }
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+
+    def read(element):
+        element = dict(element)
+        element["image"] = tf.io.read_file(element.pop("path"))
+        element["offset"] = tf.zeros([2], tf.float32)
+        element["factor"] = tf.ones([2], tf.float32)
+        return element
+
+    return dataset.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def decode_image(data):
+    """Encoded JPEG/PNG/BMP/GIF bytes -> (H, W, 3) uint8 RGB (grayscale, RGBA, 16-bit converted)."""
+    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+# ---------------------------------------------------------------- per-sample transform
+
+
+def _random_params(seed, augmentation):
+    """Rotation (deg), scale factor, flip (bool), colour gains (3,) from a stateless seed (2,)."""
+    u = tf.random.stateless_uniform([6], seed=seed)
+    rotation = (2.0 * u[0] - 1.0) * augmentation.rotation
+    scale = augmentation.scale_min + u[1] * (augmentation.scale_max - augmentation.scale_min)
+    flip = (u[2] < 0.5) if augmentation.flip else tf.constant(False)
+    gains = 1.0 + (2.0 * u[3:6] - 1.0) * augmentation.color
+    return rotation, scale, flip, gains
+
+
+def transform_sample(element, seed, codec, flip_permutation, augmentation):
+    """One sample dict -> (image (R, R, 3) float32 in [0, 1], heatmaps (R/4, R/4, K), meta dict)."""
+    size = codec.input_size
+    rotation, scale_factor, flip, gains = _random_params(seed, augmentation)
+    image = tf.cast(decode_image(element["image"]), tf.float32) / 255.0
+    # Encoded image pixels (a stored region) <-> original pixels: enc = (orig - offset) * factor.
+    fx, fy = element["factor"][0], element["factor"][1]
+    ox, oy = element["offset"][0], element["offset"][1]
+    to_encoded = tf.reshape(tf.stack([fx, 0.0, -ox * fx, 0.0, fy, -oy * fy, 0.0, 0.0, 1.0]), [3, 3])
+    encoded_to_crop = crop_matrix(element["center"], element["scale"], size, rotation, scale_factor, flip)
+    matrix = encoded_to_crop @ to_encoded
+    crop = warp_image(image, encoded_to_crop, size)
+    crop = tf.clip_by_value(crop * gains, 0.0, 1.0)
+    crop.set_shape([size, size, 3])
+
+    joints = apply_matrix(encoded_to_crop, element["joints"])
+    present, visible = element["present"], element["visible"]
+    permutation = tf.constant(flip_permutation, tf.int32)
+    joints = tf.where(flip, tf.gather(joints, permutation), joints)
+    present = tf.where(flip, tf.gather(present, permutation), present)
+    visible = tf.where(flip, tf.gather(visible, permutation), visible)
+    heatmaps = codec.encode(joints, present)
+    joints = tf.where(present[:, None], joints, 0.0)
+
+    original = apply_matrix(tf.linalg.inv(to_encoded), element["joints"])
+    original = tf.where(element["present"][:, None], original, 0.0)  # missing joints read 0, as in the readers
+    meta = {
+        "matrix": matrix,
+        "joints": original,
+        "crop_joints": joints,
+        "crop_present": present,
+        "present": element["present"],
+        "visible": element["visible"],
+        "center": apply_matrix(tf.linalg.inv(to_encoded), element["center"]),
+        "scale": element["scale"] / tf.reduce_mean(element["factor"]),
+        "normalizer": element["normalizer"],
+        "id": element["id"],
+        "flip": flip,
+    }
+    return crop, heatmaps, meta
+
+
+def make_dataset(
+    source,
+    skeleton,
+    num_stacks,
+    batch_size,
+    input_size=256,
+    sigma=1.0,
+    training=True,
+    augmentation=None,
+    with_meta=False,
+    seed=0,
+    shuffle_buffer=2048,
+    drop_remainder=None,
+    deterministic=True,
+):
+    """Batches for ``model.fit`` / evaluation from a per-sample source.
+
+    Args:
+      source: dataset from ``samples_to_dataset`` or ``tfrecords.read_shards``.
+      skeleton: the ``Skeleton`` (flip swap).
+      num_stacks: how many ``stack_i`` targets to yield (the same heatmaps each).
+      batch_size: batch size (global batch under a distribution strategy).
+      input_size: crop side; heatmaps are input_size / 4.
+      training: shuffle, augment and repeat-safe; ``False`` = no augmentation, fixed order.
+      augmentation: ``Augmentation`` (the paper's by default when training).
+      with_meta: add the meta dict as a third element (evaluation).
+      seed: seed of the shuffle and of the augmentation.
+      drop_remainder: defaults to ``training``.
+      deterministic: keep the element order fixed under parallel maps.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"`batch_size` must be a positive integer, received batch_size={batch_size!r}")
+    if isinstance(num_stacks, bool) or not isinstance(num_stacks, int) or num_stacks <= 0:
+        raise ValueError(f"`num_stacks` must be a positive integer, received num_stacks={num_stacks!r}")
+    codec = HeatmapCodec(input_size, input_size // 4, sigma)
+    if augmentation is None:
+        augmentation = Augmentation() if training else NO_AUGMENTATION
+    if drop_remainder is None:
+        drop_remainder = training
+    flip_permutation = skeleton.flip_permutation
+    dataset = source
+    if training:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    dataset = tf.data.Dataset.zip(dataset, seeds)
+
+    def transform(element, element_seed):
+        crop, heatmaps, meta = transform_sample(element, element_seed, codec, flip_permutation, augmentation)
+        targets = {f"stack_{s}": heatmaps for s in range(1, num_stacks + 1)}
+        if with_meta:
+            return crop, targets, meta
+        return crop, targets
+
+    dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    # A file that fails to decode despite check_samples (changed on disk) is dropped, not fatal.
+    dataset = dataset.ignore_errors()
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)

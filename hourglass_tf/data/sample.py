@@ -1,0 +1,127 @@
+"""The one sample record every reader produces, and the report of skipped samples.
+
+Coordinate convention (everywhere in the package): (x, y) pixels, 0-based,
+integer values at pixel centres, in the original image. Readers convert their
+file's convention at the boundary.
+"""
+
+import collections
+import dataclasses
+import math
+
+import numpy as np
+
+# Person box side in pixels = PERSON_BOX_UNIT * scale (the MPII convention).
+PERSON_BOX_UNIT = 200.0
+
+
+class DataFileError(ValueError):
+    """An annotation or image file is missing, unreadable or not in the expected layout."""
+
+    def __init__(self, path, problem):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclasses.dataclass
+class PoseSample:
+    """One annotated person.
+
+    Attributes:
+      image_path: path of the image relative to the dataset root (``/`` separators).
+      joints: (K, 2) float32, (x, y) in original-image pixels, 0-based.
+      present: (K,) bool, the joint is annotated (its coordinates are meaningful).
+      visible: (K,) bool, the joint is annotated and not occluded.
+      center: (2,) float32 person centre (x, y), original-image pixels, 0-based.
+      scale: person box side / 200 px.
+      normalizer: the metric's normaliser in pixels (MPII head size, LSP/FLIC
+        torso size), NaN when unknown.
+      sample_id: unique id within the dataset (string).
+      dataset: dataset name (``mpii``, ``lsp``, ``flic``, ``coco``, ``synthetic``).
+    """
+
+    image_path: str
+    joints: np.ndarray
+    present: np.ndarray
+    visible: np.ndarray
+    center: np.ndarray
+    scale: float
+    normalizer: float
+    sample_id: str
+    dataset: str
+
+    def __post_init__(self):
+        self.joints = np.asarray(self.joints, np.float32).reshape(-1, 2)
+        k = len(self.joints)
+        self.present = np.asarray(self.present, bool).reshape(k)
+        self.visible = np.asarray(self.visible, bool).reshape(k) & self.present
+        self.center = np.asarray(self.center, np.float32).reshape(2)
+        self.scale = float(self.scale)
+        self.normalizer = float(self.normalizer)
+        self.sample_id = str(self.sample_id)
+
+    @property
+    def num_joints(self):
+        return len(self.joints)
+
+
+@dataclasses.dataclass
+class SkipReport:
+    """Counts of samples kept and skipped, with the first offenders' ids per reason."""
+
+    kept: int = 0
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    examples: dict = dataclasses.field(default_factory=dict)
+    max_examples: int = 5
+
+    def skip(self, reason, sample_id):
+        self.skipped[reason] += 1
+        ids = self.examples.setdefault(reason, [])
+        if len(ids) < self.max_examples:
+            ids.append(str(sample_id))
+
+    def merge(self, other):
+        self.kept += other.kept
+        for reason, count in other.skipped.items():
+            self.skipped[reason] += count
+            ids = self.examples.setdefault(reason, [])
+            ids.extend(other.examples.get(reason, [])[: max(0, self.max_examples - len(ids))])
+        return self
+
+    @property
+    def total_skipped(self):
+        return sum(self.skipped.values())
+
+    def as_dict(self):
+        return {"kept": self.kept, "skipped": dict(self.skipped), "first_ids": dict(self.examples)}
+
+    def summary(self):
+        lines = [f"kept {self.kept}, skipped {self.total_skipped}"]
+        for reason, count in sorted(self.skipped.items()):
+            lines.append(f"  {reason}: {count} (first: {', '.join(self.examples[reason])})")
+        return "\n".join(lines)
+
+
+def sample_problem(sample, image_size=None, far_factor=1.0):
+    """The reason ``sample`` cannot be trained on, or None.
+
+    Args:
+      sample: a ``PoseSample``.
+      image_size: (width, height) of its image when known; joints farther than
+        ``far_factor`` x the image size outside it make the sample unusable.
+    """
+    if not math.isfinite(sample.scale) or sample.scale <= 0:
+        return "bad scale"
+    if not np.all(np.isfinite(sample.center)):
+        return "bad center"
+    present = sample.present & np.all(np.isfinite(sample.joints), axis=1)
+    if not present.any():
+        return "no annotated joint"
+    if image_size is not None:
+        width, height = image_size
+        xy = sample.joints[present]
+        margin = far_factor * np.array([width, height], np.float32)
+        if np.any(xy < -margin) or np.any(xy > np.array([width, height]) + margin):
+            return "joints far outside the image"
+    return None

@@ -1,0 +1,32 @@
+"""One call from a dataset name and folder (raw files or TFRecord shards) to a pipeline source."""
+
+from hourglass_tf.data import pipeline, readers, tfrecords
+from hourglass_tf.data.sample import SkipReport
+
+
+def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=True):
+    """Per-sample source for ``pipeline.make_dataset``.
+
+    Exactly one of ``data_dir`` (a dataset root in the layout ``readers.load_dataset``
+    documents) and ``tfrecord_dir`` (a folder written by ``scripts/prepare_data.py``).
+
+    Returns:
+      (source dataset, skeleton, SkipReport, number of samples)
+    """
+    if (data_dir is None) == (tfrecord_dir is None):
+        raise ValueError(
+            f"give exactly one of data_dir and tfrecord_dir, received data_dir={data_dir!r}, tfrecord_dir={tfrecord_dir!r}"
+        )
+    skeleton = readers.skeleton_of(dataset)
+    if tfrecord_dir is not None:
+        meta = tfrecords.read_meta(tfrecord_dir)
+        if meta["num_joints"] != skeleton.num_joints:
+            raise ValueError(
+                f"{tfrecord_dir}: shards hold {meta['num_joints']} joints ({meta['dataset']}), "
+                f"but --dataset={dataset} has {skeleton.num_joints}"
+            )
+        report = SkipReport(kept=meta["splits"].get(split, {}).get("kept", 0))
+        return tfrecords.read_shards(tfrecord_dir, split, skeleton.num_joints), skeleton, report, report.kept
+    samples = readers.load_dataset(dataset, data_dir, split)
+    kept, report = pipeline.check_samples(samples, data_dir, decode=decode_check)
+    return pipeline.samples_to_dataset(kept, data_dir), skeleton, report, len(kept)

@@ -1,0 +1,185 @@
+"""TFRecord shards of person regions, and reading them back as pipeline sources.
+
+Each record stores the region around one person that the largest augmentation can
+reach (box side 200 x scale x 1.25, rotated by up to 30 degrees), downscaled when
+the image has more pixels than the smallest augmentation scale (0.75) needs at the
+target input size, so training decodes small JPEGs. Coordinates stay consistent:
+the record's joints and centre are in the stored region's pixels, and ``offset``
+(2,) and ``factor`` (2,) map them back: ``region = (original - offset) * factor``.
+
+Files: ``OUTPUT/{split}-00000-of-0000N.tfrecord`` and ``OUTPUT/meta.json`` (dataset,
+joint count, input size, counts and the skip report per split).
+"""
+
+import json
+import math
+import pathlib
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from hourglass_tf.data.pipeline import inspect_sample
+from hourglass_tf.data.sample import PERSON_BOX_UNIT, DataFileError, SkipReport
+
+MAX_ROTATION_DEG = 30.0
+MAX_SCALE = 1.25
+MIN_SCALE = 0.75
+JPEG_QUALITY = 95
+
+
+def region_of(sample, image_size, input_size):
+    """Integer region (x0, y0, x1, y1) and downscale factor for one sample.
+
+    The region holds every pixel a crop with scale factor <= 1.25 and rotation
+    <= 30 deg can sample; the factor keeps the resolution the 0.75 crop needs.
+    """
+    width, height = image_size
+    side = PERSON_BOX_UNIT * sample.scale * MAX_SCALE
+    theta = math.radians(MAX_ROTATION_DEG)
+    half = side * (abs(math.cos(theta)) + abs(math.sin(theta))) / 2 + 2
+    cx, cy = float(sample.center[0]), float(sample.center[1])
+    x0, y0 = max(0, int(math.floor(cx - half))), max(0, int(math.floor(cy - half)))
+    x1, y1 = min(width, int(math.ceil(cx + half)) + 1), min(height, int(math.ceil(cy + half)) + 1)
+    factor = min(1.0, input_size / (PERSON_BOX_UNIT * sample.scale * MIN_SCALE))
+    return (x0, y0, x1, y1), factor
+
+
+def _float_feature(values):
+    return tf.train.Feature(float_list=tf.train.FloatList(value=np.asarray(values, np.float32).ravel()))
+
+
+def _int_feature(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=np.asarray(values, np.int64).ravel()))
+
+
+def _bytes_feature(value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def encode_record(sample, image, input_size):
+    """A serialized ``tf.train.Example`` of ``sample``'s region of ``image`` (H, W, 3) uint8 RGB."""
+    (x0, y0, x1, y1), factor = region_of(sample, (image.shape[1], image.shape[0]), input_size)
+    region = image[y0:y1, x0:x1]
+    if region.size == 0:
+        raise ValueError(f"sample {sample.sample_id}: the person region lies outside the image")
+    if factor < 1.0:
+        # With fx = fy and no dsize, OpenCV maps pixel centres exactly: x' = (x + 0.5) * f - 0.5.
+        region = cv2.resize(region, (0, 0), fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    factors = np.array([factor, factor], np.float64)
+    # Pixel centres: region = (original - x0 + 0.5) * f - 0.5 = (original - offset) * f.
+    offset = np.array([x0, y0], np.float64) - 0.5 + 0.5 / factors
+    ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(region[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError(f"sample {sample.sample_id}: JPEG encoding failed")
+    joints = np.where(sample.present[:, None], (sample.joints - offset) * factors, 0.0)
+    feature = {
+        "image": _bytes_feature(jpeg.tobytes()),
+        "joints": _float_feature(joints),
+        "present": _int_feature(sample.present),
+        "visible": _int_feature(sample.visible),
+        "center": _float_feature((sample.center - offset) * factors),
+        "scale": _float_feature([sample.scale * float(np.mean(factors))]),
+        "normalizer": _float_feature([sample.normalizer]),
+        "offset": _float_feature(offset),
+        "factor": _float_feature(factors),
+        "id": _bytes_feature(sample.sample_id.encode()),
+        "image_path": _bytes_feature(sample.image_path.encode()),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_shards(samples, root, output_dir, split, input_size=256, samples_per_shard=1000, progress=True):
+    """Converts ``samples`` (images under ``root``) into ``OUTPUT/{split}-*.tfrecord`` shards.
+
+    Bad samples are skipped and counted (escaping path, missing, corrupt or
+    truncated image, bad scale or centre, no annotated joint, joints far outside).
+    Shards are written under temporary names and renamed when complete.
+
+    Returns:
+      SkipReport of the split.
+    """
+    root = pathlib.Path(root).resolve()
+    output_dir = pathlib.Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = SkipReport()
+    bar = tf.keras.utils.Progbar(len(samples), unit_name="sample") if progress and samples else None
+    every = max(1, len(samples) // 20)
+    num_shards = max(1, math.ceil(len(samples) / samples_per_shard))
+    finals = [output_dir / f"{split}-{s:05d}-of-{num_shards:05d}.tfrecord" for s in range(num_shards)]
+    temps = [final.with_name(f".{final.name}.tmp") for final in finals]
+    writers = [tf.io.TFRecordWriter(str(tmp)) for tmp in temps]
+    try:
+        for i, sample in enumerate(samples):
+            problem, image = inspect_sample(sample, root)
+            if problem:
+                report.skip(problem, sample.sample_id)
+            else:
+                writers[report.kept % num_shards].write(encode_record(sample, image, input_size))
+                report.kept += 1
+            if bar is not None and ((i + 1) % every == 0 or i == len(samples) - 1):
+                bar.update(i + 1)
+    except BaseException:
+        for writer, tmp in zip(writers, temps):
+            writer.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    for writer in writers:
+        writer.close()
+    # Only now replace the split's previous shards: an interrupted run leaves them intact.
+    for old in output_dir.glob(f"{split}-*.tfrecord"):
+        if old not in finals:
+            old.unlink()
+    for tmp, final in zip(temps, finals):
+        tmp.replace(final)
+    return report
+
+
+def write_meta(output_dir, meta):
+    """Writes ``meta.json`` atomically."""
+    path = pathlib.Path(output_dir) / "meta.json"
+    tmp = path.with_name(".meta.json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(path)
+
+
+def read_meta(shard_dir):
+    """``meta.json`` of a shard folder, with a clear error when absent."""
+    path = pathlib.Path(shard_dir) / "meta.json"
+    if not path.is_file():
+        raise DataFileError(path, "file not found: not a folder written by scripts/prepare_data.py")
+    return json.loads(path.read_text())
+
+
+def read_shards(shard_dir, split, num_joints, shuffle_files=False, seed=0):
+    """Per-sample dicts (the ``samples_to_dataset`` format) from ``shard_dir/{split}-*.tfrecord``."""
+    files = sorted(str(p) for p in pathlib.Path(shard_dir).glob(f"{split}-*.tfrecord"))
+    if not files:
+        raise DataFileError(shard_dir, f"no {split}-*.tfrecord shards found")
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "joints": tf.io.FixedLenFeature([num_joints * 2], tf.float32),
+        "present": tf.io.FixedLenFeature([num_joints], tf.int64),
+        "visible": tf.io.FixedLenFeature([num_joints], tf.int64),
+        "center": tf.io.FixedLenFeature([2], tf.float32),
+        "scale": tf.io.FixedLenFeature([], tf.float32),
+        "normalizer": tf.io.FixedLenFeature([], tf.float32),
+        "offset": tf.io.FixedLenFeature([2], tf.float32),
+        "factor": tf.io.FixedLenFeature([2], tf.float32),
+        "id": tf.io.FixedLenFeature([], tf.string),
+    }
+
+    def parse(serialized):
+        example = tf.io.parse_single_example(serialized, spec)
+        example["joints"] = tf.reshape(example["joints"], [num_joints, 2])
+        example["present"] = tf.cast(example["present"], tf.bool)
+        example["visible"] = tf.cast(example["visible"], tf.bool)
+        return example
+
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_files:
+        dataset = dataset.shuffle(len(files), seed=seed)
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
