@@ -25,7 +25,7 @@ demo: install
 	$(PY) scripts/demo.py --output_dir=runs/demo
 
 bench: install
-	@echo "make bench: no benchmarks yet (see the speed and memory issue)."
+	$(PY) scripts/benchmark.py --output_dir=runs/bench
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache
