@@ -22,7 +22,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) scripts/demo.py --output_dir=runs/demo
+	$(PY) scripts/demo.py --flagfile=demo.flags
 
 bench: install
 	$(PY) scripts/benchmark.py --output_dir=runs/bench

@@ -24,6 +24,7 @@ setup(
         "h5py>=3.10,<4",
         "scipy>=1.11,<2",
         "matplotlib>=3.8,<4",
+        "tensorboard>=2.19,<3",  # TensorFlow 2.21 no longer installs it
     ],
     extras_require={
         "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"],

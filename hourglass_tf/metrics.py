@@ -45,3 +45,143 @@ def torso_size(joints, present, skeleton):
         if present[i] and present[j]:
             return float(np.linalg.norm(joints[i] - joints[j]))
     return float("nan")
+
+
+# ---------------------------------------------------------------- PCK / PCKh
+
+MPII_EXCLUDED_FROM_MEAN = ("pelvis", "thorax")
+TABLE_PARTS = ("head_top", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
+TABLE_NAMES = ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle")
+DEFAULT_THRESHOLDS = np.round(np.linspace(0.0, 0.5, 51), 4)
+
+
+def _check_arrays(pred, gt, present, normalizer):
+    pred = np.asarray(pred, np.float64)
+    gt = np.asarray(gt, np.float64)
+    present = np.asarray(present, bool)
+    normalizer = np.asarray(normalizer, np.float64)
+    if pred.ndim != 3 or pred.shape[-1] != 2:
+        raise ValueError(f"predictions must be (N, K, 2), received shape {pred.shape}")
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth must have the predictions' shape {pred.shape}, received {gt.shape}")
+    if present.shape != pred.shape[:2]:
+        raise ValueError(f"present must be (N, K) = {pred.shape[:2]}, received {present.shape}")
+    if normalizer.shape != pred.shape[:1]:
+        raise ValueError(f"normalizer must be (N,) = {pred.shape[:1]}, received {normalizer.shape}")
+    return pred, gt, present, normalizer
+
+
+def normalized_errors(pred, gt, present, normalizer):
+    """Distance / normaliser per joint.
+
+    Args:
+      pred, gt: (N, K, 2) (x, y) pixels in the same frame and convention.
+      present: (N, K) bool, annotated joints (others are excluded).
+      normalizer: (N,) pixels (head size or torso size); people with a non-finite or
+        non-positive normaliser are excluded.
+
+    Returns:
+      (errors (N, K) float64 with NaN where excluded, valid (N, K) bool)
+    """
+    pred, gt, present, normalizer = _check_arrays(pred, gt, present, normalizer)
+    valid = present & (np.isfinite(normalizer) & (normalizer > 0))[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        errors = np.linalg.norm(pred - gt, axis=-1) / normalizer[:, None]
+    return np.where(valid, errors, np.nan), valid
+
+
+def pck_per_joint(errors, valid, threshold):
+    """(correct counts (K,), annotated counts (K,)): a joint is correct when error < threshold (strictly)."""
+    correct = np.sum(valid & (np.nan_to_num(errors, nan=np.inf) < threshold), axis=0)
+    return correct, np.sum(valid, axis=0)
+
+
+def mean_joints(skeleton):
+    """Indices averaged in the summary: MPII without pelvis and thorax (14 joints), else every joint."""
+    return [i for i, j in enumerate(skeleton.joints) if not (skeleton.name == "mpii" and j in MPII_EXCLUDED_FROM_MEAN)]
+
+
+def limb_joints(skeleton):
+    """Joints of the limbs and hips (no head, neck, face, pelvis or thorax): 12 for LSP and MPII."""
+    return [i for i, j in enumerate(skeleton.joints)
+            if j.split("_", 1)[-1] in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")]  # fmt: skip
+
+
+def _percent(correct, count):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, 100.0 * correct / np.maximum(count, 1), np.nan)
+
+
+def summary_table(correct, count, skeleton):
+    """The benchmark table from per-joint counts.
+
+    Returns:
+      dict with ``Head`` (head top), ``Shoulder`` ... ``Ankle`` (left and right pooled: the
+      average of the two sides' percentages), ``Mean`` (over ``mean_joints``, weighted by
+      annotated-joint counts, as the MPII benchmark and mmpose report), ``Mean_unweighted``
+      (plain average of those joints' percentages, as the widely copied Python
+      evaluator prints). Parts the skeleton lacks are left out. Percent.
+    """
+    per_joint = _percent(correct, count)
+    table = {}
+    for part, name in zip(TABLE_PARTS, TABLE_NAMES):
+        idx = [i for i, j in enumerate(skeleton.joints) if j == part or j.split("_", 1)[-1] == part]
+        if idx:
+            table[name] = float(np.nanmean(per_joint[idx])) if np.any(count[idx] > 0) else float("nan")
+    joints = mean_joints(skeleton)
+    table["Mean"] = float(_percent(correct[joints].sum(), count[joints].sum()))
+    table["Mean_unweighted"] = float(np.nanmean(per_joint[joints]))
+    return table
+
+
+def evaluate(pred, gt, present, normalizer, skeleton, threshold=0.5, thresholds=DEFAULT_THRESHOLDS):
+    """PCK at ``threshold`` x normaliser (PCKh@0.5 for MPII, PCK@0.2 for LSP/FLIC), with curves.
+
+    Args:
+      pred, gt: (N, K, 2) pixels, same frame and convention.
+      present: (N, K) annotated joints.
+      normalizer: (N,) head size (MPII) or torso size (LSP/FLIC).
+      skeleton: the joint set (names the per-joint values and the table groups).
+      threshold: the reported threshold.
+      thresholds: thresholds of the curve (default 0 to 0.5 in steps of 0.01).
+
+    Returns:
+      dict: ``threshold``, ``summary`` (``summary_table``), ``mean_limbs`` (count-weighted
+      over ``limb_joints``, percent), ``per_joint`` {name: percent},
+      ``counts`` {name: annotated joints}, ``curve`` {``thresholds``, ``mean`` (count-weighted
+      over ``mean_joints``), ``per_joint`` {name: [...]}}, ``auc`` (area under the mean
+      curve divided by the threshold range, percent).
+    """
+    errors, valid = normalized_errors(pred, gt, present, normalizer)
+    correct, count = pck_per_joint(errors, valid, threshold)
+    per_joint = _percent(correct, count)
+    thresholds = np.asarray(thresholds, np.float64)
+    joints = mean_joints(skeleton)
+    limbs = limb_joints(skeleton)
+    curve_joint = np.stack([_percent(*pck_per_joint(errors, valid, t)) for t in thresholds])  # (T, K)
+    curve_mean = np.array([_percent(*(c[joints].sum() for c in pck_per_joint(errors, valid, t))) for t in thresholds])
+    span = thresholds[-1] - thresholds[0]
+    auc = float(np.trapezoid(curve_mean, thresholds) / span) if span > 0 else float(curve_mean[0])
+    return {
+        "threshold": float(threshold),
+        "summary": summary_table(correct, count, skeleton),
+        "mean_limbs": float(_percent(correct[limbs].sum(), count[limbs].sum())),
+        "per_joint": {name: float(v) for name, v in zip(skeleton.joints, per_joint)},
+        "counts": {name: int(c) for name, c in zip(skeleton.joints, count)},
+        "curve": {
+            "thresholds": thresholds.tolist(),
+            "mean": curve_mean.tolist(),
+            "per_joint": {name: curve_joint[:, k].tolist() for k, name in enumerate(skeleton.joints)},
+        },
+        "auc": auc,
+    }
+
+
+def format_table(result, title="PCK"):
+    """The summary as a printable table (percent, two decimals)."""
+    summary = result["summary"]
+    names = list(summary)
+    head = f"{title}@{result['threshold']:g}"
+    lines = [" | ".join([head.ljust(10)] + [n.rjust(8) for n in names]),
+             " | ".join([" " * 10] + [f"{summary[n]:8.2f}" for n in names])]  # fmt: skip
+    return "\n".join(lines)

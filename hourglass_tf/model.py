@@ -33,6 +33,7 @@ import keras
 from keras import layers
 
 STEM_FILTERS = 64
+HEAD_INITIALIZER = keras.initializers.RandomNormal(stddev=0.001)
 
 
 def _check_positive_int(name, value):
@@ -187,8 +188,12 @@ def build_model(
         x = hourglass(inter, depth, filters, num_blocks, prefix)
         x = residual_sequence(x, filters, num_blocks, f"{prefix}_out")
         x = conv_bn_relu(x, filters, 1, f"{prefix}_lin")
-        # Heatmaps stay float32 under a mixed-precision policy.
-        heatmaps = layers.Conv2D(num_joints, 1, name=f"stack_{s}", dtype="float32")(x)
+        # Heatmaps stay float32 under a mixed-precision policy. The head starts near zero output
+        # (N(0, 0.001) weights, as mmpose/HRNet heads do), so training does not first spend
+        # hundreds of steps shrinking random heatmaps towards the mostly-zero targets.
+        heatmaps = layers.Conv2D(
+            num_joints, 1, name=f"stack_{s}", dtype="float32", kernel_initializer=HEAD_INITIALIZER
+        )(x)
         outputs[f"stack_{s}"] = heatmaps
         if s < num_stacks:
             features_back = layers.Conv2D(filters, 1, name=f"{prefix}_features_back")(x)

@@ -1,85 +1,95 @@
-"""Quick demo: build a small stacked hourglass, run it on a generated image, save a picture.
+"""The main job on the embedded default (`make demo`): synthetic data -> training -> evaluation -> pictures.
 
-This stands in for the training demo until the training pipeline lands: it shows the
-network's inputs and outputs end to end on one CPU in a few seconds.
+    python scripts/demo.py --flagfile=demo.flags
 
-    python scripts/demo.py --output_dir=runs/demo
+1. generates the synthetic dataset into --data_dir when it is not there;
+2. trains with the flags (demo.flags: a small model, a few minutes on 2 CPU cores), starting afresh;
+3. evaluates the best checkpoint on the synthetic validation split with the paper's flip test (PCKh@0.5);
+4. writes skeleton overlays of validation images (best, median and worst people) and the PCKh curve;
+5. prints where everything is and writes RUN_DIR/summary.json (val_pckh in percent, train_seconds, paths).
 """
 
 import json
 import os
 import pathlib
+import shutil
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from hourglass_tf import MPII, build_model, output_names  # noqa: E402
+from hourglass_tf import flags as train_flags  # noqa: E402
 
+train_flags.define_train_flags()
+flags.DEFINE_integer("synthetic_train", 1000, "Synthetic training images to generate when --data_dir has none.")
+flags.DEFINE_integer("synthetic_valid", 200, "Synthetic validation images to generate when --data_dir has none.")
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "runs/demo", "Where the picture and summary.json are written.")
-flags.DEFINE_integer("num_stacks", 2, "Stacks of the demo model.")
-flags.DEFINE_integer("filters", 64, "Features of the demo model.")
-flags.DEFINE_integer("input_size", 128, "Input side in pixels (divisible by 64).")
-flags.DEFINE_integer("seed", 0, "Seed of the generated image and the weights.")
-
-
-def stick_figure(size, rng):
-    """A (size, size, 3) uint8 RGB image of a stick figure and its MPII joints (16, 2) as (x, y) pixels."""
-    u = size / 16.0
-    joints = np.array(
-        [[6, 15], [6.2, 12.5], [6.5, 10], [9.5, 10], [9.8, 12.5], [10, 15], [8, 10], [8, 6],
-         [8, 5], [8, 2.5], [4, 9], [4.5, 7.5], [6, 6], [10, 6], [11.5, 7.5], [12, 9]],
-        np.float32,
-    ) * u  # fmt: skip
-    image = np.full((size, size, 3), rng.integers(40, 90, 3), np.uint8)
-    for a, b in MPII.limbs:
-        colour = tuple(int(c) for c in rng.integers(120, 255, 3))
-        cv2.line(image, tuple(map(int, joints[a])), tuple(map(int, joints[b])), colour, max(1, size // 40))
-    cv2.circle(image, tuple(map(int, joints[9] + [0, u])), int(u), (230, 200, 170), -1)
-    return image, joints
 
 
 def main(argv):
-    del argv
-    out_dir = pathlib.Path(FLAGS.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(FLAGS.seed)
-    image, joints = stick_figure(FLAGS.input_size, rng)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hourglass_tf import evaluation, metrics
+    from hourglass_tf.data import synthetic
+    from hourglass_tf.train import train
 
-    import keras
-
-    keras.utils.set_random_seed(FLAGS.seed)
+    config = train_flags.config_from_flags()
+    if config.dataset != "synthetic" or config.data_dir is None:
+        raise app.UsageError("the demo runs on --dataset=synthetic with a --data_dir (see demo.flags)")
+    try:
+        config.validate()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     start = time.time()
-    model = build_model(num_stacks=FLAGS.num_stacks, filters=FLAGS.filters, input_size=FLAGS.input_size)
-    heatmaps = model.predict_on_batch(image[None].astype(np.float32) / 255.0)
-    seconds = time.time() - start
-    last = heatmaps[output_names(model)[-1]][0]
-
-    # Picture: the input with its joints, and the (untrained) summed heatmaps of the last stack.
-    overlay = image.copy()
-    for x, y in joints:
-        cv2.circle(overlay, (int(x), int(y)), 2, (255, 0, 0), -1)
-    summed = last.sum(axis=-1)
-    summed = (255 * (summed - summed.min()) / (np.ptp(summed) + 1e-9)).astype(np.uint8)
-    summed = cv2.resize(cv2.applyColorMap(summed, cv2.COLORMAP_JET), overlay.shape[:2][::-1], interpolation=cv2.INTER_NEAREST)
-    picture = np.concatenate([overlay[..., ::-1], summed], axis=1)
-    png = out_dir / "demo.png"
-    cv2.imwrite(str(png), picture)
-
+    data_dir, run_dir = pathlib.Path(config.data_dir), pathlib.Path(config.run_dir)
+    if not (data_dir / "annot" / "valid.json").exists():
+        print(f"[1/4] generating the synthetic dataset in {data_dir}")
+        synthetic.generate(data_dir, FLAGS.synthetic_train, FLAGS.synthetic_valid, seed=config.seed)
+    else:
+        print(f"[1/4] synthetic dataset found in {data_dir}")
+    if run_dir.exists():
+        print(f"removing the previous demo run in {run_dir}")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    (run_dir / "flags.txt").write_text(train_flags.flags_text(config))
+    print(f"[2/4] training ({config.epochs} epochs of {config.num_stacks} stacks x {config.filters} features, "
+          f"{config.input_size} px)")  # fmt: skip
+    trained = train(config)["summary"]
+    print("[3/4] evaluating the best checkpoint on the validation split (flip test)")
+    eval_dir = run_dir / "eval"
+    result = evaluation.evaluate_model(run_dir / "best.keras", "synthetic", "valid", data_dir=str(data_dir),
+                                       flip_test=True, output_dir=eval_dir, progress=False)  # fmt: skip
+    print(metrics.format_table(result, "PCKh"))
+    print("[4/4] pictures written")
     summary = {
-        "model": {"num_stacks": FLAGS.num_stacks, "filters": FLAGS.filters, "input_size": FLAGS.input_size,
-                  "parameters": int(model.count_params())},
-        "outputs": {name: list(value.shape) for name, value in heatmaps.items()},
-        "build_and_predict_seconds": round(seconds, 2),
-        "paths": {"picture": str(png), "summary": str(out_dir / "summary.json")},
-        "note": "untrained weights: the heatmaps are noise until the training pipeline lands",
-    }  # fmt: skip
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
+        "val_pckh": result["summary"]["Mean"],
+        "val_pckh_table": result["summary"],
+        "val_pckh_during_training": trained["val_pckh"],
+        "stack_accuracy": result["stack_accuracy"],
+        "train_seconds": round(trained["train_seconds"], 1),
+        "total_seconds": round(time.time() - start, 1),
+        "epochs": trained["epochs_run"],
+        "paths": {
+            "best_model": str(run_dir / "best.keras"),
+            "last_model": str(run_dir / "last.keras"),
+            "training_log": str(run_dir / "log.csv"),
+            "tensorboard": str(run_dir / "logs"),
+            "overlays": str(eval_dir / "examples.png"),
+            "pckh_curve": str(eval_dir / "pck_curve.png"),
+            "metrics": str(eval_dir / "metrics.json"),
+            "predictions": str(eval_dir / "predictions.h5"),
+            "summary": str(run_dir / "summary.json"),
+        },
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: summary[k] for k in ("val_pckh", "train_seconds", "total_seconds")}, indent=2))
+    for name, path in summary["paths"].items():
+        print(f"  {name:12s} {path}")
+    print(f"validation PCKh@0.5 (flip test): {summary['val_pckh']:.1f} %")
+    return 0
 
 
 if __name__ == "__main__":

@@ -146,10 +146,14 @@ def test_a_few_fit_steps_lower_the_summed_per_stack_loss():
     x = rng.random((8, 64, 64, 3), dtype=np.float32)
     target = gaussian_targets(rng, 8)
     model.compile(optimizer=keras.optimizers.RMSprop(1e-3), loss={n: "mse" for n in output_names(model)})
-    history = model.fit(x, {"stack_1": target, "stack_2": target}, batch_size=8, epochs=12, verbose=0).history
+    history = model.fit(x, {"stack_1": target, "stack_2": target}, batch_size=8, epochs=20, verbose=0).history
     assert {"loss", "stack_1_loss", "stack_2_loss"} <= set(history)
     summed = np.array(history["stack_1_loss"]) + np.array(history["stack_2_loss"])
-    assert summed[-1] < 0.5 * summed[0], summed
+    # The heads start near zero output, i.e. at the all-zero heatmaps' loss; learning goes below it.
+    zero_level = 2 * float(np.mean(target**2))
+    assert summed[0] <= 1.05 * zero_level
+    assert summed[-1] < 0.8 * summed[0], summed
+    assert np.all(np.diff(summed[len(summed) // 2 :]) < 0), summed
     np.testing.assert_allclose(history["loss"], summed, rtol=1e-3)
 
 

@@ -1,0 +1,72 @@
+"""absl flags for every ``TrainConfig`` field, shared by ``scripts/train.py`` and ``scripts/demo.py``."""
+
+import dataclasses
+
+from absl import flags
+
+from hourglass_tf.train import OPTIMIZERS, STRATEGIES, TrainConfig
+
+HELP = {
+    "dataset": "Dataset layout: mpii, lsp, lspet, flic, coco or synthetic.",
+    "data_dir": "Dataset root folder (raw files), or use --tfrecord_dir.",
+    "tfrecord_dir": "Folder of TFRecord shards from scripts/prepare_data.py.",
+    "num_stacks": "Stacked hourglasses (8 in the paper).",
+    "num_blocks": "Residual modules per box (1 in the paper).",
+    "filters": "Features throughout the hourglass (256 in the paper).",
+    "depth": "Pooling levels per hourglass (4 in the paper).",
+    "input_size": "Input crop side in pixels (256 in the paper); heatmaps are a quarter of it.",
+    "sigma": "Gaussian sigma of the targets in heatmap pixels (1 in the paper).",
+    "batch_size": "Batch size per replica; the global batch is this times the replicas.",
+    "epochs": "Epochs to train.",
+    "steps_per_epoch": "Steps per epoch; 0 = one pass over the training split.",
+    "optimizer": "rmsprop (the paper) or adam.",
+    "learning_rate": "Learning rate (RMSprop at 2.5e-4 in the paper).",
+    "plateau_factor": "Learning-rate factor when the validation metric plateaus (0.2: divided by 5).",
+    "plateau_patience": "Epochs without improvement before the learning rate drops.",
+    "min_learning_rate": "Lower bound of the learning rate.",
+    "rotation": "Maximum rotation of the augmentation in degrees (30).",
+    "scale_min": "Smallest scaling factor of the augmentation (0.75).",
+    "scale_max": "Largest scaling factor of the augmentation (1.25).",
+    "flip": "Horizontal flips with left/right joint swap.",
+    "color": "Per-channel colour jitter range (0.2: gains in [0.8, 1.2]).",
+    "strategy": "Distribution: auto, one_device, mirrored, multi_worker (TF_CONFIG) or tpu.",
+    "cpu_replicas": "Split the CPU into this many logical devices and mirror over them (testing).",
+    "mixed_precision": "float16 on GPU, bfloat16 on CPU/TPU; outputs and loss stay float32.",
+    "jit_compile": "Compile the training step with XLA.",
+    "run_dir": "Run directory: checkpoints, logs, backup (resume) and the resolved flags.",
+    "seed": "Seed of weights, shuffling and augmentation.",
+    "validation_freq": "Validate (PCK/PCKh) every this many epochs.",
+    "val_batch_size": "Validation batch size.",
+    "max_val_samples": "Validate on the first this many samples; 0 = the whole split.",
+    "val_flip_test": "Use the flip test during validation.",
+    "image_summaries": "Validation samples drawn to TensorBoard each validation.",
+    "verbose": "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.",
+}
+
+
+def define_train_flags():
+    """Defines one flag per ``TrainConfig`` field (defaults = the paper's recipe)."""
+    for field in dataclasses.fields(TrainConfig):
+        default, help_text = field.default, HELP[field.name]
+        if field.name in ("strategy", "optimizer"):
+            choices = STRATEGIES if field.name == "strategy" else OPTIMIZERS
+            flags.DEFINE_enum(field.name, default, list(choices), help_text)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(field.name, default, help_text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(field.name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(field.name, default, help_text)
+        else:
+            flags.DEFINE_string(field.name, default, help_text)
+
+
+def config_from_flags(values=None):
+    """The ``TrainConfig`` the parsed flags describe."""
+    values = values or flags.FLAGS
+    return TrainConfig(**{f.name: values[f.name].value for f in dataclasses.fields(TrainConfig)})
+
+
+def flags_text(config):
+    """The resolved settings as a flagfile (one ``--name=value`` per line)."""
+    return "".join(f"--{k}={v}\n" for k, v in dataclasses.asdict(config).items() if v is not None)

@@ -1,0 +1,203 @@
+"""The paper's test-time procedure, on compiled graphs.
+
+For a batch of person crops: run the crops and their horizontal mirrors through
+the network in one batch, flip the mirrored heatmaps back and swap left/right
+channels, average, decode with the ``HeatmapCodec`` (argmax + a quarter pixel
+toward the higher neighbour), and map the keypoints back to original-image
+pixels through the inverse crop matrix. Scores are the heatmap maxima.
+
+Everything runs in a ``tf.function`` with a fixed input signature (eager
+``model(x)`` measured 4-7x slower).
+
+Conventions: crops are (N, R, R, 3) float32 RGB in [0, 1]; keypoints (N, K, 2) as
+(x, y), 0-based pixels (crop pixels, or original-image pixels after
+``back_project``).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from hourglass_tf import skeleton as skeletons
+from hourglass_tf.codec import HeatmapCodec, apply_matrix, crop_matrix, warp_image
+from hourglass_tf.data.sample import PERSON_BOX_UNIT
+
+BOX_PAD = 1.25
+
+
+def flip_back(heatmaps, flip_permutation):
+    """Heatmaps of mirrored crops -> heatmaps in the unmirrored frame with left/right swapped.
+
+    (N, H, W, K) -> (N, H, W, K). Exact: mirroring input pixel x -> R - 1 - x maps heatmap
+    pixel u -> W - 1 - u under the codec's pixel-centre convention.
+    """
+    return tf.gather(tf.reverse(heatmaps, axis=[2]), tf.constant(flip_permutation, tf.int32), axis=-1)
+
+
+def skeleton_for(num_joints):
+    """The joint set with ``num_joints`` joints (16 MPII, 14 LSP, 11 FLIC, 17 COCO)."""
+    by_count = {s.num_joints: s for s in (skeletons.MPII, skeletons.LSP, skeletons.FLIC, skeletons.COCO)}
+    if num_joints not in by_count:
+        raise ValueError(f"no known skeleton has {num_joints} joints; known: {sorted(by_count)}")
+    return by_count[num_joints]
+
+
+def box_to_center_scale(box):
+    """Person box (x, y, w, h) in pixels -> centre (2,) and scale (side 1.25 x the larger side, / 200)."""
+    x, y, w, h = (float(v) for v in box)
+    if not (w > 0 and h > 0):
+        raise ValueError(f"box width and height must be positive, received box={tuple(box)}")
+    return np.array([x + w / 2, y + h / 2], np.float32), BOX_PAD * max(w, h) / PERSON_BOX_UNIT
+
+
+def back_project(keypoints, matrices):
+    """Crop pixels (N, K, 2) -> original pixels through the inverse of (N, 3, 3) original->crop matrices."""
+    keypoints = np.asarray(keypoints, np.float64)
+    inverse = np.linalg.inv(np.asarray(matrices, np.float64))
+    return np.einsum("nij,nkj->nki", inverse[:, :2, :2], keypoints) + inverse[:, None, :2, 2]
+
+
+class Predictor:
+    """Runs a stacked hourglass with the paper's test-time procedure.
+
+    Args:
+      model: a Keras model with input (N, R, R, 3) and outputs ``stack_1`` ... ``stack_S``.
+      skeleton: the joint set (default: from the heatmap channel count).
+      flip_test: average with the mirrored crop (the paper's procedure).
+    """
+
+    def __init__(self, model, skeleton=None, flip_test=True):
+        self.model = model
+        self.input_size = int(model.inputs[0].shape[1])
+        names = sorted((n for n in model.output_names if n.startswith("stack_")), key=lambda n: int(n.split("_")[1]))
+        if not names:
+            raise ValueError(f"model {model.name!r} has no stack_i outputs (outputs: {model.output_names})")
+        self.output_names = names
+        num_joints = int(model.get_layer(names[-1]).output.shape[-1])
+        self.skeleton = skeleton or skeleton_for(num_joints)
+        if self.skeleton.num_joints != num_joints:
+            raise ValueError(f"skeleton {self.skeleton.name} has {self.skeleton.num_joints} joints, the model {num_joints}")
+        heatmap_size = int(model.get_layer(names[-1]).output.shape[1])
+        self.codec = HeatmapCodec(self.input_size, heatmap_size)
+        self.flip_test = flip_test
+        spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)
+        self._all_stacks = tf.function(self._forward_all, input_signature=[spec])
+
+    @classmethod
+    def from_file(cls, path, skeleton=None, flip_test=True):
+        """Loads a ``.keras`` model file."""
+        import keras
+
+        return cls(keras.models.load_model(path), skeleton, flip_test)
+
+    def _forward_all(self, crops):
+        n = tf.shape(crops)[0]
+        batch = tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0) if self.flip_test else crops
+        outputs = self.model(batch, training=False)
+        stacks = []
+        for name in self.output_names:
+            heatmaps = tf.cast(outputs[name], tf.float32)
+            if self.flip_test:
+                heatmaps = (heatmaps[:n] + flip_back(heatmaps[n:], self.skeleton.flip_permutation)) / 2.0
+            stacks.append(heatmaps)
+        return tf.stack(stacks, axis=0)  # (S, N, H, W, K)
+
+    def all_stack_heatmaps(self, crops):
+        """Heatmaps of every stack: (S, N, H, W, K) float32 NumPy."""
+        return self._all_stacks(tf.convert_to_tensor(crops, tf.float32)).numpy()
+
+    def decode(self, heatmaps):
+        """(N, H, W, K) heatmaps -> keypoints (N, K, 2) crop pixels, scores (N, K)."""
+        keypoints, scores = self.codec.decode(tf.convert_to_tensor(heatmaps, tf.float32))
+        return keypoints.numpy(), scores.numpy()
+
+    def predict_crops(self, crops, all_stacks=False):
+        """Person crops (N, R, R, 3) float32 in [0, 1] -> dict of NumPy arrays.
+
+        Returns:
+          ``keypoints`` (N, K, 2) crop pixels, ``scores`` (N, K), ``heatmaps`` (N, H, W, K)
+          of the last stack; with ``all_stacks`` also ``stack_heatmaps`` (S, N, H, W, K).
+        """
+        crops = np.asarray(crops, np.float32)
+        if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ValueError(
+                f"crops must be (N, {self.input_size}, {self.input_size}, 3) float32, received shape {crops.shape}"
+            )
+        stacks = self.all_stack_heatmaps(crops)
+        keypoints, scores = self.decode(stacks[-1])
+        result = {"keypoints": keypoints, "scores": scores, "heatmaps": stacks[-1]}
+        if all_stacks:
+            result["stack_heatmaps"] = stacks
+        return result
+
+    def crop(self, image, center, scale):
+        """(H, W, 3) uint8 RGB image -> (crop (R, R, 3) float32 in [0, 1], original->crop matrix (3, 3))."""
+        matrix = crop_matrix(np.asarray(center, np.float32), float(scale), self.input_size)
+        crop = warp_image(tf.convert_to_tensor(image, tf.float32) / 255.0, matrix, self.input_size)
+        return crop.numpy(), matrix.numpy()
+
+    def predict_image(self, image, center=None, scale=None, box=None):
+        """One person in a full image -> keypoints (K, 2) in original pixels and scores (K,).
+
+        The person is given by ``box`` (x, y, w, h), or ``center`` and ``scale``; with
+        neither, the whole image is one centred person.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be (H, W, 3) RGB, received shape {image.shape}")
+        height, width = image.shape[:2]
+        if box is not None:
+            x, y, w, h = (float(v) for v in box)
+            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+                raise ValueError(f"box {tuple(box)} lies outside the {width}x{height} image")
+            center, scale = box_to_center_scale(box)
+        elif center is None or scale is None:
+            center = np.array([(width - 1) / 2, (height - 1) / 2], np.float32)
+            scale = max(width, height) / PERSON_BOX_UNIT
+        elif not scale > 0:
+            raise ValueError(f"scale must be positive, received scale={scale}")
+        crop, matrix = self.crop(image, center, scale)
+        result = self.predict_crops(crop[None])
+        keypoints = back_project(result["keypoints"], matrix[None])[0]
+        return {"keypoints": keypoints, "scores": result["scores"][0], "center": np.asarray(center), "scale": float(scale),
+                "crop": crop, "crop_keypoints": result["keypoints"][0], "heatmaps": result["heatmaps"][0]}  # fmt: skip
+
+
+def predict_dataset(predictor, dataset, all_stacks=False, progress=True, total=None):
+    """Runs a validation pipeline (``make_dataset(..., training=False, with_meta=True)``).
+
+    Returns:
+      dict of NumPy arrays over the whole split: ``keypoints`` (N, K, 2) original pixels,
+      ``scores`` (N, K), ``heatmap_mean``/``heatmap_max`` (N, K) of the last stack,
+      ``joints``/``present``/``visible``/``normalizer``/``id``/``center``/``scale`` from the
+      meta, and with ``all_stacks`` ``stack_keypoints`` (S, N, K, 2) original pixels.
+    """
+    import keras
+
+    bar = keras.utils.Progbar(total, unit_name="person") if progress else None
+    parts = {}
+    seen = 0
+    for crops, _, meta in dataset:
+        result = predictor.predict_crops(crops.numpy(), all_stacks=all_stacks)
+        matrices = meta["matrix"].numpy()
+        batch = {
+            "keypoints": back_project(result["keypoints"], matrices),
+            "scores": result["scores"],
+            "heatmap_mean": result["heatmaps"].mean(axis=(1, 2)),
+            "heatmap_max": result["heatmaps"].max(axis=(1, 2)),
+        }
+        if all_stacks:
+            batch["stack_keypoints"] = np.stack(
+                [back_project(predictor.decode(h)[0], matrices) for h in result["stack_heatmaps"]]
+            )
+        for key in ("joints", "present", "visible", "normalizer", "id", "center", "scale"):
+            batch[key] = meta[key].numpy()
+        for key, value in batch.items():
+            parts.setdefault(key, []).append(value)
+        seen += len(crops)
+        if bar is not None:
+            bar.update(seen)
+    if not parts:
+        raise ValueError("the evaluation dataset yielded no batch")
+    out = {k: np.concatenate(v, axis=1 if k == "stack_keypoints" else 0) for k, v in parts.items()}
+    out["id"] = np.array([i.decode() if isinstance(i, bytes) else str(i) for i in out["id"]])
+    return out

@@ -1,0 +1,79 @@
+"""Evaluates predictions (PCKh for MPII, PCK@0.2 for LSP/FLIC), from files or from a model.
+
+From files (no model, no TensorFlow needed):
+    python scripts/evaluate.py --annotations=ANNOT.mat|.h5 --predictions=PRED.h5|.mat|.npy \
+        [--output_json=metrics.json] [--plot=pck.png]
+
+From a model on a dataset split (writes predictions, metrics, curves and example pictures):
+    python scripts/evaluate.py --checkpoint=runs/demo/best.keras --dataset=synthetic \
+        --data_dir=data/synthetic [--flip_test] [--output_dir=runs/demo/eval]
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("annotations", None, "Annotation file: evaluator .mat (pos_gt_src, ...) or original-code .h5.")
+flags.DEFINE_string("predictions", None, "Prediction file: .h5 'preds' / .mat 'preds' or 'pos_pred_src' (1-based), .npy (0-based).")
+flags.DEFINE_string("output_json", None, "File mode: write the results as JSON here.")
+flags.DEFINE_string("plot", None, "File mode: write the PCK(h) curves as PNG here.")
+flags.DEFINE_string("checkpoint", None, "Model mode: a .keras model.")
+flags.DEFINE_string("dataset", None, "Model mode: dataset layout (mpii, lsp, lspet, flic, coco, synthetic).")
+flags.DEFINE_string("data_dir", None, "Model mode: dataset root (raw files).")
+flags.DEFINE_string("tfrecord_dir", None, "Model mode: TFRecord shards instead of --data_dir.")
+flags.DEFINE_enum("split", "valid", ["train", "valid"], "Model mode: split to evaluate.")
+flags.DEFINE_bool("flip_test", True, "Model mode: average with the mirrored image (the paper's test procedure).")
+flags.DEFINE_string("output_dir", "runs/eval", "Model mode: where predictions, metrics and pictures go.")
+flags.DEFINE_integer("batch_size", 16, "Model mode: batch size.")
+flags.DEFINE_integer("max_samples", 0, "Model mode: evaluate the first this many people (0: all).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hourglass_tf import evaluation, metrics
+    from hourglass_tf.data.sample import DataFileError
+
+    file_mode = FLAGS.annotations is not None or FLAGS.predictions is not None
+    model_mode = FLAGS.checkpoint is not None
+    if file_mode == model_mode:
+        raise app.UsageError("give --annotations and --predictions, or --checkpoint with --dataset")
+    try:
+        if file_mode:
+            if FLAGS.annotations is None or FLAGS.predictions is None:
+                raise app.UsageError("file mode needs both --annotations and --predictions")
+            result = evaluation.evaluate_files(FLAGS.annotations, FLAGS.predictions)
+            name = "PCKh" if result["threshold"] == 0.5 else "PCK"
+            print(metrics.format_table(result, name))
+            print(f"AUC (0-{result['curve']['thresholds'][-1]:g}): {result['auc']:.2f}")
+            if FLAGS.output_json:
+                print(f"written {evaluation.write_json(result, FLAGS.output_json)}")
+            if FLAGS.plot:
+                print(f"written {evaluation.plot_curves(result, FLAGS.plot, name)}")
+            return 0
+        if FLAGS.dataset is None:
+            raise app.UsageError("model mode needs --dataset")
+        result = evaluation.evaluate_model(FLAGS.checkpoint, FLAGS.dataset, FLAGS.split, FLAGS.data_dir,
+                                           FLAGS.tfrecord_dir, FLAGS.flip_test, FLAGS.output_dir, FLAGS.batch_size,
+                                           FLAGS.max_samples)  # fmt: skip
+    except (DataFileError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    name = "PCKh" if result["threshold"] == 0.5 else "PCK"
+    print(metrics.format_table(result, name))
+    print(f"mean over limb joints: {result['mean_limbs']:.2f}; AUC: {result['auc']:.2f}")
+    print("per stack: " + ", ".join(f"{i + 1}: {v:.2f}" for i, v in enumerate(result["stack_accuracy"])))
+    occ = result["occlusion"]
+    print(f"visible joints {occ['visible']['summary']['Mean']:.2f} ({occ['visible']['joints']}), occluded "
+          f"{occ['occluded']['summary']['Mean']:.2f} ({occ['occluded']['joints']}); presence AP from heatmap max "
+          f"{occ['presence']['max']['average_precision']:.1f}, mean {occ['presence']['mean']['average_precision']:.1f}")  # fmt: skip
+    print(f"{result['people']} people; results in {FLAGS.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

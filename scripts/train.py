@@ -1,0 +1,55 @@
+"""Trains a stacked hourglass (the paper's recipe by default).
+
+    python scripts/train.py --flagfile=mpii.flags --data_dir=/path/to/mpii
+    python scripts/train.py --flagfile=lspet.flags
+    python scripts/train.py --flagfile=demo.flags
+
+Every field of ``hourglass_tf.train.TrainConfig`` is a flag. Unknown or inconsistent flags stop the
+program before anything is built. Killed runs resume from ``RUN_DIR/backup`` when started again with the
+same flags.
+"""
+
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+
+from hourglass_tf import flags as train_flags  # noqa: E402
+
+train_flags.define_train_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hourglass_tf.data.sample import DataFileError
+    from hourglass_tf.train import train
+
+    config = train_flags.config_from_flags()
+    try:
+        config.validate()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_dir = pathlib.Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "flags.txt").write_text(train_flags.flags_text(config))
+    try:
+        result = train(config)
+    except (DataFileError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = result["summary"]
+    print(f"done: {summary['epochs_run']} epoch(s) in {summary['train_seconds']:.0f} s; "
+          f"{config.metric_name} = {summary[config.metric_name]}; run directory {run_dir}")  # fmt: skip
+    if summary["stopped_because"]:
+        print(f"stopped early: {summary['stopped_because']}")
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,215 @@
+"""Inference (flip test, back-projection), the evaluate and predict CLIs, the paper's analyses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+import tensorflow as tf
+
+from conftest import REPO, TINY
+from hourglass_tf import evaluation, skeleton
+from hourglass_tf.codec import HeatmapCodec, apply_matrix, crop_matrix
+from hourglass_tf.data import synthetic
+from hourglass_tf.inference import Predictor, back_project, box_to_center_scale, flip_back
+from hourglass_tf.model import build_model
+
+
+def script(name, *args):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=600, cwd=REPO, env=os.environ.copy())  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    build_model(**TINY).save(path)
+    return path
+
+
+# ---------------------------------------------------------------- inference
+
+
+def test_flip_back_is_exact_on_synthetic_heatmaps():
+    codec = HeatmapCodec(64, 16)
+    rng = np.random.default_rng(0)
+    joints = rng.uniform(4, 60, (3, 16, 2)).astype(np.float32)
+    present = np.ones((3, 16), bool)
+    perm = skeleton.MPII.flip_permutation
+    mirrored = np.stack([63.0 - joints[..., 0], joints[..., 1]], axis=-1)[:, perm]
+    original = codec.encode(joints, present)
+    restored = flip_back(codec.encode(mirrored, present), perm)
+    np.testing.assert_allclose(restored.numpy(), original.numpy(), atol=1e-6)
+
+
+def test_back_projection_inverts_the_crop_transform():
+    matrices = np.stack([crop_matrix([120.0, 80.0], 0.7, 64, rotation=r).numpy() for r in (0.0, 25.0)])
+    points = np.random.default_rng(1).uniform(50, 200, (2, 5, 2))
+    crop_points = np.stack([apply_matrix(matrices[i], points[i]).numpy() for i in range(2)])
+    np.testing.assert_allclose(back_project(crop_points, matrices), points, atol=1e-3)
+
+
+def test_box_to_center_scale_and_bad_boxes():
+    center, scale = box_to_center_scale((10, 20, 100, 200))
+    np.testing.assert_allclose(center, [60, 120])
+    assert scale == pytest.approx(1.25 * 200 / 200)
+    with pytest.raises(ValueError, match="box=\\(0, 0, 0, 5\\)"):
+        box_to_center_scale((0, 0, 0, 5))
+
+
+def test_flip_test_averages_the_mirrored_pass(tiny_model_file):
+    plain = Predictor.from_file(tiny_model_file, flip_test=False)
+    flipped = Predictor.from_file(tiny_model_file, flip_test=True)
+    crops = np.random.default_rng(2).random((2, 64, 64, 3), dtype=np.float32)
+    a = plain.all_stack_heatmaps(crops)
+    b = plain.all_stack_heatmaps(crops[:, :, ::-1])
+    expected = (a[-1] + flip_back(b[-1], skeleton.MPII.flip_permutation).numpy()) / 2
+    np.testing.assert_allclose(flipped.predict_crops(crops)["heatmaps"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(N, 64, 64, 3\).*\(2, 32, 32, 3\)"):
+        plain.predict_crops(np.zeros((2, 32, 32, 3), np.float32))
+
+
+def test_predict_image_returns_keypoints_in_original_pixels(tiny_model_file):
+    predictor = Predictor.from_file(tiny_model_file)
+    image = np.random.default_rng(3).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    result = predictor.predict_image(image, box=(20, 10, 60, 70))
+    matrix = crop_matrix(result["center"], result["scale"], 64).numpy()
+    np.testing.assert_allclose(back_project(result["crop_keypoints"][None], matrix[None])[0], result["keypoints"], atol=1e-3)
+    with pytest.raises(ValueError, match="outside the 120x90 image"):
+        predictor.predict_image(image, box=(500, 10, 60, 70))
+
+
+# ---------------------------------------------------------------- file-based evaluation
+
+
+@pytest.fixture
+def annotation_files(tmp_path):
+    """A 5-person MPII annotation file in both layouts, and predictions in every accepted format."""
+    rng = np.random.default_rng(4)
+    gt0 = rng.uniform(50, 300, (5, 16, 2))  # 0-based truth
+    missing = np.zeros((5, 16), bool)
+    missing[0, 3] = True
+    boxes = np.stack([gt0[:, 9] - 20, gt0[:, 9] + 20], axis=0).transpose(0, 2, 1)  # (2, 2, N)
+    scipy.io.savemat(tmp_path / "annot.mat", {"pos_gt_src": (gt0 + 1).transpose(1, 2, 0), "headboxes_src": boxes,
+                                              "jnt_missing": missing.T.astype(np.uint8)})  # fmt: skip
+    head = 0.6 * np.linalg.norm(boxes[1] - boxes[0], axis=0)
+    with h5py.File(tmp_path / "annot.h5", "w") as f:
+        f["part"] = np.where(missing[..., None], 0.0, gt0 + 1)
+        f["normalize"] = head
+    pred0 = gt0 + rng.normal(0, 12, gt0.shape)
+    with h5py.File(tmp_path / "pred.h5", "w") as f:
+        f["preds"] = pred0 + 1
+    scipy.io.savemat(tmp_path / "pred.mat", {"preds": pred0 + 1})
+    scipy.io.savemat(tmp_path / "pred_src.mat", {"pos_pred_src": (pred0 + 1).transpose(1, 2, 0)})
+    np.save(tmp_path / "pred.npy", pred0)
+    np.save(tmp_path / "short.npy", pred0[:4])
+    np.save(tmp_path / "lsp.npy", pred0[:, :14])
+    return tmp_path
+
+
+def test_every_prediction_format_gives_the_same_result(annotation_files):
+    results = [evaluation.evaluate_files(annotation_files / a, annotation_files / p)["summary"]
+               for a in ("annot.mat", "annot.h5") for p in ("pred.h5", "pred.mat", "pred_src.mat", "pred.npy")]  # fmt: skip
+    for r in results[1:]:
+        assert r == pytest.approx(results[0])
+    assert 0 < results[0]["Mean"] < 100
+
+
+def test_evaluate_cli_file_mode_writes_json_and_plot(annotation_files):
+    out = annotation_files
+    result = script("evaluate.py", f"--annotations={out / 'annot.mat'}", f"--predictions={out / 'pred.h5'}",
+                    f"--output_json={out / 'm.json'}", f"--plot={out / 'p.png'}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PCKh@0.5" in result.stdout and "Mean_unweighted" in result.stdout
+    data = json.loads((out / "m.json").read_text())
+    assert list(data["summary"]) == ["Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean", "Mean_unweighted"]
+    assert len(data["per_joint"]) == 16
+    assert cv2.imread(str(out / "p.png")) is not None
+
+
+@pytest.mark.parametrize("pred, fragment", [("short.npy", "holds 4 people but the annotations have 5"),
+                                            ("lsp.npy", "holds 14 joints per person but the annotations have 16"),
+                                            ("nothing.h5", "nothing.h5: file not found")])  # fmt: skip
+def test_evaluate_cli_refuses_mismatched_predictions(annotation_files, pred, fragment):
+    result = script("evaluate.py", f"--annotations={annotation_files / 'annot.mat'}", f"--predictions={annotation_files / pred}")
+    assert result.returncode == 2
+    assert fragment in result.stderr and pred in result.stderr
+
+
+def test_precision_recall_on_a_hand_case():
+    pr = evaluation.precision_recall([0.9, 0.8, 0.3, 0.1], [True, False, True, False])
+    assert pr["precision"][:3] == pytest.approx([1.0, 0.5, 2 / 3])
+    assert pr["recall"][:3] == pytest.approx([0.5, 0.5, 1.0])
+    assert pr["average_precision"] == pytest.approx(100 * (0.5 * 1.0 + 0.5 * 2 / 3))
+
+
+# ---------------------------------------------------------------- model-driven evaluation and predict CLI
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(root, num_train=4, num_valid=6, image_size=96, seed=2)
+    return root
+
+
+def test_model_driven_evaluation_writes_every_result(tiny_model_file, synthetic_dir, tmp_path):
+    result = script("evaluate.py", f"--checkpoint={tiny_model_file}", "--dataset=synthetic", f"--data_dir={synthetic_dir}",
+                    f"--output_dir={tmp_path}", "--batch_size=4")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "per stack: 1:" in result.stdout and "presence AP" in result.stdout
+    metrics_json = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics_json["people"] == 6 and len(metrics_json["stack_accuracy"]) == 2
+    assert {"visible", "occluded", "presence"} <= set(metrics_json["occlusion"])
+    with h5py.File(tmp_path / "predictions.h5") as f:
+        preds = f["preds"][()]
+    assert preds.shape == (6, 16, 2)
+    np.testing.assert_allclose(scipy.io.loadmat(tmp_path / "predictions.mat")["preds"], preds)
+    np.testing.assert_allclose(np.load(tmp_path / "predictions.npy") + 1, preds)
+    for png in ("pck_curve.png", "presence_pr.png", "examples.png"):
+        assert cv2.imread(str(tmp_path / png)) is not None, png
+
+
+def test_predict_cli_writes_json_and_png_and_reports_bad_inputs(tiny_model_file, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = np.random.default_rng(5).integers(0, 255, (80, 100, 3), dtype=np.uint8)
+    cv2.imwrite(str(inputs / "a.jpg"), image)
+    cv2.imwrite(str(inputs / "b.png"), image)
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    out = tmp_path / "out"
+    result = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", inputs, notes)
+    assert result.returncode == 1  # some inputs failed
+    assert "broken.jpg: not a readable image" in result.stdout and "notes.txt: not a readable image" in result.stdout
+    for name in ("a", "b"):
+        data = json.loads((out / f"{name}.json").read_text())
+        assert len(data["keypoints"]) == 16 and data["keypoints"][0]["joint"] == "r_ankle"
+        assert cv2.imread(str(out / f"{name}.png")).shape == (80, 100, 3)
+    outside = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--bbox=500,500,10,10",
+                     inputs / "a.jpg")  # fmt: skip
+    assert outside.returncode == 1 and "outside the 100x80 image" in outside.stdout
+    good = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--center=50,40", "--scale=0.4",
+                  inputs / "a.jpg")  # fmt: skip
+    assert good.returncode == 0, good.stderr[-2000:]
+
+
+def test_predict_cli_on_a_video(tiny_model_file, tmp_path):
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    result = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={tmp_path / 'out'}", video)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    data = json.loads((tmp_path / "out" / "clip.json").read_text())
+    assert len(data["frames"]) == 3
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    tf.keras.backend.clear_session()

@@ -1,0 +1,203 @@
+"""Training: fit and validation, NaN stop, resume after SIGKILL, MirroredStrategy and multi-worker.
+
+Strategy runs each use their own subprocess: TensorFlow's collectives break when two models
+are built under strategies in one process.
+"""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import REPO
+from hourglass_tf.data import synthetic
+from hourglass_tf.train import AtomicCheckpoint, NaNGuard, SafeBackupAndRestore, TrainConfig, train
+
+TINY_FLAGS = ["--dataset=synthetic", "--num_stacks=1", "--filters=16", "--depth=2", "--input_size=64",
+              "--batch_size=4", "--val_batch_size=8", "--image_summaries=2", "--verbose=0", "--learning_rate=1e-3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(root, num_train=48, num_valid=8, image_size=96, seed=1)
+    return root
+
+
+def tiny_config(data_dir, run_dir, **overrides):
+    fields = dict(dataset="synthetic", data_dir=str(data_dir), num_stacks=2, filters=16, depth=2, input_size=64,
+                  batch_size=4, epochs=3, steps_per_epoch=6, learning_rate=1e-3, val_batch_size=8, run_dir=str(run_dir),
+                  image_summaries=2, verbose=0)  # fmt: skip
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
+def read_log(run_dir):
+    with open(run_dir / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def run_script(args, env=None, timeout=600):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)  # fmt: skip
+
+
+def test_fit_lowers_the_loss_and_logs_per_stack_losses_and_validation_pckh(data_dir, tmp_path):
+    result = train(tiny_config(data_dir, tmp_path / "run", epochs=4))
+    history = result["history"]
+    assert {"loss", "stack_1_loss", "stack_2_loss", "val_pckh", "learning_rate"} <= set(history)
+    assert history["loss"][-1] < history["loss"][0]
+    rows = read_log(tmp_path / "run")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3] and "val_pckh" in rows[0]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["epochs_run"] == 4 and summary["stopped_because"] is None
+    assert 0.0 <= summary["val_pckh"] <= 100.0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["num_stacks"] == 2
+    for name in ("best.keras", "last.keras"):
+        loaded = keras.models.load_model(tmp_path / "run" / name)
+        assert loaded.output_names == ["stack_1", "stack_2"]
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_a_nan_loss_stops_cleanly_and_says_why(data_dir, tmp_path):
+    result = train(tiny_config(data_dir, tmp_path / "run", learning_rate=1e30, epochs=2))
+    reason = result["summary"]["stopped_because"]
+    assert reason and "non-finite loss" in reason
+    assert not (tmp_path / "run" / "last.keras").exists()  # nothing non-finite was saved
+
+
+def test_after_a_nan_the_last_good_checkpoint_and_backup_are_intact(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 4), np.float32), np.ones((8, 1), np.float32)
+
+    class Poison(keras.callbacks.Callback):  # corrupts the weights during the second epoch
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.epoch == 1 and batch == 1:
+                self.model.layers[0].kernel.assign(np.full((4, 1), np.nan, np.float32))
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    guard = NaNGuard()
+    checkpoint = AtomicCheckpoint(tmp_path, "loss_metric", guard)
+    backup = SafeBackupAndRestore(str(tmp_path / "backup"), guard)
+    model.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[Poison(), guard, checkpoint, backup])
+    assert guard.reason and "epoch 2" in guard.reason
+    restored = keras.models.load_model(tmp_path / "last.keras")
+    assert np.all(np.isfinite(restored.layers[0].kernel.numpy()))
+    assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+
+
+def test_inconsistent_flags_fail_before_anything_is_built(tmp_path):
+    result = run_script(["--dataset=synthetic", f"--run_dir={tmp_path / 'run'}", "--input_size=100", "--batch_size=0"])
+    assert result.returncode == 2
+    assert "input_size=100" in result.stderr and "batch_size=0" in result.stderr and "data_dir" in result.stderr
+    assert not (tmp_path / "run").exists()
+    unknown = run_script(["--dataset=synthetic", "--no_such_flag=1"])
+    assert unknown.returncode != 0 and "no_such_flag" in unknown.stderr
+
+
+def test_a_killed_run_resumes_from_its_backup(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY_FLAGS, f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--epochs=40", "--steps_per_epoch=12"]
+    stderr = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe: TF's logging must never block the child
+    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if (run_dir / "log.csv").exists() and len(read_log(run_dir)) >= 3:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+    time.sleep(0.5)  # inside the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stderr.close()
+    backed_up = json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"]
+    assert 3 <= backed_up < 40
+    for name in ("last.keras", "best.keras"):  # no checkpoint is corrupt
+        keras.models.load_model(run_dir / name)
+    first_loss = float(read_log(run_dir)[0]["loss"])
+
+    result = run_script([*args[:-2], f"--epochs={backed_up + 2}", "--steps_per_epoch=12"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = [int(r["epoch"]) for r in read_log(run_dir)]
+    # The counter continues from the backup; no epoch is run twice.
+    assert epochs[-2:] == [backed_up, backed_up + 1] and epochs == sorted(set(epochs)), epochs
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["resumed_at_epoch"] == backed_up and summary["epochs_run"] == 2
+    # Weights were restored, not re-initialised: the resumed epoch trains from the learned state.
+    assert float(read_log(run_dir)[-2]["loss"]) < first_loss
+
+
+WEIGHTS_SCRIPT = """
+import json, sys
+import numpy as np
+from hourglass_tf.train import TrainConfig, train
+config = TrainConfig(**json.loads(sys.argv[1]))
+result = train(config)
+# Trainable weights follow the all-reduced gradients; BatchNorm moving statistics are per replica
+# (synchronized=False, as in the paper's single-GPU batches) and are not compared.
+weights = np.concatenate([w.numpy().ravel() for w in result["model"].trainable_weights])
+print("RESULT " + json.dumps({"replicas": result["summary"]["replicas"], "global_batch": result["summary"]["global_batch"],
+                             "checksum": float(np.sum(weights.astype(np.float64))), "first": weights[:8].tolist(),
+                             "epochs": result["summary"]["epochs_run"]}))
+"""
+
+
+def _strategy_run(config, env=None):
+    return subprocess.Popen([sys.executable, "-c", WEIGHTS_SCRIPT, json.dumps(config)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def _result(process, timeout=600):
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err[-4000:]
+    line = [x for x in out.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
+
+
+def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
+    config = dict(dataset="synthetic", data_dir=str(data_dir), num_stacks=1, filters=16, depth=2, input_size=64,
+                  batch_size=2, epochs=1, steps_per_epoch=3, run_dir=str(tmp_path / "run"), image_summaries=0,
+                  verbose=0, strategy="mirrored", cpu_replicas=2)  # fmt: skip
+    result = _result(_strategy_run(config))
+    assert result["replicas"] == 2 and result["global_batch"] == 4 and result["epochs"] == 1
+    assert np.isfinite(result["checksum"])
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_strategy_two_processes_agree_on_the_trainable_weights(data_dir, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        config = dict(dataset="synthetic", data_dir=str(data_dir), num_stacks=1, filters=16, depth=2, input_size=64,
+                      batch_size=2, epochs=1, steps_per_epoch=3, run_dir=str(tmp_path / "run"), image_summaries=0,
+                      verbose=0, strategy="multi_worker")  # fmt: skip
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        processes.append(_strategy_run(config, env={"TF_CONFIG": tf_config}))
+    results = [_result(p) for p in processes]
+    assert [r["replicas"] for r in results] == [2, 2] and results[0]["global_batch"] == 4
+    np.testing.assert_allclose(results[0]["first"], results[1]["first"], rtol=1e-6)
+    assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)
+    # Only the chief (worker 0) writes the run directory.
+    assert (tmp_path / "run" / "last.keras").exists()
