@@ -20,7 +20,7 @@ import scipy.io
 
 from hourglass_tf import metrics
 from hourglass_tf.data.sample import DataFileError
-from hourglass_tf.inference import skeleton_for
+from hourglass_tf.skeleton import for_joint_count
 
 
 def _load_mat(path):
@@ -78,7 +78,7 @@ def load_annotations(path):
         visible = present & (np.asarray(data["visible"]) > 0) if "visible" in data else present
     else:
         raise DataFileError(path, f"unsupported annotation file type {path.suffix!r}; expected .mat or .h5")
-    skeleton = skeleton_for(gt.shape[1])
+    skeleton = for_joint_count(gt.shape[1])
     return {"gt": gt, "present": present, "visible": visible, "normalizer": normalizer, "skeleton": skeleton,
             "threshold": 0.5 if skeleton.name == "mpii" else 0.2}  # fmt: skip
 

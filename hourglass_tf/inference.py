@@ -33,14 +33,6 @@ def flip_back(heatmaps, flip_permutation):
     return tf.gather(tf.reverse(heatmaps, axis=[2]), tf.constant(flip_permutation, tf.int32), axis=-1)
 
 
-def skeleton_for(num_joints):
-    """The joint set with ``num_joints`` joints (16 MPII, 14 LSP, 11 FLIC, 17 COCO)."""
-    by_count = {s.num_joints: s for s in (skeletons.MPII, skeletons.LSP, skeletons.FLIC, skeletons.COCO)}
-    if num_joints not in by_count:
-        raise ValueError(f"no known skeleton has {num_joints} joints; known: {sorted(by_count)}")
-    return by_count[num_joints]
-
-
 def box_to_center_scale(box):
     """Person box (x, y, w, h) in pixels -> centre (2,) and scale (side 1.25 x the larger side, / 200)."""
     x, y, w, h = (float(v) for v in box)
@@ -73,7 +65,7 @@ class Predictor:
             raise ValueError(f"model {model.name!r} has no stack_i outputs (outputs: {model.output_names})")
         self.output_names = names
         num_joints = int(model.get_layer(names[-1]).output.shape[-1])
-        self.skeleton = skeleton or skeleton_for(num_joints)
+        self.skeleton = skeleton or skeletons.for_joint_count(num_joints)
         if self.skeleton.num_joints != num_joints:
             raise ValueError(f"skeleton {self.skeleton.name} has {self.skeleton.num_joints} joints, the model {num_joints}")
         heatmap_size = int(model.get_layer(names[-1]).output.shape[1])

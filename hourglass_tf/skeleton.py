@@ -153,3 +153,11 @@ def get_skeleton(name):
     if key not in SKELETONS:
         raise ValueError(f"unknown skeleton {name!r}; expected one of {sorted(SKELETONS) + ['lspet']}")
     return SKELETONS[key]
+
+
+def for_joint_count(num_joints):
+    """The joint set with ``num_joints`` joints (16 MPII, 14 LSP, 11 FLIC, 17 COCO)."""
+    by_count = {s.num_joints: s for s in SKELETONS.values()}
+    if num_joints not in by_count:
+        raise ValueError(f"no known skeleton has {num_joints} joints; known: {sorted(by_count)}")
+    return by_count[num_joints]

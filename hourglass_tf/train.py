@@ -382,13 +382,27 @@ def build_compiled_model(config):
 
 
 def train(config):
-    """Runs training as ``config`` says; returns a dict summary (also written as ``summary.json``).
+    """Runs training as ``config`` says.
+
+    Returns:
+      dict: ``summary`` (also written as ``train_summary.json``), ``model`` (the trained
+      Keras model), ``history`` (per-epoch logs).
 
     The run directory receives ``config.json`` (resolved settings), ``best.keras``,
     ``last.keras``, ``best.json``, ``log.csv``, ``backup/`` (resume state), ``logs/``
     (TensorBoard) and ``train_summary.json``.
     """
     config.validate()
+    previous_policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16")
+    try:
+        return _train(config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(config):
     run_dir = pathlib.Path(config.run_dir)
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy, config.cpu_replicas)
@@ -397,9 +411,6 @@ def train(config):
     write_dir.mkdir(parents=True, exist_ok=True)
     if chief:
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16")
-
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     train_source, skeleton, train_report, num_train = sources.load_source(

@@ -335,3 +335,15 @@ def test_decoding_the_targets_and_back_projecting_gives_full_pckh(synthetic_root
     back = back_project(meta["crop_joints"].numpy(), meta["matrix"].numpy())
     present = meta["present"].numpy()
     np.testing.assert_allclose(back[present], meta["joints"].numpy()[present], atol=1e-2)
+
+
+def test_symlinked_image_folders_are_allowed_but_dotdot_escapes_are_not(tmp_path):
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    cv2.imwrite(str(real / "a.jpg"), np.full((64, 64, 3), 90, np.uint8))
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "images").symlink_to(real, target_is_directory=True)
+    kept, report = pipeline.check_samples([_sample("images/a.jpg"), _sample("images/../../elsewhere/a.jpg")], root)
+    assert [s.image_path for s in kept] == ["images/a.jpg"]
+    assert dict(report.skipped) == {"image path escapes the dataset root": 1}

@@ -201,3 +201,12 @@ def test_multi_worker_strategy_two_processes_agree_on_the_trainable_weights(data
     assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)
     # Only the chief (worker 0) writes the run directory.
     assert (tmp_path / "run" / "last.keras").exists()
+
+
+def test_mixed_precision_training_keeps_float32_outputs_and_loss(data_dir, tmp_path):
+    result = train(tiny_config(data_dir, tmp_path / "run", epochs=1, mixed_precision=True, image_summaries=0))
+    model = result["model"]
+    assert model.get_layer("hg1_d2_skip_res1_conv1").compute_dtype == "bfloat16"  # CPU: bfloat16
+    assert all(out.dtype == "float32" for out in model.outputs)
+    assert np.isfinite(result["history"]["loss"][0])
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards

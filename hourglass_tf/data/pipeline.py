@@ -22,6 +22,7 @@ Randomness is stateless, seeded from ``seed`` and a per-element stream
 """
 
 import dataclasses
+import os
 import pathlib
 
 import numpy as np
@@ -74,13 +75,14 @@ def inspect_sample(sample, root, decode=True):
 
     Args:
       sample: a ``PoseSample``.
-      root: resolved dataset root the ``image_path`` is relative to.
+      root: absolute, normalised dataset root the ``image_path`` is relative to.
       decode: decode the image (needed to catch corrupt files and to know its size).
 
     Returns:
       (problem or None, (H, W, 3) uint8 RGB array or None)
     """
-    path = (root / sample.image_path).resolve()
+    # Lexical check: ``..`` and absolute paths may not leave the root; symlinked folders inside it may.
+    path = pathlib.Path(os.path.normpath(root / sample.image_path))
     if not path.is_relative_to(root):
         return "image path escapes the dataset root", None
     if not path.is_file():
@@ -100,7 +102,7 @@ def check_samples(samples, root, decode=True):
 
     See ``inspect_sample`` for the checks. Returns (kept samples, SkipReport).
     """
-    root = pathlib.Path(root).resolve()
+    root = pathlib.Path(os.path.abspath(root))
     report = SkipReport()
     kept = []
     for sample in samples:

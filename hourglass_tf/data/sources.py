@@ -29,4 +29,6 @@ def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=T
         return tfrecords.read_shards(tfrecord_dir, split, skeleton.num_joints), skeleton, report, report.kept
     samples = readers.load_dataset(dataset, data_dir, split)
     kept, report = pipeline.check_samples(samples, data_dir, decode=decode_check)
+    if not kept:
+        raise ValueError(f"{data_dir}: no usable {split} sample out of {len(samples)}: {report.summary()}")
     return pipeline.samples_to_dataset(kept, data_dir), skeleton, report, len(kept)

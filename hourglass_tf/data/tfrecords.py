@@ -13,6 +13,7 @@ joint count, input size, counts and the skip report per split).
 
 import json
 import math
+import os
 import pathlib
 
 import cv2
@@ -99,7 +100,7 @@ def write_shards(samples, root, output_dir, split, input_size=256, samples_per_s
     Returns:
       SkipReport of the split.
     """
-    root = pathlib.Path(root).resolve()
+    root = pathlib.Path(os.path.abspath(root))
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = SkipReport()
