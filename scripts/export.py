@@ -1,0 +1,74 @@
+"""Exports a trained model to .keras, SavedModel (TF Serving), TFLite and ONNX.
+
+    python scripts/export.py --model=runs/demo/best.keras --output=exported/demo \
+        --formats=keras,saved_model,tflite,onnx [--num_stacks=1] [--flip_test] [--overwrite]
+    python scripts/export.py --model=runs/demo/best.keras --output=exported/demo_int8 --formats=tflite \
+        --quantize=int8 --calibration_dataset=synthetic --calibration_data=data/synthetic
+
+The output folder is written in a temporary folder beside it and renamed when complete; an existing
+one is kept unless --overwrite is given. See exported/README.md for the layout and the serving recipe.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "The .keras model to export.")
+flags.DEFINE_string("output", None, "Output folder, e.g. exported/NAME.")
+flags.DEFINE_list("formats", ["keras", "saved_model", "tflite", "onnx"], "Formats to write.")
+flags.DEFINE_integer("num_stacks", None, "Export the early-exit model of the first k stacks.")
+flags.DEFINE_bool("flip_test", False, "Put the paper's flip test inside the SavedModel signatures.")
+flags.DEFINE_enum("quantize", "none", ["none", "float16", "int8"], "TFLite quantization.")
+flags.DEFINE_string("calibration_data", None, "int8: dataset root (or TFRecord folder with --calibration_tfrecords).")
+flags.DEFINE_string("calibration_dataset", "synthetic", "int8: dataset layout of --calibration_data.")
+flags.DEFINE_bool("calibration_tfrecords", False, "int8: --calibration_data is a TFRecord shard folder.")
+flags.DEFINE_integer("calibration_samples", 64, "int8: validation crops used for calibration.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
+flags.DEFINE_integer("version", 1, "SavedModel version folder (TF Serving serves the highest).")
+flags.mark_flags_as_required(["model", "output"])
+
+
+def calibration_crops(dataset, path, tfrecords, count, input_size):
+    """(count, R, R, 3) float32 validation crops in [0, 1] for int8 calibration."""
+    import numpy as np
+
+    from hourglass_tf.data import pipeline, sources
+
+    data_dir, tfrecord_dir = (None, path) if tfrecords else (path, None)
+    source, skeleton, _, _ = sources.load_source(dataset, "valid", data_dir, tfrecord_dir)
+    batches = pipeline.make_dataset(source.take(count), skeleton, 1, 16, input_size=input_size, training=False)
+    return np.concatenate([crops.numpy() for crops, _ in batches])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import keras
+
+    from hourglass_tf.data.sample import DataFileError
+    from hourglass_tf.export import export_model
+
+    try:
+        model = keras.models.load_model(FLAGS.model)
+        calibration = None
+        if FLAGS.quantize == "int8":
+            if FLAGS.calibration_data is None:
+                raise app.UsageError("--quantize=int8 needs --calibration_data (a representative data split)")
+            calibration = calibration_crops(FLAGS.calibration_dataset, FLAGS.calibration_data, FLAGS.calibration_tfrecords,
+                                            FLAGS.calibration_samples, int(model.inputs[0].shape[1]))  # fmt: skip
+        paths = export_model(model, FLAGS.output, FLAGS.formats, FLAGS.num_stacks, FLAGS.flip_test, FLAGS.quantize,
+                             calibration, FLAGS.overwrite, FLAGS.version)  # fmt: skip
+    except (DataFileError, FileExistsError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for fmt, path in paths.items():
+        print(f"{fmt:12s} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,132 @@
+"""Export: every format against the Keras model on the same inputs (tiny models)."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY
+from hourglass_tf.codec import HeatmapCodec
+from hourglass_tf.export import export_model
+from hourglass_tf.inference import Predictor
+from hourglass_tf.model import build_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = build_model(**TINY)
+    # Non-trivial heads so decoded keypoints are meaningful to compare.
+    for name in ("stack_1", "stack_2"):
+        kernel, bias = model.get_layer(name).get_weights()
+        model.get_layer(name).set_weights([np.random.default_rng(0).normal(0, 0.3, kernel.shape).astype(np.float32), bias])
+    crops = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    expected = model.predict_on_batch(crops.astype(np.float32) / 255.0)["stack_2"]
+    return model, crops, expected, tmp_path_factory.mktemp("export")
+
+
+def test_saved_model_signatures_match_keras(tiny):
+    model, crops, expected, root = tiny
+    paths = export_model(model, root / "fp32", formats=("keras", "saved_model"))
+    loaded = tf.saved_model.load(str(paths["saved_model"]))
+    assert set(loaded.signatures) >= {"serving_default", "predict_image"}
+    out = loaded.signatures["serving_default"](images=tf.constant(crops))
+    assert set(out) == {"heatmaps", "keypoints", "scores"}
+    assert np.abs(out["heatmaps"].numpy() - expected).max() < 1e-4
+    keypoints, scores = HeatmapCodec(64, 16).decode(expected)
+    np.testing.assert_array_equal(out["keypoints"].numpy(), keypoints.numpy())
+    np.testing.assert_allclose(out["scores"].numpy(), scores.numpy(), atol=1e-4)
+    info = json.loads((root / "fp32" / "export.json").read_text())
+    assert info["num_stacks"] == 2 and info["input_size"] == 64 and info["num_joints"] == 16
+
+
+def test_predict_image_signature_matches_the_predictor_and_refuses_bad_boxes(tiny):
+    model, crops, _, root = tiny
+    path = export_model(model, root / "img", formats=("saved_model",))["saved_model"]
+    loaded = tf.saved_model.load(str(path))
+    image = np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    png = tf.io.encode_png(image)
+    out = loaded.signatures["predict_image"](image_bytes=png, box=tf.constant([20.0, 10.0, 60.0, 70.0]))
+    reference = Predictor(model, flip_test=False).predict_image(image, box=(20, 10, 60, 70))
+    np.testing.assert_allclose(out["keypoints"].numpy(), reference["keypoints"], atol=1e-3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside the image"):
+        loaded.signatures["predict_image"](image_bytes=png, box=tf.constant([500.0, 10.0, 60.0, 70.0]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        loaded.signatures["predict_image"](image_bytes=tf.constant(b"not an image"), box=tf.constant([0.0, 0.0, 9.0, 9.0]))
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+        loaded.signatures["serving_default"](images=tf.constant(crops.astype(np.float32)))  # wrong dtype
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=r"\(N, 64, 64, 3\)"):
+        loaded.signatures["serving_default"](images=tf.constant(crops[:, :32]))  # wrong size
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+        loaded.signatures["serving_default"](images=tf.constant(crops[0]))  # wrong rank
+
+
+def _tflite_heatmaps(path, images):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    runner = interpreter.get_signature_runner()
+    (input_name,) = runner.get_input_details()
+    outputs = [runner(**{input_name: image[None]}) for image in images]
+    (output_name,) = outputs[0]
+    return np.concatenate([o[output_name] for o in outputs])
+
+
+@pytest.mark.parametrize("quantize, tolerance", [("none", 1e-4), ("float16", 1e-2)])
+def test_tflite_matches_keras(tiny, quantize, tolerance):
+    model, crops, expected, root = tiny
+    path = export_model(model, root / f"tfl_{quantize}", formats=("tflite",), quantize=quantize)["tflite"]
+    heatmaps = _tflite_heatmaps(path, crops.astype(np.float32) / 255.0)
+    assert np.abs(heatmaps - expected).max() < tolerance
+    if quantize == "none":
+        codec = HeatmapCodec(64, 16)
+        np.testing.assert_array_equal(codec.decode(heatmaps)[0].numpy(), codec.decode(expected)[0].numpy())
+
+
+def test_tflite_int8_reports_keypoint_agreement(tiny):
+    model, crops, expected, root = tiny
+    calibration = np.random.default_rng(4).random((8, 64, 64, 3), dtype=np.float32)
+    path = export_model(model, root / "tfl_int8", formats=("tflite",), quantize="int8",
+                        calibration_images=calibration)["tflite"]  # fmt: skip
+    heatmaps = _tflite_heatmaps(path, crops)  # uint8 pixel values in
+    codec = HeatmapCodec(64, 16)
+    agree = np.linalg.norm(codec.decode(heatmaps)[0].numpy() - codec.decode(expected)[0].numpy(), axis=-1) < 4.0
+    print(f"int8 keypoint agreement (within one heatmap pixel): {agree.mean():.2%}")
+    assert np.isfinite(heatmaps).all() and agree.mean() > 0.5
+    with pytest.raises(ValueError, match="calibration"):
+        export_model(model, root / "no_calib", formats=("tflite",), quantize="int8")
+
+
+def test_onnx_matches_keras(tiny):
+    import onnxruntime
+
+    model, crops, expected, root = tiny
+    path = export_model(model, root / "onnx", formats=("onnx",))["onnx"]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (heatmaps,) = session.run(None, {session.get_inputs()[0].name: crops.astype(np.float32) / 255.0})
+    assert np.abs(heatmaps - expected).max() < 1e-4
+
+
+def test_early_exit_export_and_refusals(tiny, tmp_path):
+    model, crops, _, _ = tiny
+    paths = export_model(model, tmp_path / "first1", formats=("keras",), num_stacks=1)
+    import keras
+
+    assert keras.models.load_model(paths["keras"]).output_names == ["stack_1"]
+    with pytest.raises(FileExistsError, match="first1 exists"):
+        export_model(model, tmp_path / "first1", formats=("keras",))
+    export_model(model, tmp_path / "first1", formats=("keras",), overwrite=True)
+    with pytest.raises(ValueError, match="formats"):
+        export_model(model, tmp_path / "bad", formats=("pickle",))
+    assert not list(tmp_path.glob(".bad*")) and not (tmp_path / "bad").exists()
+
+
+def test_flip_test_inside_the_saved_model(tiny, tmp_path):
+    model, crops, _, _ = tiny
+    path = export_model(model, tmp_path / "flip", formats=("saved_model",), flip_test=True)["saved_model"]
+    out = tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(crops))
+    reference = Predictor(model, flip_test=True).predict_crops(crops.astype(np.float32) / 255.0)
+    np.testing.assert_allclose(out["heatmaps"].numpy(), reference["heatmaps"], atol=1e-4)
