@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from hourglass_tf import skeleton as skeletons
-from hourglass_tf.codec import HeatmapCodec, apply_matrix, crop_matrix, warp_image
+from hourglass_tf.codec import HeatmapCodec, crop_matrix, warp_image
 from hourglass_tf.data.sample import PERSON_BOX_UNIT
 
 BOX_PAD = 1.25
@@ -49,53 +49,38 @@ def back_project(keypoints, matrices):
 
 
 class Predictor:
-    """Runs a stacked hourglass with the paper's test-time procedure.
+    """Runs a stacked hourglass with the paper's test-time procedure, on any backend.
 
     Args:
-      model: a Keras model with input (N, R, R, 3) and outputs ``stack_1`` ... ``stack_S``.
+      model: a Keras model (input (N, R, R, 3), outputs ``stack_1`` ... ``stack_S``) or a
+        ``backends.Runner`` (``Predictor.from_file`` picks one from the file).
       skeleton: the joint set (default: from the heatmap channel count).
       flip_test: average with the mirrored crop (the paper's procedure).
     """
 
     def __init__(self, model, skeleton=None, flip_test=True):
-        self.model = model
-        self.input_size = int(model.inputs[0].shape[1])
-        names = sorted((n for n in model.output_names if n.startswith("stack_")), key=lambda n: int(n.split("_")[1]))
-        if not names:
-            raise ValueError(f"model {model.name!r} has no stack_i outputs (outputs: {model.output_names})")
-        self.output_names = names
-        num_joints = int(model.get_layer(names[-1]).output.shape[-1])
+        from hourglass_tf.backends import KerasRunner, Runner
+
+        self.runner = model if isinstance(model, Runner) else KerasRunner(model)
+        self.input_size = self.runner.input_size
+        num_joints = self.runner.num_joints
         self.skeleton = skeleton or skeletons.for_joint_count(num_joints)
         if self.skeleton.num_joints != num_joints:
             raise ValueError(f"skeleton {self.skeleton.name} has {self.skeleton.num_joints} joints, the model {num_joints}")
-        heatmap_size = int(model.get_layer(names[-1]).output.shape[1])
-        self.codec = HeatmapCodec(self.input_size, heatmap_size)
+        self.codec = HeatmapCodec(self.input_size, self.runner.heatmap_size)
         self.flip_test = flip_test
-        spec = tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)
-        self._all_stacks = tf.function(self._forward_all, input_signature=[spec])
 
     @classmethod
     def from_file(cls, path, skeleton=None, flip_test=True):
-        """Loads a ``.keras`` model file."""
-        import keras
+        """Loads ``.keras``, a SavedModel or ``exported/NAME`` folder, ``.tflite`` or ``.onnx``."""
+        from hourglass_tf.backends import load_runner
 
-        return cls(keras.models.load_model(path), skeleton, flip_test)
-
-    def _forward_all(self, crops):
-        n = tf.shape(crops)[0]
-        batch = tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0) if self.flip_test else crops
-        outputs = self.model(batch, training=False)
-        stacks = []
-        for name in self.output_names:
-            heatmaps = tf.cast(outputs[name], tf.float32)
-            if self.flip_test:
-                heatmaps = (heatmaps[:n] + flip_back(heatmaps[n:], self.skeleton.flip_permutation)) / 2.0
-            stacks.append(heatmaps)
-        return tf.stack(stacks, axis=0)  # (S, N, H, W, K)
+        return cls(load_runner(path), skeleton, flip_test)
 
     def all_stack_heatmaps(self, crops):
-        """Heatmaps of every stack: (S, N, H, W, K) float32 NumPy."""
-        return self._all_stacks(tf.convert_to_tensor(crops, tf.float32)).numpy()
+        """Heatmaps (S, N, H, W, K) float32 NumPy: every stack (Keras) or the last (exported formats)."""
+        permutation = self.skeleton.flip_permutation if self.flip_test else None
+        return np.asarray(self.runner(np.asarray(crops, np.float32), permutation), np.float32)
 
     def decode(self, heatmaps):
         """(N, H, W, K) heatmaps -> keypoints (N, K, 2) crop pixels, scores (N, K)."""

@@ -1,6 +1,7 @@
 """Predicts the pose of one person per image (or video frame) with a trained model.
 
     python scripts/predict.py --model=runs/demo/best.keras --output_dir=runs/predict IMAGE_OR_FOLDER_OR_VIDEO...
+    python scripts/predict.py --model=exported/demo photo.jpg        # SavedModel; also .tflite / .onnx files
     python scripts/predict.py --model=M.keras --bbox=x,y,w,h photo.jpg
     python scripts/predict.py --model=M.keras --center=x,y --scale=s photo.jpg
 
@@ -17,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Model file (.keras).")
+flags.DEFINE_string("model", None, "Model: .keras, .tflite, .onnx, a SavedModel folder or an exported/NAME folder.")
 flags.DEFINE_list("bbox", None, "Person box x,y,w,h in pixels.")
 flags.DEFINE_list("center", None, "Person centre x,y in pixels (with --scale).")
 flags.DEFINE_float("scale", None, "Person scale: box side / 200 px (with --center).")

@@ -130,3 +130,41 @@ def test_flip_test_inside_the_saved_model(tiny, tmp_path):
     out = tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(crops))
     reference = Predictor(model, flip_test=True).predict_crops(crops.astype(np.float32) / 255.0)
     np.testing.assert_allclose(out["heatmaps"].numpy(), reference["heatmaps"], atol=1e-4)
+
+
+def test_predict_cli_accepts_every_exported_format(tiny, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+
+    from conftest import REPO
+
+    model, _, _, _ = tiny
+    export_dir = tmp_path / "all"
+    paths = export_model(model, export_dir, formats=("keras", "saved_model", "tflite", "onnx"))
+    image = np.random.default_rng(6).integers(0, 256, (80, 100, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    keypoints = {}
+    for name, model_path in [("keras", paths["keras"]), ("saved_model", export_dir), ("tflite", paths["tflite"]),
+                             ("onnx", paths["onnx"])]:  # fmt: skip
+        out = tmp_path / f"out_{name}"
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), f"--model={model_path}",
+                                 f"--output_dir={out}", "--bbox=10,5,70,60", str(tmp_path / "a.png")],
+                                capture_output=True, text=True, timeout=600, env=os.environ.copy())  # fmt: skip
+        assert result.returncode == 0, (name, result.stderr[-2000:])
+        data = json.loads((out / "a.json").read_text())
+        keypoints[name] = np.array([[k["x"], k["y"]] for k in data["keypoints"]])
+    for name in ("saved_model", "tflite", "onnx"):
+        np.testing.assert_allclose(keypoints[name], keypoints["keras"], atol=0.5, err_msg=name)
+
+
+def test_unknown_model_files_are_refused(tmp_path):
+    from hourglass_tf.backends import load_runner
+
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="weights.bin: unknown model format"):
+        load_runner(tmp_path / "weights.bin")
+    with pytest.raises(ValueError, match="no such model"):
+        load_runner(tmp_path / "missing.keras")
