@@ -168,3 +168,26 @@ def test_unknown_model_files_are_refused(tmp_path):
         load_runner(tmp_path / "weights.bin")
     with pytest.raises(ValueError, match="no such model"):
         load_runner(tmp_path / "missing.keras")
+
+
+def test_serving_client_payloads_round_trip_through_the_saved_model(tiny, tmp_path):
+    from hourglass_tf import serving
+
+    model, crops, expected, _ = tiny
+    saved_model = export_model(model, tmp_path / "srv", formats=("saved_model",))["saved_model"]
+    payload = json.loads(json.dumps(serving.crops_request(crops)))  # exactly what goes over the wire
+    result = serving.parse_response(json.dumps(serving.serve_in_process(saved_model, payload)))
+    assert np.abs(result["heatmaps"] - expected).max() < 1e-4 and result["keypoints"].shape == (4, 16, 2)
+
+    image = np.random.default_rng(7).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    png = tf.io.encode_png(image).numpy()
+    payload = json.loads(json.dumps(serving.image_request(png, (20, 10, 60, 70))))
+    result = serving.parse_response(serving.serve_in_process(saved_model, payload))
+    reference = Predictor(model, flip_test=False).predict_image(image, box=(20, 10, 60, 70))
+    np.testing.assert_allclose(result["keypoints"], reference["keypoints"], atol=1e-3)
+
+    refused = serving.serve_in_process(saved_model, serving.image_request(png, (500, 10, 60, 70)))
+    with pytest.raises(ValueError, match=r"(?s)refused the request: .*box lies outside the image"):
+        serving.parse_response(refused)
+    with pytest.raises(ValueError, match="uint8"):
+        serving.crops_request(crops.astype(np.float32))
