@@ -165,10 +165,11 @@ def make_strategy(name, cpu_replicas=0):
 def is_chief(strategy):
     """True on the worker that writes checkpoints and logs (always, outside multi-worker)."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster or resolver.task_type in ("chief", None):
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type in ("chief", None) or (task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
+    # Without a "chief" task, TensorFlow's convention makes worker 0 the chief.
+    return "chief" not in cluster and resolver.task_type == "worker" and resolver.task_id == 0
 
 
 # ---------------------------------------------------------------- callbacks
