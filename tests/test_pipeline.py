@@ -347,3 +347,16 @@ def test_symlinked_image_folders_are_allowed_but_dotdot_escapes_are_not(tmp_path
     kept, report = pipeline.check_samples([_sample("images/a.jpg"), _sample("images/../../elsewhere/a.jpg")], root)
     assert [s.image_path for s in kept] == ["images/a.jpg"]
     assert dict(report.skipped) == {"image path escapes the dataset root": 1}
+
+
+def test_people_of_the_same_photo_decode_it_once(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        cv2.imwrite(str(root / "images" / name), np.full((64, 64, 3), 100, np.uint8))
+    calls = []
+    original = pipeline.decode_image
+    monkeypatch.setattr(pipeline, "decode_image", lambda data: calls.append(1) or original(data))
+    samples = [_sample("images/a.jpg"), _sample("images/a.jpg"), _sample("images/b.jpg"), _sample("images/b.jpg")]
+    kept, _ = pipeline.check_samples(samples, root)
+    assert len(kept) == 4 and len(calls) == 2

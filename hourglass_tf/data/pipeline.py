@@ -66,7 +66,7 @@ NO_AUGMENTATION = Augmentation(rotation=0.0, scale_min=1.0, scale_max=1.0, flip=
 # ---------------------------------------------------------------- sources
 
 
-def inspect_sample(sample, root, decode=True):
+def inspect_sample(sample, root, decode=True, last_image=None):
     """Why ``sample`` is unusable, or None; and its decoded image when ``decode``.
 
     Checks, in order: image path escaping ``root``; missing image; undecodable image
@@ -77,6 +77,8 @@ def inspect_sample(sample, root, decode=True):
       sample: a ``PoseSample``.
       root: absolute, normalised dataset root the ``image_path`` is relative to.
       decode: decode the image (needed to catch corrupt files and to know its size).
+      last_image: optional dict the caller keeps between calls; it holds the last decoded
+        image, so people of the same photo (consecutive in every reader) decode it once.
 
     Returns:
       (problem or None, (H, W, 3) uint8 RGB array or None)
@@ -89,9 +91,15 @@ def inspect_sample(sample, root, decode=True):
         return "missing image", None
     image = size = None
     if decode:
-        try:
-            image = decode_image(tf.io.read_file(str(path))).numpy()
-        except tf.errors.OpError:
+        cache = {} if last_image is None else last_image
+        if path not in cache:
+            cache.clear()
+            try:
+                cache[path] = decode_image(tf.io.read_file(str(path))).numpy()
+            except tf.errors.OpError:
+                cache[path] = None
+        image = cache[path]
+        if image is None:
             return "corrupt or unreadable image", None
         size = (image.shape[1], image.shape[0])
     return sample_problem(sample, size), image
@@ -105,8 +113,9 @@ def check_samples(samples, root, decode=True):
     root = pathlib.Path(os.path.abspath(root))
     report = SkipReport()
     kept = []
+    last_image = {}
     for sample in samples:
-        problem, _ = inspect_sample(sample, root, decode)
+        problem, _ = inspect_sample(sample, root, decode, last_image)
         if problem:
             report.skip(problem, sample.sample_id)
         else:

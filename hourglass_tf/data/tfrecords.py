@@ -110,9 +110,10 @@ def write_shards(samples, root, output_dir, split, input_size=256, samples_per_s
     finals = [output_dir / f"{split}-{s:05d}-of-{num_shards:05d}.tfrecord" for s in range(num_shards)]
     temps = [final.with_name(f".{final.name}.tmp") for final in finals]
     writers = [tf.io.TFRecordWriter(str(tmp)) for tmp in temps]
+    last_image = {}
     try:
         for i, sample in enumerate(samples):
-            problem, image = inspect_sample(sample, root)
+            problem, image = inspect_sample(sample, root, last_image=last_image)
             if problem:
                 report.skip(problem, sample.sample_id)
             else:
