@@ -16,9 +16,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-
-def _flip_average(heatmaps, n, flip_permutation):
-    return (heatmaps[:, :n] + heatmaps[:, n:, :, ::-1][..., flip_permutation]) / 2.0
+from hourglass_tf.inference import flip_back
 
 
 def _to_uint8(crops):
@@ -37,7 +35,8 @@ class Runner:
         if flip_permutation is None or self.flips_inside:
             return self.raw(crops)
         n = len(crops)
-        return _flip_average(self.raw(np.concatenate([crops, crops[:, :, ::-1]])), n, np.asarray(flip_permutation))
+        stacks = self.raw(np.concatenate([crops, crops[:, :, ::-1]]))
+        return (stacks[:, :n] + flip_back(stacks[:, n:], flip_permutation).numpy()) / 2.0
 
 
 class KerasRunner(Runner):
@@ -65,8 +64,7 @@ class KerasRunner(Runner):
         stacks = tf.stack([tf.cast(outputs[name], tf.float32) for name in self.names])
         if flip_permutation is None:
             return stacks
-        mirrored = tf.gather(tf.reverse(stacks[:, n:], axis=[3]), tf.constant(flip_permutation, tf.int32), axis=-1)
-        return (stacks[:, :n] + mirrored) / 2.0
+        return (stacks[:, :n] + flip_back(stacks[:, n:], flip_permutation)) / 2.0
 
     def raw(self, crops):
         return self._plain(tf.convert_to_tensor(crops, tf.float32)).numpy()

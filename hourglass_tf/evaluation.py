@@ -19,24 +19,8 @@ import numpy as np
 import scipy.io
 
 from hourglass_tf import metrics
-from hourglass_tf.data.sample import DataFileError
+from hourglass_tf.data.sample import DataFileError, load_h5, load_mat, require_file
 from hourglass_tf.skeleton import for_joint_count
-
-
-def _load_mat(path):
-    try:
-        return scipy.io.loadmat(str(path))
-    except Exception as err:  # scipy raises several types for a bad file
-        raise DataFileError(path, f"not a readable MATLAB .mat file ({err})") from err
-
-
-def _load_h5(path):
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as err:
-        raise DataFileError(path, f"not a readable HDF5 file ({err})") from err
-    with handle:
-        return {key: handle[key][()] for key in handle}
 
 
 def load_annotations(path):
@@ -47,11 +31,9 @@ def load_annotations(path):
       bool, ``normalizer`` (N,), ``skeleton``, ``threshold`` (0.5 for 16-joint MPII
       files, else 0.2).
     """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise DataFileError(path, "file not found")
+    path = require_file(path)
     if path.suffix == ".mat":
-        mat = _load_mat(path)
+        mat = load_mat(path)
         missing = [k for k in ("pos_gt_src", "headboxes_src", "jnt_missing") if k not in mat]
         if missing:
             raise DataFileError(path, f"missing variable(s) {missing}; expected pos_gt_src, headboxes_src, jnt_missing")
@@ -64,7 +46,7 @@ def load_annotations(path):
         normalizer = metrics.HEAD_SIZE_FACTOR * np.linalg.norm(boxes[1] - boxes[0], axis=0)
         visible = present
     elif path.suffix in (".h5", ".hdf5"):
-        data = _load_h5(path)
+        data = load_h5(path)
         missing = [k for k in ("part", "normalize") if k not in data]
         if missing:
             raise DataFileError(path, f"missing dataset(s) {missing}; found {sorted(data)}")
@@ -80,7 +62,7 @@ def load_annotations(path):
         raise DataFileError(path, f"unsupported annotation file type {path.suffix!r}; expected .mat or .h5")
     skeleton = for_joint_count(gt.shape[1])
     return {"gt": gt, "present": present, "visible": visible, "normalizer": normalizer, "skeleton": skeleton,
-            "threshold": 0.5 if skeleton.name == "mpii" else 0.2}  # fmt: skip
+            "threshold": metrics.pck_threshold(skeleton.name)}  # fmt: skip
 
 
 def load_predictions(path, num_people=None, num_joints=None):
@@ -89,18 +71,16 @@ def load_predictions(path, num_people=None, num_joints=None):
     Raises DataFileError naming the file when the count or joint layout does not match
     ``num_people`` / ``num_joints``.
     """
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise DataFileError(path, "file not found")
+    path = require_file(path)
     if path.suffix == ".npy":
         preds = np.load(path, allow_pickle=False).astype(np.float64)
     elif path.suffix in (".h5", ".hdf5"):
-        data = _load_h5(path)
+        data = load_h5(path)
         if "preds" not in data:
             raise DataFileError(path, f"expected the dataset 'preds', found {sorted(data)}")
         preds = np.asarray(data["preds"], np.float64) - 1.0
     elif path.suffix == ".mat":
-        mat = _load_mat(path)
+        mat = load_mat(path)
         if "preds" in mat:
             preds = np.asarray(mat["preds"], np.float64) - 1.0
         elif "pos_pred_src" in mat:
@@ -295,7 +275,7 @@ def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_d
     data = pipeline.make_dataset(source, skeleton, 1, batch_size, input_size=predictor.input_size, training=False,
                                  with_meta=True)  # fmt: skip
     pred = predict_dataset(predictor, data, all_stacks=True, progress=progress, total=count)
-    threshold = 0.5 if dataset in ("mpii", "synthetic") else 0.2
+    threshold = metrics.pck_threshold(dataset)
     result = metrics.evaluate(pred["keypoints"], pred["joints"], pred["present"], pred["normalizer"], skeleton, threshold)
     result.update(
         dataset=dataset, split=split, model=str(model_path), flip_test=flip_test, people=int(len(pred["keypoints"])),

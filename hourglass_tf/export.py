@@ -29,7 +29,9 @@ import tensorflow as tf
 
 from hourglass_tf import skeleton as skeletons
 from hourglass_tf.codec import HeatmapCodec, crop_matrix, warp_image
-from hourglass_tf.inference import BOX_PAD, flip_back
+from hourglass_tf.data.readers import BOX_PAD
+from hourglass_tf.data.sample import PERSON_BOX_UNIT
+from hourglass_tf.inference import flip_back
 from hourglass_tf.model import output_names, truncate
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
@@ -90,7 +92,7 @@ class ServingModule(tf.Module):
         ]  # fmt: skip
         with tf.control_dependencies(checks):
             center = tf.stack([x + w / 2.0, y + h / 2.0])
-            scale = BOX_PAD * tf.maximum(w, h) / 200.0
+            scale = BOX_PAD * tf.maximum(w, h) / PERSON_BOX_UNIT
         matrix = crop_matrix(center, scale, self.input_size)
         crop = warp_image(tf.cast(image, tf.float32) / 255.0, matrix, self.input_size)
         heatmaps = self.heatmaps(crop[None])

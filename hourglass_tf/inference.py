@@ -19,26 +19,17 @@ import tensorflow as tf
 
 from hourglass_tf import skeleton as skeletons
 from hourglass_tf.codec import HeatmapCodec, crop_matrix, warp_image
+from hourglass_tf.data.readers import box_to_center_scale
 from hourglass_tf.data.sample import PERSON_BOX_UNIT
-
-BOX_PAD = 1.25
 
 
 def flip_back(heatmaps, flip_permutation):
     """Heatmaps of mirrored crops -> heatmaps in the unmirrored frame with left/right swapped.
 
-    (N, H, W, K) -> (N, H, W, K). Exact: mirroring input pixel x -> R - 1 - x maps heatmap
-    pixel u -> W - 1 - u under the codec's pixel-centre convention.
+    (..., H, W, K) -> (..., H, W, K), any leading axes. Exact: mirroring input pixel
+    x -> R - 1 - x maps heatmap pixel u -> W - 1 - u under the codec's pixel-centre convention.
     """
-    return tf.gather(tf.reverse(heatmaps, axis=[2]), tf.constant(flip_permutation, tf.int32), axis=-1)
-
-
-def box_to_center_scale(box):
-    """Person box (x, y, w, h) in pixels -> centre (2,) and scale (side 1.25 x the larger side, / 200)."""
-    x, y, w, h = (float(v) for v in box)
-    if not (w > 0 and h > 0):
-        raise ValueError(f"box width and height must be positive, received box={tuple(box)}")
-    return np.array([x + w / 2, y + h / 2], np.float32), BOX_PAD * max(w, h) / PERSON_BOX_UNIT
+    return tf.gather(tf.reverse(heatmaps, axis=[-2]), tf.constant(flip_permutation, tf.int32), axis=-1)
 
 
 def back_project(keypoints, matrices):

@@ -53,6 +53,12 @@ MPII_EXCLUDED_FROM_MEAN = ("pelvis", "thorax")
 TABLE_PARTS = ("head_top", "shoulder", "elbow", "wrist", "hip", "knee", "ankle")
 TABLE_NAMES = ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle")
 DEFAULT_THRESHOLDS = np.round(np.linspace(0.0, 0.5, 51), 4)
+PCKH_DATASETS = ("mpii", "synthetic")  # MPII's 16-joint layout: PCKh@0.5; the others PCK@0.2 (torso)
+
+
+def pck_threshold(dataset):
+    """The benchmark threshold of ``dataset`` (a dataset or skeleton name): 0.5 (PCKh) for MPII layouts, else 0.2."""
+    return 0.5 if dataset in PCKH_DATASETS else 0.2
 
 
 def _check_arrays(pred, gt, present, normalizer):

@@ -38,7 +38,6 @@ from hourglass_tf.model import build_model, output_names
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("rmsprop", "adam")
-PCKH_DATASETS = ("mpii", "synthetic")
 
 
 @dataclasses.dataclass
@@ -82,11 +81,11 @@ class TrainConfig:
 
     @property
     def metric_name(self):
-        return "val_pckh" if self.dataset in PCKH_DATASETS else "val_pck"
+        return "val_pckh" if self.metric_threshold == 0.5 else "val_pck"
 
     @property
     def metric_threshold(self):
-        return 0.5 if self.dataset in PCKH_DATASETS else 0.2
+        return metrics.pck_threshold(self.dataset)
 
     def validate(self):
         """Raises ValueError naming every inconsistent choice, before anything is built."""

@@ -38,12 +38,10 @@ import json
 import pathlib
 import posixpath
 
-import h5py
 import numpy as np
-import scipy.io
 
 from hourglass_tf import metrics, skeleton
-from hourglass_tf.data.sample import PERSON_BOX_UNIT, DataFileError, PoseSample
+from hourglass_tf.data.sample import PERSON_BOX_UNIT, DataFileError, PoseSample, load_h5, load_mat, require_file
 
 MPII_CENTER_SHIFT = 15.0  # pixels per unit of scale, downwards
 MPII_SCALE_PAD = 1.25
@@ -60,19 +58,8 @@ def _image_path(prefix, name):
     return posixpath.join(prefix, str(name)) if prefix else str(name)
 
 
-def _require_file(path):
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise DataFileError(path, "file not found")
-    return path
-
-
 def _loadmat(path):
-    path = _require_file(path)
-    try:
-        return scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-    except Exception as err:  # scipy raises several types for a bad file
-        raise DataFileError(path, f"not a readable MATLAB .mat file ({err})") from err
+    return load_mat(path, squeeze_me=True, struct_as_record=False)
 
 
 def center_scale_from_joints(joints, present):
@@ -83,6 +70,14 @@ def center_scale_from_joints(joints, present):
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     side = max(BOX_PAD * float(np.max(hi - lo)), MIN_BOX_SIDE)
     return ((lo + hi) / 2).astype(np.float32), side / PERSON_BOX_UNIT
+
+
+def box_to_center_scale(box):
+    """Person box (x, y, w, h) in pixels -> centre (2,) and scale (side 1.25 x the larger box side, / 200)."""
+    x, y, w, h = (float(v) for v in box)
+    if not (w > 0 and h > 0):
+        raise ValueError(f"box width and height must be positive, received box={tuple(box)}")
+    return np.array([x + w / 2, y + h / 2], np.float32), BOX_PAD * max(w, h) / PERSON_BOX_UNIT
 
 
 def _mpii_adjust(center, scale):
@@ -105,25 +100,21 @@ def read_annot_h5(path, skel, dataset, image_prefix="images"):
       dataset: dataset name for the samples.
       image_prefix: folder of the images relative to the dataset root.
     """
-    path = _require_file(path)
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as err:
-        raise DataFileError(path, f"not a readable HDF5 file ({err})") from err
-    with handle:
-        missing = [k for k in ("imgname", "part", "center", "scale") if k not in handle]
-        if missing:
-            raise DataFileError(path, f"missing dataset(s) {missing}; found {sorted(handle)}")
-        part = handle["part"][()].astype(np.float64)
-        n = len(part)
-        if part.shape[1:] != (skel.num_joints, 2):
-            raise DataFileError(path, f"'part' must be (N, {skel.num_joints}, 2) for {skel.name}, found {part.shape}")
-        fields = {"imgname": handle["imgname"][()], "center": handle["center"][()], "scale": handle["scale"][()]}
-        fields["visible"] = handle["visible"][()] if "visible" in handle else np.ones(part.shape[:2])
-        fields["normalize"] = handle["normalize"][()] if "normalize" in handle else np.full(n, np.nan)
-        for key, value in fields.items():
-            if len(value) != n:
-                raise DataFileError(path, f"'{key}' has {len(value)} rows but 'part' has {n}")
+    path = pathlib.Path(path)
+    data = load_h5(path)
+    missing = [k for k in ("imgname", "part", "center", "scale") if k not in data]
+    if missing:
+        raise DataFileError(path, f"missing dataset(s) {missing}; found {sorted(data)}")
+    part = data["part"].astype(np.float64)
+    n = len(part)
+    if part.shape[1:] != (skel.num_joints, 2):
+        raise DataFileError(path, f"'part' must be (N, {skel.num_joints}, 2) for {skel.name}, found {part.shape}")
+    fields = {"imgname": data["imgname"], "center": data["center"], "scale": data["scale"]}
+    fields["visible"] = data["visible"] if "visible" in data else np.ones(part.shape[:2])
+    fields["normalize"] = data["normalize"] if "normalize" in data else np.full(n, np.nan)
+    for key, value in fields.items():
+        if len(value) != n:
+            raise DataFileError(path, f"'{key}' has {len(value)} rows but 'part' has {n}")
     samples = []
     for i in range(n):
         present = np.all(part[i] > 0, axis=1)
@@ -150,7 +141,7 @@ def read_annot_h5(path, skel, dataset, image_prefix="images"):
 
 def read_mpii_json(path, image_prefix="images", dataset="mpii"):
     """The PyTorch ports' MPII JSON (HRNet layout, 1-based pixels, raw centre/scale)."""
-    path = _require_file(path)
+    path = require_file(path)
     try:
         rows = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -230,7 +221,7 @@ def read_mpii_mat(path, split="train", valid_images=None, image_prefix="images")
     if split != "all":
         if valid_images is None:
             raise ValueError(f"split={split!r} needs valid_images (the standard validation image list)")
-        valid_names = set(_require_file(valid_images).read_text().split())
+        valid_names = set(require_file(valid_images).read_text().split())
     samples = []
     for i, entry in enumerate(annolist):
         if not img_train[i]:
@@ -376,7 +367,7 @@ def read_coco(path, image_prefix):
       path: ``person_keypoints_*.json``.
       image_prefix: folder of its images relative to the dataset root (``val2017``).
     """
-    path = _require_file(path)
+    path = require_file(path)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -394,20 +385,20 @@ def read_coco(path, image_prefix):
             raise DataFileError(path, f"annotation {ann.get('id')}: expected 51 keypoint values, found {kp.size}")
         kp = kp.reshape(17, 3)
         present = kp[:, 2] > 0
-        x, y, w, h = ann["bbox"]
+        _, _, w, h = ann["bbox"]
         if present.sum() < COCO_MIN_KEYPOINTS or w * h < COCO_MIN_BOX_SIDE**2:
             continue
         if ann["image_id"] not in files:
             raise DataFileError(path, f"annotation {ann.get('id')} refers to unknown image_id {ann['image_id']}")
-        side = BOX_PAD * max(w, h)
+        center, scale = box_to_center_scale(ann["bbox"])
         samples.append(
             PoseSample(
                 image_path=_image_path(image_prefix, files[ann["image_id"]]),
                 joints=np.where(present[:, None], kp[:, :2], 0.0),
                 present=present,
                 visible=kp[:, 2] == 2,
-                center=(x + w / 2, y + h / 2),
-                scale=side / PERSON_BOX_UNIT,
+                center=center,
+                scale=scale,
                 normalizer=metrics.torso_size(kp[:, :2], present, skeleton.COCO),
                 sample_id=f"coco-{ann['id']}",
                 dataset="coco",

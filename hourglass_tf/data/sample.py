@@ -8,6 +8,7 @@ file's convention at the boundary.
 import collections
 import dataclasses
 import math
+import pathlib
 
 import numpy as np
 
@@ -22,6 +23,38 @@ class DataFileError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+def require_file(path):
+    """``path`` as a Path; DataFileError naming it when it is not a file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DataFileError(path, "file not found")
+    return path
+
+
+def load_mat(path, **kwargs):
+    """``scipy.io.loadmat`` with DataFileError naming the file when it is missing or unreadable."""
+    import scipy.io
+
+    path = require_file(path)
+    try:
+        return scipy.io.loadmat(str(path), **kwargs)
+    except Exception as err:  # scipy raises several types for a bad file
+        raise DataFileError(path, f"not a readable MATLAB .mat file ({err})") from err
+
+
+def load_h5(path):
+    """Every dataset of an HDF5 file as {name: array}; DataFileError naming the file on failure."""
+    import h5py
+
+    path = require_file(path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise DataFileError(path, f"not a readable HDF5 file ({err})") from err
+    with handle:
+        return {key: handle[key][()] for key in handle}
 
 
 @dataclasses.dataclass
