@@ -153,6 +153,61 @@ def plot_curves(result, path, title="PCK"):
     return path
 
 
+def read_training_log(path):
+    """The ``log.csv`` of a run (Keras CSVLogger) as a dict column -> float array, rows by epoch.
+
+    Raises:
+      DataFileError: the file is missing, empty or not a CSV log with an ``epoch`` column.
+    """
+    import csv
+
+    path = require_file(path)
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "epoch" not in rows[0]:
+        raise DataFileError(path, "not a training log (no rows, or no 'epoch' column)")
+    columns = {}
+    for name in rows[0]:
+        try:
+            columns[name] = np.array([float(row[name]) if row[name] not in ("", None) else np.nan for row in rows])
+        except ValueError as err:
+            raise DataFileError(path, f"column {name!r} is not numeric ({err})") from None
+    return columns
+
+
+def plot_training_log(log_path, path, title="training"):
+    """Training curve of a run: summed training loss (log scale) and the validation metric per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    log = read_training_log(log_path)
+    epochs = log["epoch"] + 1
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, log["loss"], "o-", color="tab:blue", label="training loss (sum over stacks)")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss", color="tab:blue")
+    metric = next((name for name in ("val_pckh", "val_pck") if name in log), None)
+    if metric is not None:
+        right = ax.twinx()
+        right.plot(epochs, 100 * log[metric], "s-", color="tab:red", label=metric)
+        right.set_ylabel(f"{metric} (validation), %", color="tab:red")
+        right.set_ylim(0, 100)
+    if "elapsed_seconds" in log:
+        minutes = log["elapsed_seconds"][-1] / 60
+        title = f"{title} ({minutes:.0f} min)"
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------- the paper's analyses
 
 

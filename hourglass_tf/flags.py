@@ -23,6 +23,7 @@ HELP = {
     "learning_rate": "Learning rate (RMSprop at 2.5e-4 in the paper).",
     "plateau_factor": "Learning-rate factor when the validation metric plateaus (0.2: divided by 5).",
     "plateau_patience": "Epochs without improvement before the learning rate drops.",
+    "lr_drop_epochs": "Comma-separated 1-based epochs at whose start lr is also multiplied by plateau_factor.",
     "min_learning_rate": "Lower bound of the learning rate.",
     "rotation": "Maximum rotation of the augmentation in degrees (30).",
     "scale_min": "Smallest scaling factor of the augmentation (0.75).",

@@ -9,13 +9,15 @@ intermediate supervision), RMSprop, and these callbacks, in this order:
 2. ``PCKValidation``: every ``validation_freq`` epochs, PCKh@0.5 (MPII layout) or
    PCK@0.2 (LSP/FLIC/COCO) on the validation split with the evaluation code, logged
    as ``val_pckh`` / ``val_pck``; the schedule and the best checkpoint follow it.
-3. ``ReduceLROnPlateau`` on that metric (lr x ``plateau_factor``; the paper divides by 5).
+3. ``ReduceLROnPlateau`` on that metric (lr x ``plateau_factor``; the paper divides by 5),
+   and ``LearningRateDrops`` (the same factor at fixed epochs, ``lr_drop_epochs``, for
+   runs with a fixed time budget; off by default).
 4. ``AtomicCheckpoint``: ``best.keras`` and ``last.keras``, written to a temporary file
    and renamed, so a kill never leaves a corrupt checkpoint.
 5. ``SafeBackupAndRestore``: Keras' ``BackupAndRestore`` (weights, optimizer state,
    epoch) that never backs up a non-finite state; a killed run started again with the
    same run directory resumes at the epoch it was in.
-6. ``CSVLogger`` (``log.csv``), ``TensorBoard`` (losses, learning rate, metric) and
+6. ``EpochTimer``, ``CSVLogger`` (``log.csv``), ``TensorBoard`` (losses, learning rate, metric) and
    ``ImageSummaries`` (skeletons and heatmaps of a few fixed validation samples).
 """
 
@@ -60,6 +62,7 @@ class TrainConfig:
     learning_rate: float = 2.5e-4
     plateau_factor: float = 0.2
     plateau_patience: int = 5
+    lr_drop_epochs: str = ""  # e.g. "6,8": also multiply lr by plateau_factor when these (1-based) epochs start
     min_learning_rate: float = 1e-7
     rotation: float = 30.0
     scale_min: float = 0.75
@@ -113,6 +116,10 @@ class TrainConfig:
             problems.append(f"learning_rate must be positive, received learning_rate={self.learning_rate}")
         if not 0 < self.plateau_factor < 1:
             problems.append(f"plateau_factor must be in (0, 1), received plateau_factor={self.plateau_factor}")
+        try:
+            self.drop_epochs()
+        except ValueError as err:
+            problems.append(str(err))
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
         if self.cpu_replicas > 1 and self.strategy not in ("mirrored", "auto"):
@@ -123,6 +130,19 @@ class TrainConfig:
             problems.append(str(err))
         if problems:
             raise ValueError("invalid training configuration:\n  " + "\n  ".join(problems))
+
+    def drop_epochs(self):
+        """``lr_drop_epochs`` as a sorted tuple of 1-based epoch numbers; ValueError when malformed."""
+        text = (self.lr_drop_epochs or "").strip()
+        if not text:
+            return ()
+        try:
+            epochs = tuple(sorted(int(part) for part in text.split(",")))
+        except ValueError:
+            epochs = ()
+        if not epochs or epochs[0] < 1:
+            raise ValueError(f"lr_drop_epochs must be comma-separated epoch numbers >= 1, received {self.lr_drop_epochs!r}")
+        return epochs
 
     def augmentation(self):
         return pipeline.Augmentation(self.rotation, self.scale_min, self.scale_max, self.flip, self.color)
@@ -176,6 +196,47 @@ def is_chief(strategy):
 
 def _finite(logs):
     return all(math.isfinite(float(v)) for k, v in (logs or {}).items() if k.endswith("loss"))
+
+
+class LearningRateDrops(keras.callbacks.Callback):
+    """Multiplies the learning rate by ``factor`` when each of ``epochs`` (1-based) starts.
+
+    A fixed schedule for runs with a fixed time budget, beside the paper's plateau rule.
+    The rate lives in the optimizer state, so a resumed run (BackupAndRestore restores the
+    state of the last finished epoch) applies each drop exactly once.
+    """
+
+    def __init__(self, epochs, factor, verbose=0):
+        super().__init__()
+        self.epochs, self.factor, self.verbose = tuple(epochs), float(factor), verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch + 1 in self.epochs:
+            optimizer = self.model.optimizer
+            new = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) * self.factor
+            optimizer.learning_rate = new
+            if self.verbose:
+                print(f"epoch {epoch + 1}: learning rate x {self.factor} -> {new:.3g} (lr_drop_epochs)")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and "learning_rate" not in logs:  # ReduceLROnPlateau logs it when present
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``epoch_seconds`` and ``elapsed_seconds`` (since training started, this process) to the logs."""
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            now = time.time()
+            logs["epoch_seconds"] = now - self.epoch_start
+            logs["elapsed_seconds"] = now - self.start
 
 
 class NaNGuard(keras.callbacks.Callback):
@@ -389,8 +450,9 @@ def train(config):
       Keras model), ``history`` (per-epoch logs).
 
     The run directory receives ``config.json`` (resolved settings), ``best.keras``,
-    ``last.keras``, ``best.json``, ``log.csv``, ``backup/`` (resume state), ``logs/``
-    (TensorBoard) and ``train_summary.json``.
+    ``last.keras``, ``best.json``, ``log.csv`` (per epoch: losses, metric, learning rate,
+    ``epoch_seconds``, ``elapsed_seconds``), ``training_curve.png``, ``backup/`` (resume
+    state), ``logs/`` (TensorBoard) and ``train_summary.json``.
     """
     config.validate()
     previous_policy = keras.mixed_precision.global_policy()
@@ -448,6 +510,8 @@ def _train(config):
                                           verbose=config.verbose),  # fmt: skip
         AtomicCheckpoint(write_dir, config.metric_name, guard),
         backup,
+        LearningRateDrops(config.drop_epochs(), config.plateau_factor, config.verbose),
+        EpochTimer(),
         keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False),
     ]
@@ -478,4 +542,8 @@ def _train(config):
     }
     if chief:
         (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if history.epoch:
+            from hourglass_tf.evaluation import plot_training_log
+
+            plot_training_log(run_dir / "log.csv", run_dir / "training_curve.png", f"{config.dataset}, {config.num_stacks} stacks")
     return {"summary": summary, "model": model, "history": history.history}

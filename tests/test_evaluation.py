@@ -213,3 +213,18 @@ def test_predict_cli_on_a_video(tiny_model_file, tmp_path):
     capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
     assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     tf.keras.backend.clear_session()
+
+
+def test_training_log_is_read_and_plotted_and_bad_logs_are_named(tmp_path):
+    from hourglass_tf.data.sample import DataFileError
+    from hourglass_tf.evaluation import plot_training_log, read_training_log
+
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss,val_pck,learning_rate,elapsed_seconds\n0,0.02,0.31,0.002,60\n1,0.015,0.45,0.002,121\n")
+    columns = read_training_log(log)
+    np.testing.assert_allclose(columns["val_pck"], [0.31, 0.45])
+    assert plot_training_log(log, tmp_path / "curve.png").stat().st_size > 0
+    (tmp_path / "bad.csv").write_text("epoch,loss\n0,abc\n")
+    for bad, fragment in ((tmp_path / "bad.csv", "not numeric"), (tmp_path / "none.csv", "none.csv")):
+        with pytest.raises(DataFileError, match=fragment):
+            read_training_log(bad)

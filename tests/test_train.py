@@ -19,7 +19,8 @@ import pytest
 
 from conftest import REPO
 from hourglass_tf.data import synthetic
-from hourglass_tf.train import AtomicCheckpoint, NaNGuard, SafeBackupAndRestore, TrainConfig, train
+from hourglass_tf.train import (AtomicCheckpoint, EpochTimer, LearningRateDrops, NaNGuard, SafeBackupAndRestore,
+                                TrainConfig, train)
 
 TINY_FLAGS = ["--dataset=synthetic", "--num_stacks=1", "--filters=16", "--depth=2", "--input_size=64",
               "--batch_size=4", "--val_batch_size=8", "--image_summaries=2", "--verbose=0", "--learning_rate=1e-3"]  # fmt: skip
@@ -51,9 +52,12 @@ def run_script(args, env=None, timeout=600):
 
 
 def test_fit_lowers_the_loss_and_logs_per_stack_losses_and_validation_pckh(data_dir, tmp_path):
-    result = train(tiny_config(data_dir, tmp_path / "run", epochs=4))
+    result = train(tiny_config(data_dir, tmp_path / "run", epochs=4, lr_drop_epochs="3"))
     history = result["history"]
-    assert {"loss", "stack_1_loss", "stack_2_loss", "val_pckh", "learning_rate"} <= set(history)
+    assert {"loss", "stack_1_loss", "stack_2_loss", "val_pckh", "learning_rate", "elapsed_seconds"} <= set(history)
+    np.testing.assert_allclose(history["learning_rate"], [1e-3, 1e-3, 2e-4, 2e-4], rtol=1e-5)  # lr_drop_epochs=3
+    assert np.all(np.diff(history["elapsed_seconds"]) > 0)
+    assert (tmp_path / "run" / "training_curve.png").stat().st_size > 0
     assert history["loss"][-1] < history["loss"][0]
     rows = read_log(tmp_path / "run")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3] and "val_pckh" in rows[0]
@@ -65,6 +69,22 @@ def test_fit_lowers_the_loss_and_logs_per_stack_losses_and_validation_pckh(data_
         loaded = keras.models.load_model(tmp_path / "run" / name)
         assert loaded.output_names == ["stack_1", "stack_2"]
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_fixed_learning_rate_drops_apply_once_per_listed_epoch():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    x, y = np.ones((4, 2), np.float32), np.ones((4, 1), np.float32)
+    history = model.fit(x, y, epochs=5, verbose=0, callbacks=[LearningRateDrops((2, 4), 0.5), EpochTimer()]).history
+    np.testing.assert_allclose(history["learning_rate"], [1e-2, 5e-3, 5e-3, 2.5e-3, 2.5e-3], rtol=1e-6)
+    assert all(s >= 0 for s in history["epoch_seconds"])
+
+
+@pytest.mark.parametrize("text", ["6,x", "0", "3;5"])
+def test_malformed_lr_drop_epochs_are_refused(text):
+    with pytest.raises(ValueError, match="lr_drop_epochs"):
+        TrainConfig(dataset="synthetic", data_dir="x", lr_drop_epochs=text).validate()
+    assert TrainConfig(lr_drop_epochs=" 8, 6 ").drop_epochs() == (6, 8)
 
 
 def test_a_nan_loss_stops_cleanly_and_says_why(data_dir, tmp_path):
