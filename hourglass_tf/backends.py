@@ -11,6 +11,7 @@ heatmaps flipped back with left/right channels swapped, averaged.
 """
 
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -96,13 +97,28 @@ class SavedModelRunner(Runner):
         return self.function(images=tf.constant(_to_uint8(crops)))["heatmaps"].numpy()[None]
 
 
-class TFLiteRunner(Runner):
-    """A ``.tflite`` file on the LiteRT interpreter, read through its signature runner."""
+def cpu_threads():
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
-    def __init__(self, path):
+
+class TFLiteRunner(Runner):
+    """A ``.tflite`` file on the LiteRT interpreter, read through its signature runner.
+
+    ``num_threads`` defaults to every core this process may use (LiteRT's own default is
+    implementation-defined), as TensorFlow and ONNX Runtime do.
+    """
+
+    def __init__(self, path, num_threads=None):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.runner = Interpreter(model_path=str(path)).get_signature_runner()
+        threads = cpu_threads() if num_threads is None else int(num_threads)
+        if threads < 1:
+            raise ValueError(f"num_threads must be >= 1, received num_threads={num_threads!r}")
+        self.runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner()
         (self.input_name, detail), = self.runner.get_input_details().items()
         (self.output_name, out), = self.runner.get_output_details().items()
         self.uint8_input = detail["dtype"] == np.uint8

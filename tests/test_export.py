@@ -84,6 +84,14 @@ def test_tflite_matches_keras(tiny, quantize, tolerance):
     if quantize == "none":
         codec = HeatmapCodec(64, 16)
         np.testing.assert_array_equal(codec.decode(heatmaps)[0].numpy(), codec.decode(expected)[0].numpy())
+        # The package's runner (every core by default, or one thread) gives the same heatmaps.
+        from hourglass_tf.backends import TFLiteRunner
+
+        for threads in (None, 1):
+            runner = TFLiteRunner(path, num_threads=threads)
+            np.testing.assert_allclose(runner.raw(crops.astype(np.float32) / 255.0)[0], heatmaps, atol=1e-5)
+        with pytest.raises(ValueError, match="num_threads=0"):
+            TFLiteRunner(path, num_threads=0)
 
 
 def test_tflite_int8_reports_keypoint_agreement(tiny):
