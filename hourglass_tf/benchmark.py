@@ -1,24 +1,68 @@
-"""Benchmarks on the current machine: input pipeline and training-step throughput.
+"""Benchmarks on the current machine (``make bench``): GEMM reference, input pipeline,
+inference per backend, training step, and peak memory of each.
 
-Every figure is a median over repeated runs after warm-up; nothing here is a test
-(timings vary by machine). ``scripts/benchmark.py`` wraps ``run`` and writes JSON and
-a Markdown table.
+Every figure is a median over repeated runs after warm-up; nothing here is a test (timings
+vary by machine). ``scripts/benchmark.py`` wraps ``run`` and writes ``bench.json`` and a
+Markdown table (``markdown``).
+
+* ``gemm``: NumPy's float32 matrix-multiply rate, the reference for utilisation.
+* ``pipeline``: the augmented training pipeline (images/s) on synthetic JPEG files, and on
+  LSPET TFRecord shards when the shared data is present.
+* ``inference``: per backend (``BACKENDS``) and stack count, batch 1 and 8: seconds per
+  batch, images/s, achieved GFLOP/s and its fraction of the GEMM rate. Models carry random
+  weights (speed does not depend on them); exported formats come from ``export.export_model``.
+* ``train_step``: per stack count and variant (``TRAIN_VARIANTS``), batch 8, RMSprop through
+  ``train_on_batch`` (the ``model.fit`` step): seconds per step, first step (tracing), GFLOP/s
+  (3x the forward FLOPs) and utilisation.
+* Each inference and training case runs in a fresh subprocess, so its ``peak_rss_mb`` (the
+  process's maximum resident memory, TensorFlow runtime included) belongs to that case alone,
+  and strategies or policies of one case cannot leak into the next.
+* ``targets``: the performance targets of this project, each with the measured value.
+
+Model FLOPs come from the layer shapes (``model.conv_flops``).
 """
 
 import json
+import os
 import pathlib
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 
-from hourglass_tf.data import pipeline, readers, synthetic, tfrecords
+BACKENDS = ("keras_eager", "tf_function", "xla", "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "onnxruntime")
+QUICK_BACKENDS = ("keras_eager", "tf_function", "tflite_fp32", "onnxruntime")
+PACKAGE_BACKENDS = ("tf_function", "saved_model", "tflite_fp32", "onnxruntime")  # what predict/evaluate/export use
+TRAIN_VARIANTS = ("plain", "xla", "mixed_precision")
+BACKEND_TITLES = {
+    "keras_eager": "Keras eager `model(x)`",
+    "tf_function": "compiled `tf.function` (predict CLI, evaluation)",
+    "xla": "`tf.function(jit_compile=True)` (XLA)",
+    "saved_model": "SavedModel `serving_default` (uint8 in, decoding inside)",
+    "tflite_fp32": "TFLite fp32 (LiteRT)",
+    "tflite_fp16": "TFLite float16 weights",
+    "tflite_int8": "TFLite int8",
+    "onnxruntime": "ONNX Runtime",
+}
+RESULT_PREFIX = "BENCH_RESULT "
+TARGETS = {
+    "train_utilisation": 0.65,  # 8-stack training step, fraction of the GEMM rate
+    "train_peak_gb": 8.0,
+    "inference_utilisation": 0.85,  # every package inference path, batch 8
+    "inference_peak_gb": 2.0,
+    "pipeline_margin": 3.0,
+}
 
 
-def _median_rate(fn, count, repeats, warmup=1):
-    """Runs ``fn`` (which processes ``count`` images) ``warmup + repeats`` times; median images/s."""
+# ---------------------------------------------------------------- measurement helpers
+
+
+def _median_seconds(fn, repeats, warmup=1):
     for _ in range(warmup):
         fn()
     times = []
@@ -26,20 +70,35 @@ def _median_rate(fn, count, repeats, warmup=1):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    return {"images_per_s": count / median, "seconds": median, "repeats": repeats}
+    return statistics.median(times)
+
+
+def peak_rss_mb():
+    """This process's peak resident memory so far, in MB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6
+
+
+def current_rss_mb():
+    try:
+        pages = int(pathlib.Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def gemm_rate(size=1024, repeats=5):
     """The machine's float32 matrix-multiply rate through NumPy, in GFLOP/s (utilisation reference)."""
     a = np.random.default_rng(0).random((size, size), dtype=np.float32)
     b = a.T.copy()
-    result = _median_rate(lambda: a @ b, 1, repeats)
-    return {"gflops": 2 * size**3 / result["seconds"] / 1e9, "size": size}
+    seconds = _median_seconds(lambda: a @ b, repeats)
+    return {"gflops": 2 * size**3 / seconds / 1e9, "size": size, "seconds": seconds}
 
 
 def pipeline_rate(source, skeleton, input_size=256, batch_size=8, batches=20, repeats=3, num_stacks=2):
     """Augmented, batched training pipeline throughput (images/s) over ``batches`` batches."""
+    from hourglass_tf.data import pipeline
+
     dataset = pipeline.make_dataset(source.repeat(), skeleton, num_stacks, batch_size, input_size=input_size, seed=0)
     iterator = iter(dataset)
 
@@ -47,58 +106,219 @@ def pipeline_rate(source, skeleton, input_size=256, batch_size=8, batches=20, re
         for _ in range(batches):
             next(iterator)
 
-    result = _median_rate(consume, batches * batch_size, repeats)
-    result.update(batch_size=batch_size, input_size=input_size, batches=batches)
+    seconds = _median_seconds(consume, repeats)
+    return {"images_per_s": batches * batch_size / seconds, "seconds": seconds, "repeats": repeats,
+            "batch_size": batch_size, "input_size": input_size, "batches": batches}  # fmt: skip
+
+
+# ---------------------------------------------------------------- cases (each in its own process)
+
+
+def _model_info(model_dir):
+    return json.loads((pathlib.Path(model_dir) / "bench_model.json").read_text())
+
+
+def prepare_models(model_dir, num_stacks, filters, input_size, backends):
+    """Builds a random-weight model and exports what ``backends`` need into ``model_dir`` (kept between runs)."""
+    model_dir = pathlib.Path(model_dir)
+    info_path = model_dir / "bench_model.json"
+    need = {"keras"}
+    need |= {"saved_model"} if "saved_model" in backends else set()
+    need |= {"tflite"} if any(b.startswith("tflite") for b in backends) else set()
+    need |= {"onnx"} if "onnxruntime" in backends else set()
+    quantized = {q for q in ("fp16", "int8") if f"tflite_{q}" in backends}
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        if need <= set(info["formats"]) and quantized <= set(info["quantized"]):
+            return info
+    import keras
+
+    from hourglass_tf import export
+    from hourglass_tf.model import build_model, conv_flops
+
+    keras.utils.set_random_seed(0)
+    model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size)
+    start = time.perf_counter()
+    export.export_model(model, model_dir, formats=[f for f in export.FORMATS if f in need], overwrite=True)
+    calibration = np.random.default_rng(0).random((8, input_size, input_size, 3), dtype=np.float32)
+    for q in sorted(quantized):
+        export._export_tflite(model, model_dir, "float16" if q == "fp16" else "int8", calibration)
+    info = {"num_stacks": num_stacks, "filters": filters, "input_size": input_size, "flops": conv_flops(model),
+            "formats": sorted(need), "quantized": sorted(quantized), "export_seconds": time.perf_counter() - start}  # fmt: skip
+    info_path.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def _inference_function(backend, model_dir):
+    """A callable (N, R, R, 3) float32 crops -> NumPy heatmaps, for one backend."""
+    model_dir = pathlib.Path(model_dir)
+    if backend in ("keras_eager", "tf_function", "xla"):
+        import keras
+        import tensorflow as tf
+
+        from hourglass_tf.backends import KerasRunner
+        from hourglass_tf.model import output_names
+
+        model = keras.models.load_model(model_dir / "model.keras")
+        last = output_names(model)[-1]
+        if backend == "tf_function":
+            return KerasRunner(model).raw
+        if backend == "keras_eager":
+            return lambda crops: model(crops, training=False)[last].numpy()
+        compiled = tf.function(lambda crops: model(crops, training=False)[last], jit_compile=True)
+        return lambda crops: compiled(tf.constant(crops)).numpy()
+    from hourglass_tf import backends
+
+    if backend == "saved_model":
+        return backends.SavedModelRunner(model_dir / "saved_model" / "1").raw
+    if backend.startswith("tflite"):
+        name = {"tflite_fp32": "model.tflite", "tflite_fp16": "model_float16.tflite", "tflite_int8": "model_int8.tflite"}
+        return backends.TFLiteRunner(model_dir / name[backend]).raw
+    if backend == "onnxruntime":
+        return backends.OnnxRunner(model_dir / "model.onnx").raw
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+def inference_case(model_dir, backend, batch_sizes=(1, 8), repeats=5):
+    """Seconds per batch and images/s of ``backend`` on the model in ``model_dir`` (random crops)."""
+    info = _model_info(model_dir)
+    size = info["input_size"]
+    start = time.perf_counter()
+    function = _inference_function(backend, model_dir)
+    result = {"backend": backend, "num_stacks": info["num_stacks"], "load_seconds": time.perf_counter() - start,
+              "rss_loaded_mb": current_rss_mb(), "batches": {}}  # fmt: skip
+    rng = np.random.default_rng(0)
+    for batch in batch_sizes:
+        crops = rng.random((batch, size, size, 3), dtype=np.float32)
+        seconds = _median_seconds(lambda: function(crops), repeats, warmup=2)
+        result["batches"][str(batch)] = {"seconds": seconds, "images_per_s": batch / seconds,
+                                         "gflops_per_s": info["flops"] * batch / seconds / 1e9}  # fmt: skip
     return result
 
 
-def train_step_rate(num_stacks, batch_size=8, input_size=256, filters=256, repeats=3):
-    """Images/s of compiled RMSprop training steps (the model.fit path) for a stacked hourglass."""
+def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repeats=3, variant="plain"):
+    """Seconds per compiled RMSprop training step (``train_on_batch``, the ``model.fit`` step).
+
+    ``variant``: ``plain``, ``xla`` (jit_compile) or ``mixed_precision`` (bfloat16 on CPU,
+    float16 on GPU; outputs and loss float32).
+    """
     import keras
+    import tensorflow as tf
 
-    from hourglass_tf.model import build_model, output_names
+    from hourglass_tf.model import build_model, conv_flops, output_names
 
+    if variant not in TRAIN_VARIANTS:
+        raise ValueError(f"variant must be one of {TRAIN_VARIANTS}, received variant={variant!r}")
+    if variant == "mixed_precision":
+        keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16")
+    keras.utils.set_random_seed(0)
     model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size)
-    model.compile(optimizer=keras.optimizers.RMSprop(2.5e-4), loss={n: "mse" for n in output_names(model)})
+    model.compile(optimizer=keras.optimizers.RMSprop(2.5e-4), loss={n: "mse" for n in output_names(model)},
+                  jit_compile=variant == "xla")  # fmt: skip
     rng = np.random.default_rng(0)
     x = rng.random((batch_size, input_size, input_size, 3), dtype=np.float32)
     y = {n: rng.random((batch_size, input_size // 4, input_size // 4, 16), dtype=np.float32) for n in output_names(model)}
     start = time.perf_counter()
     model.train_on_batch(x, y)  # traces and compiles the train function
     first = time.perf_counter() - start
-    result = _median_rate(lambda: model.train_on_batch(x, y), batch_size, repeats, warmup=0)
-    result.update(num_stacks=num_stacks, batch_size=batch_size, input_size=input_size, filters=filters,
-                  first_step_seconds=first)  # fmt: skip
+    seconds = _median_seconds(lambda: model.train_on_batch(x, y), repeats, warmup=1)
+    flops = 3 * conv_flops(model)
+    return {"num_stacks": num_stacks, "variant": variant, "batch_size": batch_size, "input_size": input_size,
+            "filters": filters, "seconds": seconds, "images_per_s": batch_size / seconds, "first_step_seconds": first,
+            "gflops_per_s": flops * batch_size / seconds / 1e9, "train_flops_per_image": flops}  # fmt: skip
+
+
+def _case_main(case):
+    kind = case.pop("kind")
+    function = {"prepare": prepare_models, "inference": inference_case, "train": train_step_case}[kind]
+    result = function(**case)
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
 
 
-def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, train_stacks=(2,)):
-    """Runs the suite; returns a JSON-able dict.
+def run_case(case, default_allocators=False, timeout=3600):
+    """Runs one case in a fresh Python process; its result dict, or {"error": ...} when it failed."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if default_allocators:
+        env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+        env["HOURGLASS_TF_TUNE_ALLOCATORS"] = "0"
+    command = [sys.executable, "-m", "hourglass_tf.benchmark", json.dumps(case)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX):])
+            result["default_allocators"] = default_allocators
+            return result
+    tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+    return {"error": f"exit status {done.returncode}: " + " | ".join(tail)}
+
+
+# ---------------------------------------------------------------- the suite
+
+
+def _log(progress, message):
+    if progress:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, infer_stacks=None, train_stacks=None,
+        backends=None, train_variants=None, allocator_comparison=None, progress=False):  # fmt: skip
+    """Runs the suite; returns a JSON-able dict (see the module docstring).
 
     Args:
-      work_dir: where the synthetic set and shards are generated (kept between runs).
-      shared_data: ``../shared/data`` when present: adds LSPET shards.
-      quick: fewer batches and repeats (a couple of minutes).
-      input_size, filters, train_stacks: model settings (the tests use tiny ones).
+      work_dir: where the synthetic set, shards and exported models are kept between runs.
+      shared_data: ``../shared/data`` when present: adds LSPET shards to the pipeline rows.
+      quick: a subset of a few minutes: 2 stacks only, ``QUICK_BACKENDS``, plain training, fewer repeats.
+      input_size, filters: model settings (the tests use tiny ones).
+      infer_stacks, train_stacks: stack counts (default (2, 8); quick (2,)).
+      backends: inference backends (default ``BACKENDS``; quick ``QUICK_BACKENDS``).
+      train_variants: training variants (default ``TRAIN_VARIANTS``; quick ("plain",)).
+      allocator_comparison: also time the largest model with the allocators left at their
+        defaults (``hourglass_tf.runtime`` switched off); default: on unless quick.
+      progress: print a line per case to stderr.
     """
+    from hourglass_tf import runtime
+    from hourglass_tf.data import readers, synthetic, tfrecords
+
     work_dir = pathlib.Path(work_dir)
+    infer_stacks = tuple(infer_stacks or ((2,) if quick else (2, 8)))
+    train_stacks = tuple(train_stacks or ((2,) if quick else (2, 8)))
+    backends = tuple(backends or (QUICK_BACKENDS if quick else BACKENDS))
+    train_variants = tuple(train_variants or (("plain",) if quick else TRAIN_VARIANTS))
+    unknown = [b for b in backends if b not in BACKENDS] + [v for v in train_variants if v not in TRAIN_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown backends/variants {unknown}; backends: {BACKENDS}, variants: {TRAIN_VARIANTS}")
+    allocator_comparison = (not quick) if allocator_comparison is None else allocator_comparison
     repeats = 2 if quick else 5
+    train_repeats = 2 if quick else 3
     batches = 5 if quick else 20
     results = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
-        "settings": {"quick": quick, "input_size": input_size, "filters": filters},
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "cpu_threads": len(os.sched_getaffinity(0))
+                    if hasattr(os, "sched_getaffinity") else os.cpu_count()},  # fmt: skip
+        "settings": {"quick": quick, "input_size": input_size, "filters": filters, "repeats": repeats,
+                     "train_repeats": train_repeats, "allocators": runtime.applied or "defaults"},  # fmt: skip
         "gemm": gemm_rate(repeats=repeats),
         "pipeline": {},
+        "models": {},
+        "inference": {},
         "train_step": {},
     }
+    _log(progress, f"GEMM {results['gemm']['gflops']:.1f} GFLOP/s")
     syn_root = work_dir / "synthetic"
     if not (syn_root / "annot" / "train.json").exists():
         synthetic.generate(syn_root, num_train=64 if quick else 256, num_valid=0, image_size=256, seed=0)
+    from hourglass_tf.data import pipeline
+
     sources = {}
     samples = readers.load_dataset("synthetic", syn_root, "train")
     sources["synthetic (JPEG files)"] = (pipeline.samples_to_dataset(samples, syn_root), readers.skeleton_of("synthetic"))
     if shared_data is not None and (pathlib.Path(shared_data) / "lspet" / "joints.mat").exists():
-        shard_dir = work_dir / "lspet_tfr"
+        shard_dir = work_dir / f"lspet_tfr_{input_size}{'_quick' if quick else ''}"
         if not (shard_dir / "meta.json").exists():
             lspet = readers.load_dataset("lspet", pathlib.Path(shared_data) / "lspet", "train")
             lspet = lspet[:512] if quick else lspet
@@ -108,27 +328,136 @@ def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, tr
         sources["LSPET (TFRecord shards)"] = (tfrecords.read_shards(shard_dir, "train", 14), readers.skeleton_of("lspet"))
     for name, (source, skel) in sources.items():
         results["pipeline"][name] = pipeline_rate(source, skel, input_size, batches=batches, repeats=repeats)
+        _log(progress, f"pipeline {name}: {results['pipeline'][name]['images_per_s']:.0f} images/s")
+
+    largest = max(infer_stacks)
+    for stacks in infer_stacks:
+        model_dir = work_dir / "models" / f"s{stacks}_f{filters}_r{input_size}"
+        _log(progress, f"exporting the {stacks}-stack model for {', '.join(backends)}")
+        info = run_case({"kind": "prepare", "model_dir": str(model_dir), "num_stacks": stacks, "filters": filters,
+                         "input_size": input_size, "backends": list(backends)})  # fmt: skip
+        results["models"][f"{stacks} stacks"] = info
+        if "error" in info:
+            _log(progress, f"  export failed: {info['error']}")
+            continue
+        runs = [(backend, False) for backend in backends]
+        if allocator_comparison and stacks == largest and "tf_function" in backends:
+            runs.append(("tf_function", True))
+        for backend, default_alloc in runs:
+            key = f"{stacks} stacks, {backend}" + (", default allocators" if default_alloc else "")
+            case = {"kind": "inference", "model_dir": str(model_dir), "backend": backend, "repeats": repeats}
+            results["inference"][key] = run_case(case, default_allocators=default_alloc)
+            _log(progress, f"inference {key}: {_short(results['inference'][key])}")
+
+    largest = max(train_stacks)
     for stacks in train_stacks:
-        results["train_step"][f"{stacks} stacks"] = train_step_rate(stacks, 8, input_size, filters, repeats=repeats)
-    slowest_pipeline = min(r["images_per_s"] for r in results["pipeline"].values())
-    for name, step in results["train_step"].items():
-        step["pipeline_margin"] = slowest_pipeline / step["images_per_s"]
+        runs = [(variant, False) for variant in train_variants]
+        if allocator_comparison and stacks == largest and "plain" in train_variants:
+            runs.append(("plain", True))
+        for variant, default_alloc in runs:
+            key = f"{stacks} stacks, {variant}" + (", default allocators" if default_alloc else "")
+            case = {"kind": "train", "num_stacks": stacks, "batch_size": 8, "input_size": input_size,
+                    "filters": filters, "repeats": train_repeats, "variant": variant}  # fmt: skip
+            results["train_step"][key] = run_case(case, default_allocators=default_alloc)
+            _log(progress, f"training {key}: {_short(results['train_step'][key])}")
+
+    _derive(results)
     return results
 
 
+def _short(result):
+    if "error" in result:
+        return "failed: " + result["error"]
+    if "batches" in result:
+        return ", ".join(f"batch {b}: {r['seconds'] * 1000:.0f} ms" for b, r in result["batches"].items())
+    return f"{result['seconds']:.2f} s/step, first {result['first_step_seconds']:.0f} s, peak {result['peak_rss_mb']:.0f} MB"
+
+
+def _derive(results):
+    """Adds utilisation, pipeline margins and the target checks."""
+    gemm = results["gemm"]["gflops"]
+    for result in results["inference"].values():
+        for batch in result.get("batches", {}).values():
+            batch["utilisation"] = batch["gflops_per_s"] / gemm
+    slowest_pipeline = min((r["images_per_s"] for r in results["pipeline"].values()), default=None)
+    for result in results["train_step"].values():
+        if "error" in result:
+            continue
+        result["utilisation"] = result["gflops_per_s"] / gemm
+        if slowest_pipeline:
+            result["pipeline_margin"] = slowest_pipeline / result["images_per_s"]
+    targets = []
+    ok = {k: v for k, v in results["train_step"].items() if "error" not in v}
+    plain = [v for v in ok.values() if v["variant"] == "plain" and not v["default_allocators"]]
+    if plain:
+        step = max(plain, key=lambda v: v["num_stacks"])
+        name = f"training step, {step['num_stacks']} stacks, batch 8"
+        targets.append(_target(f"{name}: fraction of the GEMM rate", step["utilisation"], TARGETS["train_utilisation"], ">="))
+        targets.append(_target(f"{name}: peak memory (GB)", step["peak_rss_mb"] / 1000, TARGETS["train_peak_gb"], "<="))
+        for v in plain:
+            if "pipeline_margin" in v:
+                targets.append(_target(f"input pipeline / training consumption, {v['num_stacks']} stacks",
+                                       v["pipeline_margin"], TARGETS["pipeline_margin"], ">="))  # fmt: skip
+    infer = [v for v in results["inference"].values() if "error" not in v and not v["default_allocators"]]
+    if infer:
+        stacks = max(v["num_stacks"] for v in infer)
+        for v in infer:
+            if v["num_stacks"] != stacks or v["backend"] not in PACKAGE_BACKENDS or "8" not in v["batches"]:
+                continue
+            name = f"inference, {stacks} stacks, batch 8, {v['backend']}"
+            targets.append(_target(f"{name}: fraction of the GEMM rate", v["batches"]["8"]["utilisation"],
+                                   TARGETS["inference_utilisation"], ">="))  # fmt: skip
+            targets.append(_target(f"{name}: peak memory (GB)", v["peak_rss_mb"] / 1000, TARGETS["inference_peak_gb"], "<="))
+    results["targets"] = targets
+
+
+def _target(name, measured, target, sense):
+    met = measured >= target if sense == ">=" else measured <= target
+    return {"name": name, "measured": measured, "target": target, "sense": sense, "met": bool(met)}
+
+
 def markdown(results):
-    """A Markdown table of ``run``'s results."""
-    lines = [f"GEMM (NumPy float32, {results['gemm']['size']}^3): {results['gemm']['gflops']:.1f} GFLOP/s", "",
-             "| measurement | images/s | median time of one run |", "|---|---|---|"]  # fmt: skip
+    """Markdown tables of ``run``'s results."""
+    gemm = results["gemm"]
+    lines = [f"Machine: {results['machine']['processor']}, {results['machine']['cpu_threads']} CPU threads; "
+             f"NumPy float32 GEMM ({gemm['size']}^3): **{gemm['gflops']:.1f} GFLOP/s** (the utilisation reference). "
+             f"Allocators: {results['settings']['allocators']}.", ""]  # fmt: skip
+    lines += ["| input pipeline (augmented, batch 8) | images/s |", "|---|---|"]
     for name, r in results["pipeline"].items():
-        lines.append(f"| input pipeline, {name}, {r['input_size']} px, batch {r['batch_size']}, augmented | "
-                     f"{r['images_per_s']:.0f} | {r['seconds']:.3f} s for {r['batches']} batches |")  # fmt: skip
-    for name, r in results["train_step"].items():
-        lines.append(f"| training step, {name}, {r['input_size']} px, batch {r['batch_size']} (RMSprop) | "
-                     f"{r['images_per_s']:.2f} | {r['seconds']:.2f} s / step (first step {r['first_step_seconds']:.0f} s) |")  # fmt: skip
-    for name, r in results["train_step"].items():
-        lines.append("")
-        lines.append(f"Slowest pipeline / {name} training consumption: {r['pipeline_margin']:.0f}x (target >= 3x)")
+        lines.append(f"| {name}, {r['input_size']} px | {r['images_per_s']:.0f} |")
+    if results["inference"]:
+        flops = {k: v.get("flops") for k, v in results["models"].items()}
+        lines += ["", "Inference (random crops, float32 in; forward FLOPs from the layer shapes: "
+                  + ", ".join(f"{k} {f / 1e9:.2f} GFLOP" for k, f in flops.items() if f) + " per image)", "",
+                  "| model | backend | batch 1 latency | batch 8 time | batch 8 images/s | batch 8 GFLOP/s | of GEMM | peak RSS |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for key, r in results["inference"].items():
+            stacks = key.split(",")[0]
+            title = BACKEND_TITLES.get(r.get("backend"), key) + (", default allocators" if r.get("default_allocators") else "")
+            if "error" in r:
+                lines.append(f"| {stacks} | {key.split(', ', 1)[1]} | failed: {r['error'][:120]} | | | | | |")
+                continue
+            b1, b8 = r["batches"].get("1"), r["batches"].get("8")
+            cells = [f"{b1['seconds'] * 1000:.0f} ms" if b1 else "",
+                     f"{b8['seconds']:.2f} s" if b8 else "", f"{b8['images_per_s']:.2f}" if b8 else "",
+                     f"{b8['gflops_per_s']:.0f}" if b8 else "", f"{b8['utilisation']:.0%}" if b8 else ""]  # fmt: skip
+            lines.append(f"| {stacks} | {title} | " + " | ".join(cells) + f" | {r['peak_rss_mb'] / 1000:.2f} GB |")
+    if results["train_step"]:
+        lines += ["", "Training step (batch 8, RMSprop, `train_on_batch` = the `model.fit` step; 3x forward FLOPs)", "",
+                  "| model | variant | s / step | images/s | GFLOP/s | of GEMM | first step (tracing) | peak RSS | pipeline margin |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for key, r in results["train_step"].items():
+            stacks, variant = key.split(", ", 1)
+            if "error" in r:
+                lines.append(f"| {stacks} | {variant} | failed: {r['error'][:120]} | | | | | | |")
+                continue
+            margin = f"{r['pipeline_margin']:.0f}x" if "pipeline_margin" in r else ""
+            lines.append(f"| {stacks} | {variant} | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {r['gflops_per_s']:.0f} | "
+                         f"{r['utilisation']:.0%} | {r['first_step_seconds']:.0f} s | {r['peak_rss_mb'] / 1000:.2f} GB | {margin} |")  # fmt: skip
+    if results.get("targets"):
+        lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
+        for t in results["targets"]:
+            lines.append(f"| {t['name']} | {t['measured']:.2f} | {t['sense']} {t['target']:g} | {'yes' if t['met'] else '**no**'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -142,3 +471,9 @@ def write(results, output_dir):
 
 def default_work_dir():
     return pathlib.Path(tempfile.gettempdir()) / "hourglass_tf_bench"
+
+
+if __name__ == "__main__":  # one case, in its own process: python -m hourglass_tf.benchmark '{"kind": ...}'
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m hourglass_tf.benchmark CASE_JSON")
+    print(RESULT_PREFIX + json.dumps(_case_main(json.loads(sys.argv[1]))), flush=True)

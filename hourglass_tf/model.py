@@ -230,3 +230,31 @@ def truncate(model, num_stacks):
         )
     outputs = {f"stack_{s}": model.get_layer(f"stack_{s}").output for s in range(1, num_stacks + 1)}
     return keras.Model(model.inputs[0], outputs, name=f"{model.name}_first{num_stacks}")
+
+
+def conv_flops(model):
+    """Forward FLOPs of one image through every ``Conv2D`` of ``model``, from the layer shapes.
+
+    A multiply-add counts as 2 FLOPs: ``2 * H_out * W_out * k_h * k_w * C_in * C_out / groups``
+    per convolution (biases, batch norm, ReLU, pooling and additions are left out; they are
+    memory-bound, not arithmetic). The paper-size 8-stack model gives about 54.9 GFLOP
+    (27.4 G multiply-adds). A training step costs about 3x the forward FLOPs (the backward
+    pass computes input and weight gradients, each as large as the forward).
+
+    Args:
+      model: a Keras model with fixed spatial input size (as ``build_model`` makes).
+
+    Returns:
+      int: FLOPs per image.
+    """
+    total = 0
+    for layer in model.layers:
+        if not isinstance(layer, layers.Conv2D) or isinstance(layer, layers.Conv2DTranspose):
+            continue
+        _, height, width, out_channels = layer.output.shape
+        in_channels = layer.input.shape[-1]
+        if height is None or width is None:
+            raise ValueError(f"layer {layer.name!r} has no fixed output size (shape {layer.output.shape})")
+        kernel_h, kernel_w = layer.kernel_size
+        total += 2 * height * width * kernel_h * kernel_w * in_channels * out_channels // layer.groups
+    return int(total)

@@ -1,9 +1,12 @@
-"""Benchmarks the input pipeline and the training step on this machine (``make bench``).
+"""Benchmarks this machine (``make bench``): GEMM reference, input pipeline, inference per
+backend, training step, peak memory, and the project's performance targets.
 
-    python scripts/benchmark.py --output_dir=runs/bench [--quick]
+    python scripts/benchmark.py --output_dir=runs/bench            # the full suite (about 40 minutes on 2 cores)
+    python scripts/benchmark.py --output_dir=runs/bench --quick    # a few minutes: 2 stacks, 4 backends
 
-Writes ``bench.json`` and ``bench.md`` (a Markdown table) to --output_dir and prints the table.
-LSPET shards are added when ../shared/data (or $HOURGLASS_SHARED/data) is present.
+Writes ``bench.json`` and ``bench.md`` (Markdown tables) to --output_dir and prints the tables.
+Exported models and generated data are kept in --work_dir between runs. LSPET shards are added
+to the pipeline rows when ../shared/data (or $HOURGLASS_SHARED/data) is present.
 """
 
 import os
@@ -13,27 +16,40 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from hourglass_tf import benchmark  # noqa: E402  (imports hourglass_tf first: allocator settings)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/bench", "Where bench.json and bench.md are written.")
-flags.DEFINE_string("work_dir", "runs/bench/work", "Generated data (synthetic set, shards), reused between runs.")
-flags.DEFINE_bool("quick", False, "A short subset (a couple of minutes).")
-flags.DEFINE_integer("input_size", 256, "Input size of the pipeline and the model.")
+flags.DEFINE_string("work_dir", "runs/bench/work", "Generated data and exported models, reused between runs.")
+flags.DEFINE_bool("quick", False, "A subset of a few minutes (2 stacks, 4 backends, plain training).")
+flags.DEFINE_integer("input_size", 256, "Input size of the pipeline and the models.")
 flags.DEFINE_integer("filters", 256, "Model features.")
-flags.DEFINE_list("train_stacks", ["2"], "Stack counts whose training step is timed.")
+flags.DEFINE_list("infer_stacks", None, "Stack counts timed for inference (default 2,8; quick 2).")
+flags.DEFINE_list("train_stacks", None, "Stack counts whose training step is timed (default 2,8; quick 2).")
+flags.DEFINE_list("backends", None, f"Inference backends, any of {','.join(benchmark.BACKENDS)} (default all; quick "
+                  f"{','.join(benchmark.QUICK_BACKENDS)}).")  # fmt: skip
+flags.DEFINE_list("train_variants", None, f"Training variants, any of {','.join(benchmark.TRAIN_VARIANTS)} "
+                  "(default all; quick plain).")  # fmt: skip
+flags.DEFINE_bool("allocator_comparison", None, "Also time the largest model with default allocators (default: unless quick).")
 flags.DEFINE_string("shared_data", None, "Folder holding lspet/ (default: $HOURGLASS_SHARED/data or ../shared/data).")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hourglass_tf import benchmark
-
     shared = FLAGS.shared_data
     if shared is None:
         root = pathlib.Path(os.environ.get("HOURGLASS_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
         shared = root / "data" if (root / "data").is_dir() else None
+
+    def ints(values):
+        return [int(v) for v in values] if values else None
+
     results = benchmark.run(FLAGS.work_dir, shared, quick=FLAGS.quick, input_size=FLAGS.input_size,
-                            filters=FLAGS.filters, train_stacks=[int(s) for s in FLAGS.train_stacks])  # fmt: skip
+                            filters=FLAGS.filters, infer_stacks=ints(FLAGS.infer_stacks),
+                            train_stacks=ints(FLAGS.train_stacks), backends=FLAGS.backends,
+                            train_variants=FLAGS.train_variants, allocator_comparison=FLAGS.allocator_comparison,
+                            progress=True)  # fmt: skip
     json_path, md_path = benchmark.write(results, FLAGS.output_dir)
     print(benchmark.markdown(results))
     print(f"written: {json_path}, {md_path}")

@@ -1,19 +1,104 @@
 """The benchmark runs (tiny settings) and reports every field; speed itself is not tested."""
 
 import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 from hourglass_tf import benchmark
 
 
 def test_quick_benchmark_reports_every_field(tmp_path):
-    results = benchmark.run(tmp_path / "work", shared_data=None, quick=True, input_size=64, filters=16, train_stacks=(1,))
+    results = benchmark.run(tmp_path / "work", shared_data=None, quick=True, input_size=64, filters=16,
+                            infer_stacks=(1,), train_stacks=(1,))  # fmt: skip
     json_path, md_path = benchmark.write(results, tmp_path / "out")
     loaded = json.loads(json_path.read_text())
     assert loaded["gemm"]["gflops"] > 0
     (pipe,) = loaded["pipeline"].values()
     assert pipe["images_per_s"] > 0 and pipe["batch_size"] == 8 and pipe["input_size"] == 64
-    step = loaded["train_step"]["1 stacks"]
-    for key in ("images_per_s", "seconds", "first_step_seconds", "pipeline_margin"):
+    model = loaded["models"]["1 stacks"]
+    assert "error" not in model, model
+    assert model["flops"] > 0 and model["peak_rss_mb"] > 0
+    assert set(loaded["inference"]) == {f"1 stacks, {b}" for b in benchmark.QUICK_BACKENDS}
+    for key, result in loaded["inference"].items():
+        assert "error" not in result, (key, result)
+        assert result["peak_rss_mb"] > 0 and result["load_seconds"] > 0
+        assert set(result["batches"]) == {"1", "8"}
+        for batch in result["batches"].values():
+            for field in ("seconds", "images_per_s", "gflops_per_s", "utilisation"):
+                assert batch[field] > 0, (key, field)
+    step = loaded["train_step"]["1 stacks, plain"]
+    assert "error" not in step, step
+    for key in ("images_per_s", "seconds", "first_step_seconds", "pipeline_margin", "gflops_per_s", "utilisation",
+                "peak_rss_mb"):  # fmt: skip
         assert step[key] > 0, key
+    names = [t["name"] for t in loaded["targets"]]
+    assert any("fraction of the GEMM rate" in n and "training" in n for n in names)
+    assert any("peak memory" in n and "inference" in n for n in names)
+    assert any("input pipeline" in n for n in names)
+    for target in loaded["targets"]:
+        assert isinstance(target["met"], bool) and target["measured"] > 0
     table = md_path.read_text()
-    assert "input pipeline" in table and "training step, 1 stacks" in table and "target >= 3x" in table
+    for fragment in ("input pipeline", "ONNX Runtime", "TFLite fp32", "Keras eager", "of GEMM", "peak RSS", "| target |"):
+        assert fragment in table, fragment
+
+
+def test_a_failing_case_is_reported_not_raised(tmp_path):
+    result = benchmark.run_case({"kind": "inference", "model_dir": str(tmp_path / "missing"), "backend": "tf_function"})
+    assert "error" in result and "bench_model.json" in result["error"]
+
+
+def test_unknown_backend_is_rejected_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="unknown backends"):
+        benchmark.run(tmp_path, backends=("tensorrt",))
+    assert not (tmp_path / "synthetic").exists()
+
+
+def _import_env(**overrides):
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPU_ALLOCATOR_USE_BFC", "HOURGLASS_TF_TUNE_ALLOCATORS")}
+    env.update(overrides)
+    code = ("import json, os, hourglass_tf; "
+            "print(json.dumps([os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'), hourglass_tf.runtime.applied]))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_importing_the_package_sets_the_allocator_options():
+    bfc, applied = _import_env()
+    assert bfc == "true" and applied["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    if sys.platform.startswith("linux"):
+        assert applied["mmap_threshold"] == 256 << 20
+
+
+def test_allocator_options_can_be_switched_off_and_explicit_values_are_kept():
+    assert _import_env(HOURGLASS_TF_TUNE_ALLOCATORS="0") == [None, {}]
+    bfc, applied = _import_env(TF_CPU_ALLOCATOR_USE_BFC="false")
+    assert bfc == "false" and "TF_CPU_ALLOCATOR_USE_BFC" not in applied
+
+
+def test_profiler_breakdown_attributes_the_step_to_op_types(tmp_path):
+    from hourglass_tf import profiling
+
+    step = profiling.trace_train_step(tmp_path / "trace", num_stacks=1, filters=16, input_size=64, batch_size=2, steps=1)
+    assert step["step_seconds"] > 0
+    breakdown = profiling.op_breakdown(tmp_path / "trace")
+    ops = breakdown["ops"]
+    # The convolutions' forward and both backward kernels appear, with one forward per Conv2D layer.
+    conv_forward = sum(r["count"] for k, r in ops.items() if k.endswith("Conv2D"))
+    assert conv_forward >= 50, ops.keys()
+    assert any("BackpropInput" in k for k in ops) and any("BackpropFilter" in k for k in ops)
+    assert breakdown["total_op_seconds"] == pytest.approx(sum(r["seconds"] for r in ops.values()))
+    assert breakdown["peak_allocated_bytes"] > 0
+    assert "Conv2D" in profiling.markdown(breakdown, step["step_seconds"])
+    with pytest.raises(ValueError, match="no profiler trace"):
+        profiling.op_breakdown(tmp_path / "empty")
+
+
+def test_op_type_names_are_readable():
+    from hourglass_tf import profiling
+
+    assert profiling.op_type("model/conv/Conv2D:_MklNativeConv2D") == "Conv2D"
+    assert profiling.op_type("a/b:_MklNativeFusedConv2D") == "FusedConv2D"
+    assert profiling.op_type("a/b:AddV2") == "AddV2"

@@ -57,6 +57,26 @@ def test_paper_model_uses_only_stock_layers(paper_model):
         assert type(layer).__module__.startswith("keras."), layer
 
 
+def test_conv_flops_match_the_papers_multiply_adds(paper_model):
+    from hourglass_tf.model import conv_flops
+
+    # About 27.4 G multiply-adds per image for 8 stacks (54.9 GFLOP, measured independently in the speed issue).
+    assert conv_flops(paper_model) == pytest.approx(54.9e9, rel=2e-3)
+    assert conv_flops(truncate(paper_model, 2)) < conv_flops(paper_model) / 3
+
+
+def test_conv_flops_count_each_convolution_from_its_shapes():
+    from hourglass_tf.model import conv_flops
+
+    image = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(image)  # 8x8 out, 3x3x3 -> 4
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(6, 1, strides=2)(x)  # 4x4 out, 1x1x4 -> 6
+    x = keras.layers.Conv2D(6, 3, padding="same", groups=2)(x)  # 4x4 out, 3x3x6 -> 6 in 2 groups
+    expected = 2 * (8 * 8 * 9 * 3 * 4 + 4 * 4 * 1 * 4 * 6 + 4 * 4 * 9 * 6 * 6 // 2)
+    assert conv_flops(keras.Model(image, x)) == expected
+
+
 def test_num_blocks_ablation_has_equal_module_counts():
     # The paper's ablation: 2 stacks x 4 modules, 4 x 2 and 8 x 1 hold the same number of residual
     # modules (14 per stack and block: 13 in a depth-4 hourglass, 1 after it; 112 in all), so about
