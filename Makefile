@@ -24,8 +24,10 @@ test: install
 demo: install
 	$(PY) scripts/demo.py --flagfile=demo.flags
 
+# The full suite takes about 40 minutes on 2 CPU cores; `make bench BENCH_FLAGS=--quick` a few minutes.
+BENCH_FLAGS ?=
 bench: install
-	$(PY) scripts/benchmark.py --output_dir=runs/bench
+	$(PY) scripts/benchmark.py --output_dir=runs/bench $(BENCH_FLAGS)
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache
