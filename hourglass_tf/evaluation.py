@@ -176,7 +176,7 @@ def read_training_log(path):
 
 
 def plot_training_log(log_path, path, title="training"):
-    """Training curve of a run: summed training loss (log scale) and the validation metric per epoch."""
+    """Training curve of a run: summed training loss (log scale) and the validation metric (percent) per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +192,7 @@ def plot_training_log(log_path, path, title="training"):
     metric = next((name for name in ("val_pckh", "val_pck") if name in log), None)
     if metric is not None:
         right = ax.twinx()
-        right.plot(epochs, 100 * log[metric], "s-", color="tab:red", label=metric)
+        right.plot(epochs, log[metric], "s-", color="tab:red", label=metric)  # logged in percent
         right.set_ylabel(f"{metric} (validation), %", color="tab:red")
         right.set_ylim(0, 100)
     if "elapsed_seconds" in log:
@@ -241,11 +241,15 @@ def occlusion_analysis(pred, skeleton, threshold):
 
     Returns:
       dict ``visible`` / ``occluded`` (PCK summaries over annotated joints that are or are
-      not visible), ``presence`` {``max``, ``mean``: precision-recall of "the joint is
+      not visible; ``summary`` is None when the split marks no such joint, as LSPET, whose
+      annotated joints are all visible), ``presence`` {``max``, ``mean``: precision-recall of "the joint is
       annotated" ranked by the heatmap's max or mean}.
     """
     out = {}
     for name, mask in (("visible", pred["present"] & pred["visible"]), ("occluded", pred["present"] & ~pred["visible"])):
+        if not mask.any():
+            out[name] = {"summary": None, "joints": 0}
+            continue
         result = metrics.evaluate(pred["keypoints"], pred["joints"], mask, pred["normalizer"], skeleton, threshold)
         out[name] = {"summary": result["summary"], "joints": int(mask.sum())}
     out["presence"] = {
@@ -267,8 +271,10 @@ def stack_accuracy(pred, skeleton, threshold):
 def per_image_error(pred):
     """Mean normalised error over each person's annotated joints (NaN when none is usable)."""
     errors, _ = metrics.normalized_errors(pred["keypoints"], pred["joints"], pred["present"], pred["normalizer"])
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(np.where(np.isfinite(errors), errors, np.nan), axis=1)
+    finite = np.isfinite(errors)
+    count = finite.sum(axis=1)
+    total = np.where(finite, errors, 0.0).sum(axis=1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def example_grid(pred, dataset_dir, image_paths, skeleton, path, per_group=4, size=192):

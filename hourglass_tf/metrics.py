@@ -136,7 +136,8 @@ def summary_table(correct, count, skeleton):
             table[name] = float(np.nanmean(per_joint[idx])) if np.any(count[idx] > 0) else float("nan")
     joints = mean_joints(skeleton)
     table["Mean"] = float(_percent(correct[joints].sum(), count[joints].sum()))
-    table["Mean_unweighted"] = float(np.nanmean(per_joint[joints]))
+    scored = per_joint[joints][np.isfinite(per_joint[joints])]
+    table["Mean_unweighted"] = float(scored.mean()) if scored.size else float("nan")
     return table
 
 

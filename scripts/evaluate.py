@@ -68,8 +68,12 @@ def main(argv):
     print(f"mean over limb joints: {result['mean_limbs']:.2f}; AUC: {result['auc']:.2f}")
     print("per stack: " + ", ".join(f"{i + 1}: {v:.2f}" for i, v in enumerate(result["stack_accuracy"])))
     occ = result["occlusion"]
-    print(f"visible joints {occ['visible']['summary']['Mean']:.2f} ({occ['visible']['joints']}), occluded "
-          f"{occ['occluded']['summary']['Mean']:.2f} ({occ['occluded']['joints']}); presence AP from heatmap max "
+
+    def part(name):
+        summary = occ[name]["summary"]
+        return f"{summary['Mean']:.2f} ({occ[name]['joints']} joints)" if summary else "n/a (no such joint annotated)"
+
+    print(f"visible joints {part('visible')}, occluded {part('occluded')}; presence AP from heatmap max "
           f"{occ['presence']['max']['average_precision']:.1f}, mean {occ['presence']['mean']['average_precision']:.1f}")  # fmt: skip
     print(f"{result['people']} people; results in {FLAGS.output_dir}")
     return 0

@@ -220,11 +220,30 @@ def test_training_log_is_read_and_plotted_and_bad_logs_are_named(tmp_path):
     from hourglass_tf.evaluation import plot_training_log, read_training_log
 
     log = tmp_path / "log.csv"
-    log.write_text("epoch,loss,val_pck,learning_rate,elapsed_seconds\n0,0.02,0.31,0.002,60\n1,0.015,0.45,0.002,121\n")
+    log.write_text("epoch,loss,val_pck,learning_rate,elapsed_seconds\n0,0.02,31.0,0.002,60\n1,0.015,45.0,0.002,121\n")
     columns = read_training_log(log)
-    np.testing.assert_allclose(columns["val_pck"], [0.31, 0.45])
+    np.testing.assert_allclose(columns["val_pck"], [31.0, 45.0])
     assert plot_training_log(log, tmp_path / "curve.png").stat().st_size > 0
     (tmp_path / "bad.csv").write_text("epoch,loss\n0,abc\n")
     for bad, fragment in ((tmp_path / "bad.csv", "not numeric"), (tmp_path / "none.csv", "none.csv")):
         with pytest.raises(DataFileError, match=fragment):
             read_training_log(bad)
+
+
+def test_occlusion_analysis_says_when_no_joint_is_marked_occluded():
+    # LSPET marks only visible joints as annotated: the occluded set is empty, reported as such without warnings.
+    import warnings
+
+    rng = np.random.default_rng(0)
+    joints = rng.uniform(20, 80, (5, 14, 2))
+    present = np.ones((5, 14), bool)
+    present[0, :3] = False
+    pred = {"keypoints": joints + 1.0, "joints": joints, "present": present, "visible": present.copy(),
+            "normalizer": np.full(5, 30.0), "heatmap_max": rng.random((5, 14)), "heatmap_mean": rng.random((5, 14))}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = evaluation.occlusion_analysis(pred, skeleton.LSP, 0.2)
+        errors = evaluation.per_image_error(pred)
+    assert out["occluded"] == {"summary": None, "joints": 0}
+    assert out["visible"]["joints"] == 67 and out["visible"]["summary"]["Mean"] == 100.0
+    np.testing.assert_allclose(errors, np.sqrt(2) / 30.0)
