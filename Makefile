@@ -24,7 +24,7 @@ test: install
 demo: install
 	$(PY) scripts/demo.py --flagfile=demo.flags
 
-# The full suite takes about 40 minutes on 2 CPU cores; `make bench BENCH_FLAGS=--quick` a few minutes.
+# The full suite takes about 30 minutes on 2 CPU cores; `make bench BENCH_FLAGS=--quick` a few minutes.
 BENCH_FLAGS ?=
 bench: install
 	$(PY) scripts/benchmark.py --output_dir=runs/bench $(BENCH_FLAGS)

@@ -153,8 +153,13 @@ def plot_curves(result, path, title="PCK"):
     return path
 
 
+_MISSING = ("", None, "NA", "nan", "NaN")  # CSVLogger writes NA for a validation key an epoch did not log
+
+
 def read_training_log(path):
     """The ``log.csv`` of a run (Keras CSVLogger) as a dict column -> float array, rows by epoch.
+
+    Missing values (CSVLogger's ``NA``, empty cells) become NaN.
 
     Raises:
       DataFileError: the file is missing, empty or not a CSV log with an ``epoch`` column.
@@ -169,7 +174,7 @@ def read_training_log(path):
     columns = {}
     for name in rows[0]:
         try:
-            columns[name] = np.array([float(row[name]) if row[name] not in ("", None) else np.nan for row in rows])
+            columns[name] = np.array([np.nan if row[name] in _MISSING else float(row[name]) for row in rows])
         except ValueError as err:
             raise DataFileError(path, f"column {name!r} is not numeric ({err})") from None
     return columns

@@ -545,5 +545,9 @@ def _train(config):
         if history.epoch:
             from hourglass_tf.evaluation import plot_training_log
 
-            plot_training_log(run_dir / "log.csv", run_dir / "training_curve.png", f"{config.dataset}, {config.num_stacks} stacks")
+            try:
+                plot_training_log(run_dir / "log.csv", run_dir / "training_curve.png",
+                                  f"{config.dataset}, {config.num_stacks} stacks")  # fmt: skip
+            except ValueError as err:  # a picture must never fail a finished run
+                print(f"training curve not drawn: {err}")
     return {"summary": summary, "model": model, "history": history.history}

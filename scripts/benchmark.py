@@ -1,7 +1,7 @@
 """Benchmarks this machine (``make bench``): GEMM reference, input pipeline, inference per
 backend, training step, peak memory, and the project's performance targets.
 
-    python scripts/benchmark.py --output_dir=runs/bench            # the full suite (about 40 minutes on 2 cores)
+    python scripts/benchmark.py --output_dir=runs/bench            # the full suite (about 30 minutes on 2 cores)
     python scripts/benchmark.py --output_dir=runs/bench --quick    # a few minutes: 2 stacks, 4 backends
 
 Writes ``bench.json`` and ``bench.md`` (Markdown tables) to --output_dir and prints the tables.

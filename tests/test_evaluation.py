@@ -220,9 +220,11 @@ def test_training_log_is_read_and_plotted_and_bad_logs_are_named(tmp_path):
     from hourglass_tf.evaluation import plot_training_log, read_training_log
 
     log = tmp_path / "log.csv"
-    log.write_text("epoch,loss,val_pck,learning_rate,elapsed_seconds\n0,0.02,31.0,0.002,60\n1,0.015,45.0,0.002,121\n")
+    log.write_text("epoch,loss,val_pck,learning_rate,elapsed_seconds,val_loss\n"
+                   "0,0.02,31.0,0.002,60,NA\n1,0.015,45.0,0.002,121,\n")
     columns = read_training_log(log)
     np.testing.assert_allclose(columns["val_pck"], [31.0, 45.0])
+    assert np.isnan(columns["val_loss"]).all()  # CSVLogger's NA and empty cells
     assert plot_training_log(log, tmp_path / "curve.png").stat().st_size > 0
     (tmp_path / "bad.csv").write_text("epoch,loss\n0,abc\n")
     for bad, fragment in ((tmp_path / "bad.csv", "not numeric"), (tmp_path / "none.csv", "none.csv")):

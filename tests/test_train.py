@@ -92,6 +92,7 @@ def test_a_nan_loss_stops_cleanly_and_says_why(data_dir, tmp_path):
     reason = result["summary"]["stopped_because"]
     assert reason and "non-finite loss" in reason
     assert not (tmp_path / "run" / "last.keras").exists()  # nothing non-finite was saved
+    assert (tmp_path / "run" / "training_curve.png").is_file()  # drawn from a log with NA cells
 
 
 def test_after_a_nan_the_last_good_checkpoint_and_backup_are_intact(tmp_path):
