@@ -196,6 +196,27 @@ def inference_case(model_dir, backend, batch_sizes=(1, 8), repeats=5):
     return result
 
 
+def compiled_training_model(num_stacks, filters=256, input_size=256, batch_size=8, num_joints=16, jit_compile=False):
+    """A seeded stacked hourglass compiled with RMSprop and per-stack MSE, and one random batch for it.
+
+    Returns:
+      (model, images (B, R, R, 3) float32, targets {stack_i: (B, R/4, R/4, K) float32}).
+    """
+    import keras
+
+    from hourglass_tf.model import build_model, output_names
+
+    keras.utils.set_random_seed(0)
+    model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size, num_joints=num_joints)
+    model.compile(optimizer=keras.optimizers.RMSprop(2.5e-4), loss={n: "mse" for n in output_names(model)},
+                  jit_compile=jit_compile)  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.random((batch_size, input_size, input_size, 3), dtype=np.float32)
+    y = {n: rng.random((batch_size, input_size // 4, input_size // 4, num_joints), dtype=np.float32)
+         for n in output_names(model)}  # fmt: skip
+    return model, x, y
+
+
 def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repeats=3, variant="plain"):
     """Seconds per compiled RMSprop training step (``train_on_batch``, the ``model.fit`` step).
 
@@ -203,21 +224,15 @@ def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repea
     float16 on GPU; outputs and loss float32).
     """
     import keras
-    import tensorflow as tf
 
-    from hourglass_tf.model import build_model, conv_flops, output_names
+    from hourglass_tf.model import conv_flops
+    from hourglass_tf.train import mixed_precision_policy
 
     if variant not in TRAIN_VARIANTS:
         raise ValueError(f"variant must be one of {TRAIN_VARIANTS}, received variant={variant!r}")
     if variant == "mixed_precision":
-        keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16")
-    keras.utils.set_random_seed(0)
-    model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size)
-    model.compile(optimizer=keras.optimizers.RMSprop(2.5e-4), loss={n: "mse" for n in output_names(model)},
-                  jit_compile=variant == "xla")  # fmt: skip
-    rng = np.random.default_rng(0)
-    x = rng.random((batch_size, input_size, input_size, 3), dtype=np.float32)
-    y = {n: rng.random((batch_size, input_size // 4, input_size // 4, 16), dtype=np.float32) for n in output_names(model)}
+        keras.mixed_precision.set_global_policy(mixed_precision_policy())
+    model, x, y = compiled_training_model(num_stacks, filters, input_size, batch_size, jit_compile=variant == "xla")
     start = time.perf_counter()
     model.train_on_batch(x, y)  # traces and compiles the train function
     first = time.perf_counter() - start
@@ -282,6 +297,7 @@ def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, in
       progress: print a line per case to stderr.
     """
     from hourglass_tf import runtime
+    from hourglass_tf.backends import cpu_threads
     from hourglass_tf.data import readers, synthetic, tfrecords
 
     work_dir = pathlib.Path(work_dir)
@@ -298,8 +314,7 @@ def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, in
     batches = 5 if quick else 20
     results = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "cpu_threads": len(os.sched_getaffinity(0))
-                    if hasattr(os, "sched_getaffinity") else os.cpu_count()},  # fmt: skip
+                    "python": platform.python_version(), "cpu_threads": cpu_threads()},  # fmt: skip
         "settings": {"quick": quick, "input_size": input_size, "filters": filters, "repeats": repeats,
                      "train_repeats": train_repeats, "allocators": runtime.applied or "defaults"},  # fmt: skip
         "gemm": gemm_rate(repeats=repeats),

@@ -124,13 +124,30 @@ def write_json(result, path):
     return path
 
 
-def plot_curves(result, path, title="PCK"):
-    """PCK(h) versus threshold: the mean curve and one curve per table part."""
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(fig, path):
+    """Writes ``fig`` as a PNG at ``path`` (making its folder), closes it, returns the Path."""
+    plt = _pyplot()
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(result, path, title="PCK"):
+    """PCK(h) versus threshold: the mean curve and one curve per table part."""
+    plt = _pyplot()
     thresholds = result["curve"]["thresholds"]
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.plot(thresholds, result["curve"]["mean"], color="black", linewidth=2.5, label=f"Mean (AUC {result['auc']:.1f})")
@@ -145,12 +162,7 @@ def plot_curves(result, path, title="PCK"):
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 _MISSING = ("", None, "NA", "nan", "NaN")  # CSVLogger writes NA for a validation key an epoch did not log
@@ -182,11 +194,7 @@ def read_training_log(path):
 
 def plot_training_log(log_path, path, title="training"):
     """Training curve of a run: summed training loss (log scale) and the validation metric (percent) per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     log = read_training_log(log_path)
     epochs = log["epoch"] + 1
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -205,12 +213,7 @@ def plot_training_log(log_path, path, title="training"):
         title = f"{title} ({minutes:.0f} min)"
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the paper's analyses
@@ -364,11 +367,7 @@ def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_d
 
 def plot_presence(presence, path):
     """Precision-recall of predicting annotation presence from heatmap max / mean (paper Fig. 11 right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     for key in ("max", "mean"):
         curve = presence[key]
@@ -380,7 +379,4 @@ def plot_presence(presence, path):
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)

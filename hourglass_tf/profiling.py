@@ -36,18 +36,11 @@ def trace_train_step(logdir, num_stacks=2, filters=256, input_size=256, batch_si
     Returns:
       dict ``step_seconds`` (median wall time per traced step) and ``logdir``.
     """
-    import keras
     import tensorflow as tf
 
-    from hourglass_tf.model import build_model, output_names
+    from hourglass_tf.benchmark import compiled_training_model
 
-    keras.utils.set_random_seed(0)
-    model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size, num_joints=num_joints)
-    model.compile(optimizer=keras.optimizers.RMSprop(2.5e-4), loss={n: "mse" for n in output_names(model)})
-    rng = np.random.default_rng(0)
-    x = rng.random((batch_size, input_size, input_size, 3), dtype=np.float32)
-    y = {n: rng.random((batch_size, input_size // 4, input_size // 4, num_joints), dtype=np.float32)
-         for n in output_names(model)}  # fmt: skip
+    model, x, y = compiled_training_model(num_stacks, filters, input_size, batch_size, num_joints)
     for _ in range(2):
         model.train_on_batch(x, y)
     times = []

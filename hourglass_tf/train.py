@@ -442,6 +442,11 @@ def build_compiled_model(config):
     return model
 
 
+def mixed_precision_policy():
+    """The Keras mixed-precision policy for this machine: float16 on GPU, bfloat16 on CPU/TPU."""
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+
+
 def train(config):
     """Runs training as ``config`` says.
 
@@ -457,7 +462,7 @@ def train(config):
     config.validate()
     previous_policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16")
+        keras.mixed_precision.set_global_policy(mixed_precision_policy())
     try:
         return _train(config)
     finally:
