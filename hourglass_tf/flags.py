@@ -4,7 +4,7 @@ import dataclasses
 
 from absl import flags
 
-from hourglass_tf.train import OPTIMIZERS, STRATEGIES, TrainConfig
+from hourglass_tf.train import LR_SCHEDULES, OPTIMIZERS, STRATEGIES, TrainConfig
 
 HELP = {
     "dataset": "Dataset layout: mpii, lsp, lspet, flic, coco or synthetic.",
@@ -24,8 +24,11 @@ HELP = {
     "plateau_factor": "Learning-rate factor when the validation metric plateaus (0.2: divided by 5).",
     "plateau_patience": "Epochs without improvement before the learning rate drops.",
     "lr_drop_epochs": "Comma-separated 1-based epochs at whose start lr is also multiplied by plateau_factor.",
-    "min_learning_rate": "Lower bound of the learning rate.",
+    "lr_schedule": "plateau (the paper: drop on plateau and at lr_drop_epochs) or cosine (per-step decay to "
+    "min_learning_rate over all epochs, for a fixed budget).",
+    "min_learning_rate": "Lower bound of the learning rate (the cosine schedule's end point).",
     "rotation": "Maximum rotation of the augmentation in degrees (30).",
+    "rotation_prob": "Probability that a training sample is rotated (1; the original Torch code: 0.4).",
     "scale_min": "Smallest scaling factor of the augmentation (0.75).",
     "scale_max": "Largest scaling factor of the augmentation (1.25).",
     "flip": "Horizontal flips with left/right joint swap.",
@@ -49,8 +52,8 @@ def define_train_flags():
     """Defines one flag per ``TrainConfig`` field (defaults = the paper's recipe)."""
     for field in dataclasses.fields(TrainConfig):
         default, help_text = field.default, HELP[field.name]
-        if field.name in ("strategy", "optimizer"):
-            choices = STRATEGIES if field.name == "strategy" else OPTIMIZERS
+        if field.name in ("strategy", "optimizer", "lr_schedule"):
+            choices = {"strategy": STRATEGIES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}[field.name]
             flags.DEFINE_enum(field.name, default, list(choices), help_text)
         elif isinstance(default, bool):
             flags.DEFINE_bool(field.name, default, help_text)

@@ -40,6 +40,7 @@ from hourglass_tf.model import build_model, output_names
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("rmsprop", "adam")
+LR_SCHEDULES = ("plateau", "cosine")
 
 
 @dataclasses.dataclass
@@ -63,8 +64,10 @@ class TrainConfig:
     plateau_factor: float = 0.2
     plateau_patience: int = 5
     lr_drop_epochs: str = ""  # e.g. "6,8": also multiply lr by plateau_factor when these (1-based) epochs start
+    lr_schedule: str = "plateau"  # "cosine": decay per step from learning_rate to min_learning_rate over the run
     min_learning_rate: float = 1e-7
     rotation: float = 30.0
+    rotation_prob: float = 1.0
     scale_min: float = 0.75
     scale_max: float = 1.25
     flip: bool = True
@@ -120,6 +123,14 @@ class TrainConfig:
             self.drop_epochs()
         except ValueError as err:
             problems.append(str(err))
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule={self.lr_schedule!r} is not one of {LR_SCHEDULES}")
+        elif self.lr_schedule == "cosine" and (self.lr_drop_epochs or "").strip():
+            problems.append(f"lr_drop_epochs={self.lr_drop_epochs!r} applies to lr_schedule='plateau' only; "
+                            "lr_schedule='cosine' sets the rate of every step")  # fmt: skip
+        if not 0 < self.min_learning_rate < self.learning_rate:
+            problems.append(f"min_learning_rate must be in (0, learning_rate={self.learning_rate}), "
+                            f"received min_learning_rate={self.min_learning_rate}")  # fmt: skip
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
         if self.cpu_replicas > 1 and self.strategy not in ("mirrored", "auto"):
@@ -145,7 +156,7 @@ class TrainConfig:
         return epochs
 
     def augmentation(self):
-        return pipeline.Augmentation(self.rotation, self.scale_min, self.scale_max, self.flip, self.color)
+        return pipeline.Augmentation(self.rotation, self.scale_min, self.scale_max, self.flip, self.color, self.rotation_prob)
 
 
 # ---------------------------------------------------------------- strategies
@@ -220,6 +231,33 @@ class LearningRateDrops(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "learning_rate" not in logs:  # ReduceLROnPlateau logs it when present
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class CosineDecay(keras.callbacks.Callback):
+    """Sets the learning rate before every step: a cosine from ``initial`` to ``final`` over ``total_steps``.
+
+    ``lr(t) = final + (initial - final) * (1 + cos(pi * t / total_steps)) / 2`` with t the
+    optimizer's step count, which BackupAndRestore restores, so a resumed run continues the
+    same curve. For a run with a fixed step budget; the paper's rule is the plateau drop.
+    """
+
+    def __init__(self, initial, final, total_steps):
+        super().__init__()
+        if not total_steps > 0:
+            raise ValueError(f"total_steps must be positive, received total_steps={total_steps}")
+        self.initial, self.final, self.total_steps = float(initial), float(final), int(total_steps)
+
+    def rate(self, step):
+        t = min(max(int(step), 0), self.total_steps) / self.total_steps
+        return self.final + (self.initial - self.final) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        optimizer = self.model.optimizer
+        optimizer.learning_rate = self.rate(keras.ops.convert_to_numpy(optimizer.iterations))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
@@ -507,15 +545,21 @@ def _train(config):
     validation = PCKValidation(val_data, skeleton, config.metric_name, config.metric_threshold,
                                config.validation_freq, config.val_flip_test, guard)  # fmt: skip
     backup = SafeBackupAndRestore(str(write_dir / "backup"), guard)
+    if config.lr_schedule == "cosine":
+        schedule = [CosineDecay(config.learning_rate, config.min_learning_rate, config.epochs * steps)]
+    else:
+        schedule = [
+            keras.callbacks.ReduceLROnPlateau(monitor=config.metric_name, mode="max", factor=config.plateau_factor,
+                                              patience=config.plateau_patience, min_lr=config.min_learning_rate,
+                                              verbose=config.verbose),  # fmt: skip
+            LearningRateDrops(config.drop_epochs(), config.plateau_factor, config.verbose),
+        ]
     callbacks = [
         guard,
         validation,
-        keras.callbacks.ReduceLROnPlateau(monitor=config.metric_name, mode="max", factor=config.plateau_factor,
-                                          patience=config.plateau_patience, min_lr=config.min_learning_rate,
-                                          verbose=config.verbose),  # fmt: skip
+        *schedule,
         AtomicCheckpoint(write_dir, config.metric_name, guard),
         backup,
-        LearningRateDrops(config.drop_epochs(), config.plateau_factor, config.verbose),
         EpochTimer(),
         keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False),

@@ -316,6 +316,18 @@ def test_augmentation_rejects_bad_ranges():
         pipeline.Augmentation(scale_min=1.5, scale_max=1.0)
     with pytest.raises(ValueError, match="rotation=-1"):
         pipeline.Augmentation(rotation=-1)
+    with pytest.raises(ValueError, match="rotation_prob=1.5"):
+        pipeline.Augmentation(rotation_prob=1.5)
+
+
+@pytest.mark.parametrize("prob", [0.0, 0.4, 1.0])
+def test_rotation_prob_is_the_fraction_of_rotated_samples(prob):
+    aug = pipeline.Augmentation(rotation=30.0, rotation_prob=prob)
+    angles = np.array([float(pipeline._random_params(tf.constant([7, i], tf.int64), aug)[0]) for i in range(1500)])
+    rotated = angles != 0.0
+    assert abs(rotated.mean() - prob) < 0.05, rotated.mean()
+    if prob:
+        assert np.abs(angles).max() <= 30.0 and np.abs(angles[rotated]).mean() > 10.0  # uniform in +-30 when rotated
 
 
 def test_decoding_the_targets_and_back_projecting_gives_full_pckh(synthetic_root):

@@ -19,8 +19,8 @@ import pytest
 
 from conftest import REPO
 from hourglass_tf.data import synthetic
-from hourglass_tf.train import (AtomicCheckpoint, EpochTimer, LearningRateDrops, NaNGuard, SafeBackupAndRestore,
-                                TrainConfig, train)
+from hourglass_tf.train import (AtomicCheckpoint, CosineDecay, EpochTimer, LearningRateDrops, NaNGuard,
+                                SafeBackupAndRestore, TrainConfig, train)
 
 TINY_FLAGS = ["--dataset=synthetic", "--num_stacks=1", "--filters=16", "--depth=2", "--input_size=64",
               "--batch_size=4", "--val_batch_size=8", "--image_summaries=2", "--verbose=0", "--learning_rate=1e-3"]  # fmt: skip
@@ -78,6 +78,39 @@ def test_fixed_learning_rate_drops_apply_once_per_listed_epoch():
     history = model.fit(x, y, epochs=5, verbose=0, callbacks=[LearningRateDrops((2, 4), 0.5), EpochTimer()]).history
     np.testing.assert_allclose(history["learning_rate"], [1e-2, 5e-3, 5e-3, 2.5e-3, 2.5e-3], rtol=1e-6)
     assert all(s >= 0 for s in history["epoch_seconds"])
+
+
+def test_cosine_schedule_sets_every_step_from_the_optimizer_step_count():
+    schedule = CosineDecay(1e-2, 1e-4, total_steps=8)
+    rates = [schedule.rate(t) for t in range(9)]
+    assert rates[0] == pytest.approx(1e-2) and rates[4] == pytest.approx((1e-2 + 1e-4) / 2) and rates[8] == pytest.approx(1e-4)
+    assert np.all(np.diff(rates) < 0) and schedule.rate(50) == pytest.approx(1e-4)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1.0), loss="mse")
+    x, y = np.ones((16, 2), np.float32), np.ones((16, 1), np.float32)
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[schedule]).history
+    np.testing.assert_allclose(history["learning_rate"], [rates[3], rates[7]], rtol=1e-5)  # set before steps 3 and 7
+    # A resumed run continues the curve from the restored step count.
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[CosineDecay(1e-2, 1e-4, 16)]).history
+    np.testing.assert_allclose(history["learning_rate"], [CosineDecay(1e-2, 1e-4, 16).rate(11)], rtol=1e-5)
+    with pytest.raises(ValueError, match="total_steps=0"):
+        CosineDecay(1e-2, 1e-4, 0)
+
+
+def test_train_with_the_cosine_schedule_logs_the_decayed_rate(data_dir, tmp_path):
+    result = train(tiny_config(data_dir, tmp_path / "run", epochs=2, lr_schedule="cosine", min_learning_rate=1e-5))
+    expected = [CosineDecay(1e-3, 1e-5, 12).rate(t) for t in (5, 11)]
+    np.testing.assert_allclose(result["history"]["learning_rate"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(lr_schedule="linear"), "lr_schedule='linear'"),
+    (dict(lr_schedule="cosine", lr_drop_epochs="3"), "lr_drop_epochs='3' applies"),
+    (dict(min_learning_rate=1.0), "min_learning_rate must be"),
+])  # fmt: skip
+def test_inconsistent_schedule_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(dataset="synthetic", data_dir="x", **overrides).validate()
 
 
 @pytest.mark.parametrize("text", ["6,x", "0", "3;5"])

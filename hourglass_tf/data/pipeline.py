@@ -38,6 +38,8 @@ class Augmentation:
 
     Attributes:
       rotation: maximum rotation in degrees (uniform in [-rotation, rotation]).
+      rotation_prob: probability that a sample is rotated at all (1: always, as the paper's
+        text reads; the original Torch code rotates 40 % of the samples, 0.4).
       scale_min, scale_max: range of the box scaling factor (uniform).
       flip: mirror half of the samples, swapping left/right joints.
       color: per-channel multiplicative jitter range [1 - color, 1 + color] (0 disables).
@@ -48,6 +50,7 @@ class Augmentation:
     scale_max: float = 1.25
     flip: bool = True
     color: float = 0.2
+    rotation_prob: float = 1.0
 
     def __post_init__(self):
         if not 0 <= self.rotation <= 180:
@@ -56,6 +59,8 @@ class Augmentation:
             raise ValueError(
                 f"need 0 < scale_min <= scale_max, received scale_min={self.scale_min}, scale_max={self.scale_max}"
             )
+        if not 0 <= self.rotation_prob <= 1:
+            raise ValueError(f"rotation_prob must be in [0, 1], received rotation_prob={self.rotation_prob}")
         if not 0 <= self.color < 1:
             raise ValueError(f"color must be in [0, 1), received color={self.color}")
 
@@ -169,8 +174,9 @@ def decode_image(data):
 
 def _random_params(seed, augmentation):
     """Rotation (deg), scale factor, flip (bool), colour gains (3,) from a stateless seed (2,)."""
-    u = tf.random.stateless_uniform([6], seed=seed)
+    u = tf.random.stateless_uniform([7], seed=seed)
     rotation = (2.0 * u[0] - 1.0) * augmentation.rotation
+    rotation = tf.where(u[6] < augmentation.rotation_prob, rotation, 0.0)
     scale = augmentation.scale_min + u[1] * (augmentation.scale_max - augmentation.scale_min)
     flip = (u[2] < 0.5) if augmentation.flip else tf.constant(False)
     gains = 1.0 + (2.0 * u[3:6] - 1.0) * augmentation.color
