@@ -102,6 +102,32 @@ def pck_per_joint(errors, valid, threshold):
     return correct, np.sum(valid, axis=0)
 
 
+def left_right_swaps(pred, gt, present, normalizer, skeleton, threshold):
+    """Misses that land on the other side's joint: the classic left/right confusion.
+
+    A scored joint counts as swapped when it is not correct (error >= threshold) but lies
+    within the threshold of the annotated mirror joint (left wrist predicted on the right
+    wrist). Joints without a mirror (head, neck) are never swapped.
+
+    Args:
+      pred, gt: (N, K, 2) (x, y) pixels, same frame and convention.
+      present: (N, K) annotated joints; normalizer: (N,) pixels; threshold: as for PCK.
+      skeleton: the joint set (its ``flip_permutation`` names the mirror joints).
+
+    Returns:
+      (swapped counts (K,), scored counts (K,)), the latter as ``pck_per_joint`` counts them.
+    """
+    errors, valid = normalized_errors(pred, gt, present, normalizer)
+    perm = skeleton.flip_permutation
+    if len(perm) != errors.shape[1]:
+        raise ValueError(f"the {skeleton.name} skeleton has {len(perm)} joints, the predictions {errors.shape[1]}")
+    mirror_errors, mirror_valid = normalized_errors(pred, gt[:, perm], present[:, perm], normalizer)
+    missed = valid & ~(np.nan_to_num(errors, nan=np.inf) < threshold)
+    on_mirror = mirror_valid & (np.nan_to_num(mirror_errors, nan=np.inf) < threshold)
+    swapped = missed & on_mirror & (perm != np.arange(len(perm)))[None]
+    return np.sum(swapped, axis=0), np.sum(valid, axis=0)
+
+
 def mean_joints(skeleton):
     """Indices averaged in the summary: MPII without pelvis and thorax (14 joints), else every joint."""
     return [i for i, j in enumerate(skeleton.joints) if not (skeleton.name == "mpii" and j in MPII_EXCLUDED_FROM_MEAN)]
@@ -157,7 +183,8 @@ def evaluate(pred, gt, present, normalizer, skeleton, threshold=0.5, thresholds=
       over ``limb_joints``, percent), ``per_joint`` {name: percent},
       ``counts`` {name: annotated joints}, ``curve`` {``thresholds``, ``mean`` (count-weighted
       over ``mean_joints``), ``per_joint`` {name: [...]}}, ``auc`` (area under the mean
-      curve divided by the threshold range, percent).
+      curve divided by the threshold range, percent), ``swapped`` {``per_joint`` {name:
+      percent of scored joints}, ``limbs`` (over ``limb_joints``)} from ``left_right_swaps``.
     """
     errors, valid = normalized_errors(pred, gt, present, normalizer)
     correct, count = pck_per_joint(errors, valid, threshold)
@@ -167,6 +194,7 @@ def evaluate(pred, gt, present, normalizer, skeleton, threshold=0.5, thresholds=
     limbs = limb_joints(skeleton)
     curve_joint = np.stack([_percent(*pck_per_joint(errors, valid, t)) for t in thresholds])  # (T, K)
     curve_mean = np.array([_percent(*(c[joints].sum() for c in pck_per_joint(errors, valid, t))) for t in thresholds])
+    swapped, _ = left_right_swaps(pred, gt, present, normalizer, skeleton, threshold)
     span = thresholds[-1] - thresholds[0]
     auc = float(np.trapezoid(curve_mean, thresholds) / span) if span > 0 else float(curve_mean[0])
     return {
@@ -181,6 +209,10 @@ def evaluate(pred, gt, present, normalizer, skeleton, threshold=0.5, thresholds=
             "per_joint": {name: curve_joint[:, k].tolist() for k, name in enumerate(skeleton.joints)},
         },
         "auc": auc,
+        "swapped": {
+            "per_joint": {name: float(v) for name, v in zip(skeleton.joints, _percent(swapped, count))},
+            "limbs": float(_percent(swapped[limbs].sum(), count[limbs].sum())),
+        },
     }
 
 

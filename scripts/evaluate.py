@@ -66,6 +66,8 @@ def main(argv):
     name = "PCKh" if result["threshold"] == 0.5 else "PCK"
     print(metrics.format_table(result, name))
     print(f"mean over limb joints: {result['mean_limbs']:.2f}; AUC: {result['auc']:.2f}")
+    print(f"left/right swaps: {result['swapped']['limbs']:.2f} % of the scored limb joints miss onto the other "
+          "side's joint")
     print("per stack: " + ", ".join(f"{i + 1}: {v:.2f}" for i, v in enumerate(result["stack_accuracy"])))
     occ = result["occlusion"]
 

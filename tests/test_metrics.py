@@ -94,3 +94,24 @@ def test_published_pckh_of_the_shared_mpii_predictions(shared_data):
     expected = [95.60, 92.71, 83.36, 76.74, 81.93, 73.36, 65.45, 82.34, 81.46]
     assert list(summary) == SUMMARY_KEYS
     np.testing.assert_allclose([summary[k] for k in SUMMARY_KEYS], expected, atol=0.01)
+
+
+def test_left_right_swaps_count_misses_that_land_on_the_mirror_joint():
+    sk = skeleton.LSP
+    r_wrist, l_wrist, head = sk.index("r_wrist"), sk.index("l_wrist"), sk.index("head_top")
+    gt = np.zeros((2, 14, 2))
+    gt[:, r_wrist], gt[:, l_wrist], gt[:, head] = (0.0, 0.0), (10.0, 0.0), (5.0, 30.0)
+    pred = gt.copy()
+    pred[:, r_wrist] = (10.0, 1.0)  # on the left wrist: a swap (normaliser 10, threshold 2 px)
+    pred[:, head] = (5.0, 0.0)  # far off, but the head has no mirror joint
+    present = np.ones((2, 14), bool)
+    present[1, l_wrist] = False  # second person: the left wrist is not annotated, so no swap can be seen
+    swapped, scored = metrics.left_right_swaps(pred, gt, present, np.array([10.0, 10.0]), sk, 0.2)
+    assert swapped[r_wrist] == 1 and swapped.sum() == 1
+    assert scored[r_wrist] == 2 and scored[l_wrist] == 1
+    result = metrics.evaluate(pred, gt, present, np.array([10.0, 10.0]), sk, threshold=0.2)
+    assert result["swapped"]["per_joint"]["r_wrist"] == 50.0 and result["swapped"]["per_joint"]["head_top"] == 0.0
+    limb_count = sum(result["counts"][sk.joints[i]] for i in metrics.limb_joints(sk))
+    assert result["swapped"]["limbs"] == pytest.approx(100.0 / limb_count)
+    with pytest.raises(ValueError, match="14 joints, the predictions 16"):
+        metrics.left_right_swaps(np.zeros((1, 16, 2)), np.zeros((1, 16, 2)), np.ones((1, 16), bool), np.ones(1), sk, 0.2)
