@@ -96,10 +96,14 @@ def normalized_errors(pred, gt, present, normalizer):
     return np.where(valid, errors, np.nan), valid
 
 
+def _is_correct(errors, valid, threshold):
+    """(N, K) bool: annotated and error < threshold (strictly); excluded (NaN) errors never are."""
+    return valid & (np.nan_to_num(errors, nan=np.inf) < threshold)
+
+
 def pck_per_joint(errors, valid, threshold):
     """(correct counts (K,), annotated counts (K,)): a joint is correct when error < threshold (strictly)."""
-    correct = np.sum(valid & (np.nan_to_num(errors, nan=np.inf) < threshold), axis=0)
-    return correct, np.sum(valid, axis=0)
+    return np.sum(_is_correct(errors, valid, threshold), axis=0), np.sum(valid, axis=0)
 
 
 def left_right_swaps(pred, gt, present, normalizer, skeleton, threshold):
@@ -122,8 +126,8 @@ def left_right_swaps(pred, gt, present, normalizer, skeleton, threshold):
     if len(perm) != errors.shape[1]:
         raise ValueError(f"the {skeleton.name} skeleton has {len(perm)} joints, the predictions {errors.shape[1]}")
     mirror_errors, mirror_valid = normalized_errors(pred, gt[:, perm], present[:, perm], normalizer)
-    missed = valid & ~(np.nan_to_num(errors, nan=np.inf) < threshold)
-    on_mirror = mirror_valid & (np.nan_to_num(mirror_errors, nan=np.inf) < threshold)
+    missed = valid & ~_is_correct(errors, valid, threshold)
+    on_mirror = _is_correct(mirror_errors, mirror_valid, threshold)
     swapped = missed & on_mirror & (perm != np.arange(len(perm)))[None]
     return np.sum(swapped, axis=0), np.sum(valid, axis=0)
 

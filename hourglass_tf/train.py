@@ -209,6 +209,11 @@ def _finite(logs):
     return all(math.isfinite(float(v)) for k, v in (logs or {}).items() if k.endswith("loss"))
 
 
+def _learning_rate(model):
+    """The current learning rate of ``model``'s optimizer, as a Python float."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
 class LearningRateDrops(keras.callbacks.Callback):
     """Multiplies the learning rate by ``factor`` when each of ``epochs`` (1-based) starts.
 
@@ -223,15 +228,14 @@ class LearningRateDrops(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch + 1 in self.epochs:
-            optimizer = self.model.optimizer
-            new = float(keras.ops.convert_to_numpy(optimizer.learning_rate)) * self.factor
-            optimizer.learning_rate = new
+            new = _learning_rate(self.model) * self.factor
+            self.model.optimizer.learning_rate = new
             if self.verbose:
                 print(f"epoch {epoch + 1}: learning rate x {self.factor} -> {new:.3g} (lr_drop_epochs)")
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and "learning_rate" not in logs:  # ReduceLROnPlateau logs it when present
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            logs["learning_rate"] = _learning_rate(self.model)
 
 
 class CosineDecay(keras.callbacks.Callback):
@@ -258,7 +262,7 @@ class CosineDecay(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            logs["learning_rate"] = _learning_rate(self.model)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -327,7 +331,7 @@ class PCKValidation(keras.callbacks.Callback):
         self.last_result = metrics.evaluate(pred["keypoints"], pred["joints"], pred["present"], pred["normalizer"],
                                             self.skeleton, threshold=self.threshold)  # fmt: skip
         logs[self.metric_name] = self.last_result["summary"]["Mean"]
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["learning_rate"] = _learning_rate(self.model)
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
