@@ -33,6 +33,8 @@ HELP = {
     "scale_max": "Largest scaling factor of the augmentation (1.25).",
     "flip": "Horizontal flips with left/right joint swap.",
     "color": "Per-channel colour jitter range (0.2: gains in [0.8, 1.2]).",
+    "drop_side_conflicts": "Skip training people whose shoulders and hips face opposite ways (a left/right "
+    "labelling slip, e.g. 7 % of LSPET); the validation split is never filtered.",
     "strategy": "Distribution: auto, one_device, mirrored, multi_worker (TF_CONFIG) or tpu.",
     "cpu_replicas": "Split the CPU into this many logical devices and mirror over them (testing).",
     "mixed_precision": "float16 on GPU, bfloat16 on CPU/TPU; outputs and loss stay float32.",

@@ -72,6 +72,7 @@ class TrainConfig:
     scale_max: float = 1.25
     flip: bool = True
     color: float = 0.2
+    drop_side_conflicts: bool = False  # skip training people whose shoulders and hips face opposite ways
     strategy: str = "auto"
     cpu_replicas: int = 0  # >1: split the CPU into this many logical devices (testing MirroredStrategy)
     mixed_precision: bool = False
@@ -101,6 +102,8 @@ class TrainConfig:
         if (self.data_dir is None) == (self.tfrecord_dir is None):
             problems.append(f"give exactly one of data_dir and tfrecord_dir (data_dir={self.data_dir!r}, "
                             f"tfrecord_dir={self.tfrecord_dir!r})")  # fmt: skip
+        if self.drop_side_conflicts and self.tfrecord_dir is not None:
+            problems.append("drop_side_conflicts needs data_dir (raw annotations); TFRecord shards are read as written")
         for name in ("num_stacks", "num_blocks", "filters", "depth", "input_size", "batch_size", "epochs",
                      "validation_freq", "val_batch_size"):  # fmt: skip
             value = getattr(self, name)
@@ -523,7 +526,8 @@ def _train(config):
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     train_source, skeleton, train_report, num_train = sources.load_source(
-        config.dataset, "train", config.data_dir, config.tfrecord_dir)  # fmt: skip
+        config.dataset, "train", config.data_dir, config.tfrecord_dir,
+        drop_side_conflicts=config.drop_side_conflicts)  # fmt: skip
     val_source, _, val_report, num_val = sources.load_source(config.dataset, "valid", config.data_dir, config.tfrecord_dir)
     if num_train < global_batch:
         raise ValueError(f"the training split has {num_train} usable samples, fewer than one global batch ({global_batch})")

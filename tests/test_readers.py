@@ -8,8 +8,8 @@ import pytest
 import scipy.io
 
 from hourglass_tf import skeleton
-from hourglass_tf.data import readers
-from hourglass_tf.data.sample import DataFileError
+from hourglass_tf.data import readers, sources
+from hourglass_tf.data.sample import DataFileError, PoseSample, sides_disagree
 
 # ---------------------------------------------------------------- generated files
 
@@ -239,3 +239,72 @@ def test_flic_annotations_real(shared_data):
     valid = readers.load_dataset("flic", shared_data / "flic", "valid")
     assert (len(train), len(valid)) == (3987, 1016)
     assert valid[0].num_joints == 11 and valid[0].normalizer == pytest.approx(162.539, abs=1e-3)
+
+
+# ---------------------------------------------------------------- left/right consistency
+
+
+def _person(skel, points):
+    """A PoseSample of ``skel`` with the named joints at ``points`` {name: (x, y)}; the rest missing."""
+    joints = np.zeros((skel.num_joints, 2), np.float32)
+    present = np.zeros(skel.num_joints, bool)
+    for name, xy in points.items():
+        joints[skel.index(name)] = xy
+        present[skel.index(name)] = True
+    return PoseSample("images/a.jpg", joints, present, present, (50, 50), 1.0, 30.0, "p", skel.name)
+
+
+# A person facing the camera: their right side on the image's left.
+_FRONT = {"r_shoulder": (40, 20), "l_shoulder": (60, 20), "r_hip": (43, 60), "l_hip": (57, 60)}
+
+
+def _rotate(points, degrees):
+    angle = np.deg2rad(degrees)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return {name: tuple(rot @ (np.array(xy) - 50) + 50) for name, xy in points.items()}
+
+
+def test_sides_disagree_flags_one_pair_labelled_the_other_way():
+    lsp = skeleton.LSP
+    assert not sides_disagree(_person(lsp, _FRONT), lsp)
+    swapped_hips = {**_FRONT, "r_hip": _FRONT["l_hip"], "l_hip": _FRONT["r_hip"]}
+    assert sides_disagree(_person(lsp, swapped_hips), lsp)
+    # Seen from the back (both pairs mirrored) is consistent; so is a body lying on its side or upside down.
+    back = {name: (100 - x, y) for name, (x, y) in _FRONT.items()}
+    assert not sides_disagree(_person(lsp, back), lsp)
+    for degrees in (90, 180, 250):
+        assert not sides_disagree(_person(lsp, _rotate(_FRONT, degrees)), lsp)
+        assert sides_disagree(_person(lsp, _rotate(swapped_hips, degrees)), lsp)
+    # A missing hip leaves nothing to compare.
+    one_hip = {k: v for k, v in swapped_hips.items() if k != "l_hip"}
+    assert not sides_disagree(_person(lsp, one_hip), lsp)
+    # Every skeleton with left/right shoulders and hips, whichever prefix it uses.
+    for skel in (skeleton.MPII, skeleton.FLIC):
+        assert sides_disagree(_person(skel, swapped_hips), skel)
+    coco = {name.replace("r_", "right_").replace("l_", "left_"): xy for name, xy in swapped_hips.items()}
+    assert sides_disagree(_person(skeleton.COCO, coco), skeleton.COCO)
+    with pytest.raises(ValueError, match="has 14 joints, the mpii skeleton 16"):
+        sides_disagree(_person(lsp, swapped_hips), skeleton.MPII)
+
+
+def test_load_source_drops_side_conflicts_from_raw_files_only(tmp_path):
+    import cv2
+
+    (tmp_path / "images").mkdir()
+    xy = np.tile(np.array([[50.0, 50.0]]), (4, 14, 1)) + np.arange(14)[None, :, None]  # distinct joints
+    lsp = skeleton.LSP
+    for n in range(4):
+        for name, point in _FRONT.items():
+            xy[n, lsp.index(name)] = point
+        cv2.imwrite(str(tmp_path / "images" / f"im{n + 1:05d}.jpg"), np.full((100, 100, 3), 120, np.uint8))
+    xy[1, [lsp.index("r_hip"), lsp.index("l_hip")]] = xy[1, [lsp.index("l_hip"), lsp.index("r_hip")]]
+    joints = np.concatenate([xy, np.ones((4, 14, 1))], axis=2).transpose(1, 2, 0)  # 14x3xN
+    scipy.io.savemat(tmp_path / "joints.mat", {"joints": joints})
+
+    _, _, report, count = sources.load_source("lspet", "train", tmp_path)  # 4 < 8,001 people: the first 2 train
+    assert (count, report.total_skipped) == (2, 0)
+    _, _, report, count = sources.load_source("lspet", "train", tmp_path, drop_side_conflicts=True)
+    assert count == report.kept == 1
+    assert report.skipped[sources.SIDE_CONFLICT] == 1 and report.examples[sources.SIDE_CONFLICT] == ["lspet-2"]
+    with pytest.raises(ValueError, match="drop_side_conflicts needs the raw annotations"):
+        sources.load_source("lspet", "train", tfrecord_dir=tmp_path, drop_side_conflicts=True)

@@ -107,10 +107,11 @@ def test_train_with_the_cosine_schedule_logs_the_decayed_rate(data_dir, tmp_path
     (dict(lr_schedule="linear"), "lr_schedule='linear'"),
     (dict(lr_schedule="cosine", lr_drop_epochs="3"), "lr_drop_epochs='3' applies"),
     (dict(min_learning_rate=1.0), "min_learning_rate must be"),
+    (dict(data_dir=None, tfrecord_dir="shards", drop_side_conflicts=True), "drop_side_conflicts needs data_dir"),
 ])  # fmt: skip
 def test_inconsistent_schedule_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
-        TrainConfig(dataset="synthetic", data_dir="x", **overrides).validate()
+        TrainConfig(**{"dataset": "synthetic", "data_dir": "x", **overrides}).validate()
 
 
 @pytest.mark.parametrize("text", ["6,x", "0", "3;5"])

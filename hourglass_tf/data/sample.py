@@ -158,3 +158,37 @@ def sample_problem(sample, image_size=None, far_factor=1.0):
         if np.any(xy < -margin) or np.any(xy > np.array([width, height]) + margin):
             return "joints far outside the image"
     return None
+
+
+def _side_pair(skel, part):
+    """(left index, right index) of ``part`` (``shoulder``, ``hip``) in ``skel``, or None."""
+    for left, right in (("l_", "r_"), ("left_", "right_")):
+        if left + part in skel.joints and right + part in skel.joints:
+            return skel.index(left + part), skel.index(right + part)
+    return None
+
+
+def sides_disagree(sample, skel):
+    """True when the shoulders and the hips of ``sample`` face opposite ways.
+
+    The left-to-right vector of the shoulders and that of the hips (original-image
+    pixels) have a negative dot product: one pair is labelled as seen from the front,
+    the other as seen from the back, which a body rarely does and which usually means
+    a left/right labelling slip. False when a shoulder or hip is not annotated, or when
+    ``skel`` has no left/right shoulders and hips.
+
+    Args:
+      sample: a ``PoseSample`` whose joints are in ``skel`` order.
+      skel: its ``Skeleton``.
+    """
+    shoulders, hips = _side_pair(skel, "shoulder"), _side_pair(skel, "hip")
+    if shoulders is None or hips is None:
+        return False
+    if sample.num_joints != skel.num_joints:
+        raise ValueError(f"sample {sample.sample_id} has {sample.num_joints} joints, the {skel.name} skeleton "
+                         f"{skel.num_joints}")  # fmt: skip
+    if not all(sample.present[i] for i in shoulders + hips):
+        return False
+    shoulder_vector = sample.joints[shoulders[1]] - sample.joints[shoulders[0]]
+    hip_vector = sample.joints[hips[1]] - sample.joints[hips[0]]
+    return float(np.dot(shoulder_vector, hip_vector)) < 0.0

@@ -1,14 +1,19 @@
 """One call from a dataset name and folder (raw files or TFRecord shards) to a pipeline source."""
 
 from hourglass_tf.data import pipeline, readers, tfrecords
-from hourglass_tf.data.sample import SkipReport
+from hourglass_tf.data.sample import SkipReport, sides_disagree
+
+SIDE_CONFLICT = "shoulders and hips face opposite ways"
 
 
-def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=True):
+def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=True, drop_side_conflicts=False):
     """Per-sample source for ``pipeline.make_dataset``.
 
     Exactly one of ``data_dir`` (a dataset root in the layout ``readers.load_dataset``
     documents) and ``tfrecord_dir`` (a folder written by ``scripts/prepare_data.py``).
+    ``drop_side_conflicts`` skips the people whose shoulders and hips face opposite ways
+    (``sample.sides_disagree``: usually a left/right labelling slip), counted in the
+    report under "shoulders and hips face opposite ways"; raw files only.
 
     Returns:
       (source dataset, skeleton, SkipReport, number of samples)
@@ -19,6 +24,9 @@ def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=T
         )
     skeleton = readers.skeleton_of(dataset)
     if tfrecord_dir is not None:
+        if drop_side_conflicts:
+            raise ValueError(f"{tfrecord_dir}: drop_side_conflicts needs the raw annotations (data_dir); "
+                             "TFRecord shards are read as written")  # fmt: skip
         meta = tfrecords.read_meta(tfrecord_dir)
         if meta["num_joints"] != skeleton.num_joints:
             raise ValueError(
@@ -29,6 +37,15 @@ def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=T
         return tfrecords.read_shards(tfrecord_dir, split, skeleton.num_joints), skeleton, report, report.kept
     samples = readers.load_dataset(dataset, data_dir, split)
     kept, report = pipeline.check_samples(samples, data_dir, decode=decode_check)
+    if drop_side_conflicts:
+        consistent = []
+        for sample in kept:
+            if sides_disagree(sample, skeleton):
+                report.skip(SIDE_CONFLICT, sample.sample_id)
+            else:
+                consistent.append(sample)
+        report.kept = len(consistent)
+        kept = consistent
     if not kept:
         raise ValueError(f"{data_dir}: no usable {split} sample out of {len(samples)}: {report.summary()}")
     return pipeline.samples_to_dataset(kept, data_dir), skeleton, report, len(kept)
