@@ -50,21 +50,21 @@ HELP = {
 }
 
 
-def define_train_flags():
-    """Defines one flag per ``TrainConfig`` field (defaults = the paper's recipe)."""
+def define_train_flags(flag_values=flags.FLAGS):
+    """Defines one flag per ``TrainConfig`` field (defaults = the paper's recipe) in ``flag_values``."""
     for field in dataclasses.fields(TrainConfig):
         default, help_text = field.default, HELP[field.name]
         if field.name in ("strategy", "optimizer", "lr_schedule"):
             choices = {"strategy": STRATEGIES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}[field.name]
-            flags.DEFINE_enum(field.name, default, list(choices), help_text)
+            flags.DEFINE_enum(field.name, default, list(choices), help_text, flag_values=flag_values)
         elif isinstance(default, bool):
-            flags.DEFINE_bool(field.name, default, help_text)
+            flags.DEFINE_bool(field.name, default, help_text, flag_values=flag_values)
         elif isinstance(default, int):
-            flags.DEFINE_integer(field.name, default, help_text)
+            flags.DEFINE_integer(field.name, default, help_text, flag_values=flag_values)
         elif isinstance(default, float):
-            flags.DEFINE_float(field.name, default, help_text)
+            flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
         else:
-            flags.DEFINE_string(field.name, default, help_text)
+            flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
 
 
 def config_from_flags(values=None):
