@@ -117,15 +117,8 @@ def check_samples(samples, root, decode=True):
     """
     root = pathlib.Path(os.path.abspath(root))
     report = SkipReport()
-    kept = []
     last_image = {}
-    for sample in samples:
-        problem, _ = inspect_sample(sample, root, decode, last_image)
-        if problem:
-            report.skip(problem, sample.sample_id)
-        else:
-            kept.append(sample)
-    report.kept = len(kept)
+    kept = report.keep(samples, lambda sample: inspect_sample(sample, root, decode, last_image)[0])
     return kept, report
 
 

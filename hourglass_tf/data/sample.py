@@ -114,6 +114,19 @@ class SkipReport:
         if len(ids) < self.max_examples:
             ids.append(str(sample_id))
 
+    def keep(self, samples, problem_of):
+        """The samples for which ``problem_of(sample)`` is None, in order; the others are
+        counted under the reason it returns. ``kept`` becomes the number returned."""
+        kept = []
+        for sample in samples:
+            problem = problem_of(sample)
+            if problem:
+                self.skip(problem, sample.sample_id)
+            else:
+                kept.append(sample)
+        self.kept = len(kept)
+        return kept
+
     def merge(self, other):
         self.kept += other.kept
         for reason, count in other.skipped.items():

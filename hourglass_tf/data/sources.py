@@ -38,14 +38,7 @@ def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=T
     samples = readers.load_dataset(dataset, data_dir, split)
     kept, report = pipeline.check_samples(samples, data_dir, decode=decode_check)
     if drop_side_conflicts:
-        consistent = []
-        for sample in kept:
-            if sides_disagree(sample, skeleton):
-                report.skip(SIDE_CONFLICT, sample.sample_id)
-            else:
-                consistent.append(sample)
-        report.kept = len(consistent)
-        kept = consistent
+        kept = report.keep(kept, lambda sample: SIDE_CONFLICT if sides_disagree(sample, skeleton) else None)
     if not kept:
         raise ValueError(f"{data_dir}: no usable {split} sample out of {len(samples)}: {report.summary()}")
     return pipeline.samples_to_dataset(kept, data_dir), skeleton, report, len(kept)
