@@ -173,7 +173,11 @@ def test_a_few_fit_steps_lower_the_summed_per_stack_loss():
     zero_level = 2 * float(np.mean(target**2))
     assert summed[0] <= 1.05 * zero_level
     assert summed[-1] < 0.8 * summed[0], summed
-    assert np.all(np.diff(summed[len(summed) // 2 :]) < 0), summed
+    # Still learning at the end: every epoch of the second half sits below every epoch of the first. (Not a
+    # per-epoch strict decrease: with batch-norm statistics in play, one epoch may tick up by a hair, which
+    # CI's CPU showed once: 0.019408 -> 0.019457.)
+    half = len(summed) // 2
+    assert summed[half:].max() < summed[:half].min(), summed
     np.testing.assert_allclose(history["loss"], summed, rtol=1e-3)
 
 
