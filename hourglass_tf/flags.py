@@ -24,6 +24,10 @@ HELP = {
     "plateau_factor": "Learning-rate factor when the validation metric plateaus (0.2: divided by 5).",
     "plateau_patience": "Epochs without improvement before the learning rate drops.",
     "lr_drop_epochs": "Comma-separated 1-based epochs at whose start lr is also multiplied by plateau_factor.",
+    "time_budget_minutes": "Stop training when this many minutes of training are spent (the last epoch ends early, "
+    "is validated and checkpointed); 0 = the epochs decide.",
+    "lr_drop_fractions": "Comma-separated fractions of time_budget_minutes at which lr is multiplied by plateau_factor "
+    "(the fixed schedule of a time-budgeted run, independent of the machine's speed).",
     "lr_schedule": "plateau (the paper: drop on plateau and at lr_drop_epochs) or cosine (per-step decay to "
     "min_learning_rate over all epochs, for a fixed budget).",
     "min_learning_rate": "Lower bound of the learning rate (the cosine schedule's end point).",

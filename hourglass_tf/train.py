@@ -11,7 +11,8 @@ intermediate supervision), RMSprop, and these callbacks, in this order:
    as ``val_pckh`` / ``val_pck``; the schedule and the best checkpoint follow it.
 3. ``ReduceLROnPlateau`` on that metric (lr x ``plateau_factor``; the paper divides by 5),
    and ``LearningRateDrops`` (the same factor at fixed epochs, ``lr_drop_epochs``, for
-   runs with a fixed time budget; off by default).
+   runs with a fixed time budget; off by default), or ``TimeBudget`` (``time_budget_minutes``):
+   training stops when the budget is spent, and the rate drops at ``lr_drop_fractions`` of it.
 4. ``AtomicCheckpoint``: ``best.keras`` and ``last.keras``, written to a temporary file
    and renamed, so a kill never leaves a corrupt checkpoint.
 5. ``SafeBackupAndRestore``: Keras' ``BackupAndRestore`` (weights, optimizer state,
@@ -64,6 +65,8 @@ class TrainConfig:
     plateau_factor: float = 0.2
     plateau_patience: int = 5
     lr_drop_epochs: str = ""  # e.g. "6,8": also multiply lr by plateau_factor when these (1-based) epochs start
+    time_budget_minutes: float = 0.0  # > 0: stop training when this much training time is spent (0: epochs decide)
+    lr_drop_fractions: str = ""  # e.g. "0.8,0.9": lr x plateau_factor when these fractions of the time budget pass
     lr_schedule: str = "plateau"  # "cosine": decay per step from learning_rate to min_learning_rate over the run
     min_learning_rate: float = 1e-7
     rotation: float = 30.0
@@ -126,11 +129,24 @@ class TrainConfig:
             self.drop_epochs()
         except ValueError as err:
             problems.append(str(err))
+        budget = self.time_budget_minutes
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
+            problems.append(f"time_budget_minutes must be a non-negative number, received time_budget_minutes={budget!r}")
+        try:
+            fractions = self.drop_fractions()
+        except ValueError as err:
+            problems.append(str(err))
+            fractions = ()
+        if fractions and not (isinstance(budget, (int, float)) and budget > 0):
+            problems.append(f"lr_drop_fractions={self.lr_drop_fractions!r} needs time_budget_minutes > 0, "
+                            f"received time_budget_minutes={budget!r}")  # fmt: skip
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule={self.lr_schedule!r} is not one of {LR_SCHEDULES}")
-        elif self.lr_schedule == "cosine" and (self.lr_drop_epochs or "").strip():
-            problems.append(f"lr_drop_epochs={self.lr_drop_epochs!r} applies to lr_schedule='plateau' only; "
-                            "lr_schedule='cosine' sets the rate of every step")  # fmt: skip
+        elif self.lr_schedule == "cosine":
+            for name in ("lr_drop_epochs", "lr_drop_fractions"):
+                if (getattr(self, name) or "").strip():
+                    problems.append(f"{name}={getattr(self, name)!r} applies to lr_schedule='plateau' only; "
+                                    "lr_schedule='cosine' sets the rate of every step")  # fmt: skip
         if not 0 < self.min_learning_rate < self.learning_rate:
             problems.append(f"min_learning_rate must be in (0, learning_rate={self.learning_rate}), "
                             f"received min_learning_rate={self.min_learning_rate}")  # fmt: skip
@@ -147,19 +163,31 @@ class TrainConfig:
 
     def drop_epochs(self):
         """``lr_drop_epochs`` as a sorted tuple of 1-based epoch numbers; ValueError when malformed."""
-        text = (self.lr_drop_epochs or "").strip()
-        if not text:
-            return ()
-        try:
-            epochs = tuple(sorted(int(part) for part in text.split(",")))
-        except ValueError:
-            epochs = ()
-        if not epochs or epochs[0] < 1:
-            raise ValueError(f"lr_drop_epochs must be comma-separated epoch numbers >= 1, received {self.lr_drop_epochs!r}")
-        return epochs
+        return _sorted_list(self.lr_drop_epochs, int, lambda e: e >= 1,
+                            f"lr_drop_epochs must be comma-separated epoch numbers >= 1, received {self.lr_drop_epochs!r}")  # fmt: skip
+
+    def drop_fractions(self):
+        """``lr_drop_fractions`` as a sorted tuple of fractions in (0, 1); ValueError when malformed."""
+        return _sorted_list(self.lr_drop_fractions, float, lambda f: 0 < f < 1,
+                            "lr_drop_fractions must be comma-separated fractions of the time budget in (0, 1), "
+                            f"received {self.lr_drop_fractions!r}")  # fmt: skip
 
     def augmentation(self):
         return pipeline.Augmentation(self.rotation, self.scale_min, self.scale_max, self.flip, self.color, self.rotation_prob)
+
+
+def _sorted_list(text, convert, valid, message):
+    """A comma-separated flag value as a sorted tuple (empty for ""); ValueError(message) when malformed."""
+    text = (text or "").strip()
+    if not text:
+        return ()
+    try:
+        values = tuple(sorted(convert(part) for part in text.split(",")))
+    except ValueError:
+        values = ()
+    if not values or not all(valid(v) for v in values):
+        raise ValueError(message)
+    return values
 
 
 # ---------------------------------------------------------------- strategies
@@ -266,6 +294,83 @@ class CosineDecay(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = _learning_rate(self.model)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training when ``budget_seconds`` of training time are spent, and drops the rate on the way.
+
+    Checked after every step: when the budget is spent, the current epoch ends there
+    (``model.stop_training``), is validated and checkpointed as usual, and ``fit`` returns.
+    When the spent time passes each of ``fractions`` of the budget, the learning rate is
+    multiplied by ``factor``: the schedule of a fixed-epoch run, expressed in time, so the
+    same flagfile fits the budget on a slower or faster machine.
+
+    ``spent_seconds`` is the budget already used by an earlier process of a resumed run
+    (``budget_seconds`` in the last row of ``log.csv``); its drops are already in the
+    restored optimizer state and are not applied again. Each epoch logs ``budget_seconds``.
+    """
+
+    def __init__(self, budget_seconds, fractions=(), factor=0.2, spent_seconds=0.0, verbose=0):
+        super().__init__()
+        if not budget_seconds > 0:
+            raise ValueError(f"budget_seconds must be positive, received budget_seconds={budget_seconds}")
+        self.budget = float(budget_seconds)
+        self.fractions = tuple(sorted(float(f) for f in fractions))
+        self.factor = float(factor)
+        self.spent_before = float(spent_seconds)
+        self.verbose = verbose
+        self.applied = sum(f * self.budget <= self.spent_before for f in self.fractions)
+        self.reason = None
+        self._clock = time.time
+
+    def spent(self):
+        return self.spent_before + self._clock() - self.start
+
+    def on_train_begin(self, logs=None):
+        self.start = self._clock()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._drop()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._drop()
+
+    def _drop(self):
+        due = sum(f * self.budget <= self.spent() for f in self.fractions)
+        if due > self.applied:
+            new = _learning_rate(self.model) * self.factor ** (due - self.applied)
+            self.model.optimizer.learning_rate = new
+            if self.verbose:
+                print(f"\n{self.spent() / 60:.1f} of {self.budget / 60:.1f} minutes: learning rate -> {new:.3g} "
+                      "(lr_drop_fractions)")  # fmt: skip
+            self.applied = due
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.reason is None and self.spent() >= self.budget:
+            self.reason = (f"time budget of {self.budget / 60:g} minutes spent in epoch {self._epoch + 1}, "
+                           f"after batch {batch + 1}")  # fmt: skip
+            if self.verbose:
+                print(f"\nstopping: {self.reason}")
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["budget_seconds"] = self.spent()
+            if "learning_rate" not in logs:
+                logs["learning_rate"] = _learning_rate(self.model)
+
+
+def spent_budget_seconds(log_path):
+    """``budget_seconds`` of the last row of a run's ``log.csv`` (0 when absent): the budget a resumed run has used."""
+    path = pathlib.Path(log_path)
+    if not path.exists():
+        return 0.0
+    import csv
+
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("budget_seconds")]
+    return float(rows[-1]["budget_seconds"]) if rows else 0.0
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -562,6 +667,11 @@ def _train(config):
                                               verbose=config.verbose),  # fmt: skip
             LearningRateDrops(config.drop_epochs(), config.plateau_factor, config.verbose),
         ]
+    budget = None
+    if config.time_budget_minutes:
+        budget = TimeBudget(60.0 * config.time_budget_minutes, config.drop_fractions(), config.plateau_factor,
+                            spent_budget_seconds(write_dir / "log.csv"), config.verbose)  # fmt: skip
+        schedule.insert(0, budget)
     callbacks = [
         guard,
         validation,
@@ -588,7 +698,7 @@ def _train(config):
     summary = {
         "epochs_run": len(history.epoch),
         "resumed_at_epoch": backup.resumed_epoch or 0,
-        "stopped_because": guard.reason,
+        "stopped_because": guard.reason or (budget.reason if budget is not None else None),
         config.metric_name: validation.last_result["summary"]["Mean"] if validation.last_result else None,
         "validation": validation.last_result["summary"] if validation.last_result else None,
         "train_seconds": seconds,

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import REPO
 from hourglass_tf.data import synthetic
-from hourglass_tf.train import (AtomicCheckpoint, CosineDecay, EpochTimer, LearningRateDrops, NaNGuard,
+from hourglass_tf.train import (AtomicCheckpoint, CosineDecay, EpochTimer, LearningRateDrops, NaNGuard, TimeBudget,
+                                 spent_budget_seconds,
                                 SafeBackupAndRestore, TrainConfig, train)
 
 TINY_FLAGS = ["--dataset=synthetic", "--num_stacks=1", "--filters=16", "--depth=2", "--input_size=64",
@@ -97,6 +98,62 @@ def test_cosine_schedule_sets_every_step_from_the_optimizer_step_count():
         CosineDecay(1e-2, 1e-4, 0)
 
 
+class Ticker(keras.callbacks.Callback):
+    """A fake clock that advances ``step`` seconds when each batch begins."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.now, self.step = 0.0, step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.now += self.step
+
+
+def fit_with_budget(budget, lr=1.0, epochs=10, **kwargs):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse")
+    ticker = Ticker(10.0)
+    budget._clock = lambda: ticker.now
+    x, y = np.ones((16, 2), np.float32), np.ones((16, 1), np.float32)
+    return model.fit(x, y, batch_size=4, epochs=epochs, verbose=0, callbacks=[ticker, budget], **kwargs).history
+
+
+def test_time_budget_drops_the_rate_at_its_fractions_and_ends_the_epoch_it_runs_out_in():
+    # 4 steps an epoch, 10 s a step: 50 s pass when step 5 begins, 80 s at step 8, 100 s at step 10.
+    budget = TimeBudget(100.0, fractions=(0.8, 0.5), factor=0.5)
+    history = fit_with_budget(budget)
+    assert len(history["loss"]) == 3  # the third epoch ends after its second step
+    np.testing.assert_allclose(history["learning_rate"], [1.0, 0.25, 0.25])
+    np.testing.assert_allclose(history["budget_seconds"], [40.0, 80.0, 100.0])
+    assert budget.reason == "time budget of 1.66667 minutes spent in epoch 3, after batch 2"
+    # A resumed run that had spent 60 s: the 50 % drop is already in the restored rate, the 80 % one is not.
+    resumed = TimeBudget(100.0, fractions=(0.5, 0.8), factor=0.5, spent_seconds=60.0)
+    history = fit_with_budget(resumed)
+    np.testing.assert_allclose(history["learning_rate"], [0.5])  # dropped when 80 s were spent (step 2)
+    np.testing.assert_allclose(history["budget_seconds"], [100.0])
+    with pytest.raises(ValueError, match="budget_seconds=0"):
+        TimeBudget(0)
+
+
+def test_spent_budget_is_read_from_the_last_logged_epoch(tmp_path):
+    assert spent_budget_seconds(tmp_path / "log.csv") == 0.0
+    (tmp_path / "log.csv").write_text("epoch,budget_seconds,loss\n0,12.5,0.1\n1,30.25,0.05\n")
+    assert spent_budget_seconds(tmp_path / "log.csv") == 30.25
+    (tmp_path / "old.csv").write_text("epoch,loss\n0,0.1\n")
+    assert spent_budget_seconds(tmp_path / "old.csv") == 0.0
+
+
+def test_train_stops_when_the_time_budget_is_spent_and_keeps_that_epoch(data_dir, tmp_path):
+    # 0.001 minutes: spent within the first step, so the first epoch ends after one step.
+    result = train(tiny_config(data_dir, tmp_path / "run", epochs=5, time_budget_minutes=0.001))
+    summary = result["summary"]
+    assert summary["epochs_run"] == 1
+    assert summary["stopped_because"].startswith("time budget of 0.001 minutes spent in epoch 1, after batch 1")
+    rows = read_log(tmp_path / "run")
+    assert len(rows) == 1 and float(rows[0]["budget_seconds"]) >= 0.06 and "val_pckh" in rows[0]
+    assert (tmp_path / "run" / "best.keras").exists() and (tmp_path / "run" / "last.keras").exists()
+
+
 def test_train_with_the_cosine_schedule_logs_the_decayed_rate(data_dir, tmp_path):
     result = train(tiny_config(data_dir, tmp_path / "run", epochs=2, lr_schedule="cosine", min_learning_rate=1e-5))
     expected = [CosineDecay(1e-3, 1e-5, 12).rate(t) for t in (5, 11)]
@@ -108,6 +165,11 @@ def test_train_with_the_cosine_schedule_logs_the_decayed_rate(data_dir, tmp_path
     (dict(lr_schedule="cosine", lr_drop_epochs="3"), "lr_drop_epochs='3' applies"),
     (dict(min_learning_rate=1.0), "min_learning_rate must be"),
     (dict(data_dir=None, tfrecord_dir="shards", drop_side_conflicts=True), "drop_side_conflicts needs data_dir"),
+    (dict(lr_drop_fractions="0.8"), "lr_drop_fractions='0.8' needs time_budget_minutes > 0"),
+    (dict(time_budget_minutes=60, lr_drop_fractions="0.5,1.0"), "fractions of the time budget in \\(0, 1\\)"),
+    (dict(time_budget_minutes=60, lr_drop_fractions="half"), "received 'half'"),
+    (dict(time_budget_minutes=-1.0), "time_budget_minutes must be a non-negative number"),
+    (dict(time_budget_minutes=60, lr_schedule="cosine", lr_drop_fractions="0.8"), "lr_drop_fractions='0.8' applies"),
 ])  # fmt: skip
 def test_inconsistent_schedule_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
