@@ -320,7 +320,7 @@ def example_grid(pred, dataset_dir, image_paths, skeleton, path, per_group=4, si
 
 
 def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_dir=None, flip_test=True,
-                   output_dir="runs/eval", batch_size=16, max_samples=0, progress=True):  # fmt: skip
+                   output_dir="runs/eval", batch_size=16, max_samples=0, progress=True, refine="quarter"):  # fmt: skip
     """Predicts a split with a ``.keras`` model and writes every result to ``output_dir``.
 
     Writes: ``predictions.h5`` / ``predictions.mat`` (1-based, original layout and MPII
@@ -328,13 +328,16 @@ def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_d
     occlusion analysis), ``pck_curve.png``, ``presence_pr.png`` and, from raw files,
     ``examples.png`` (best, median, worst people).
 
+    ``refine`` is the decoder's sub-pixel step (``HeatmapCodec``): ``"quarter"`` (the
+    paper's) or ``"dark"``; ``metrics.json`` records it.
+
     Returns:
       the ``metrics.json`` dict.
     """
     from hourglass_tf.data import pipeline, readers, sources
     from hourglass_tf.inference import Predictor, predict_dataset
 
-    predictor = Predictor.from_file(model_path, flip_test=flip_test)
+    predictor = Predictor.from_file(model_path, flip_test=flip_test, refine=refine)
     source, skeleton, report, count = sources.load_source(dataset, split, data_dir, tfrecord_dir)
     if predictor.skeleton.num_joints != skeleton.num_joints:
         raise ValueError(f"{model_path} predicts {predictor.skeleton.num_joints} joints but {dataset} has {skeleton.num_joints}")
@@ -347,7 +350,8 @@ def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_d
     threshold = metrics.pck_threshold(dataset)
     result = metrics.evaluate(pred["keypoints"], pred["joints"], pred["present"], pred["normalizer"], skeleton, threshold)
     result.update(
-        dataset=dataset, split=split, model=str(model_path), flip_test=flip_test, people=int(len(pred["keypoints"])),
+        dataset=dataset, split=split, model=str(model_path), flip_test=flip_test, refine=refine,
+        people=int(len(pred["keypoints"])),
         skipped=report.as_dict(), stack_accuracy=stack_accuracy(pred, skeleton, threshold),
         occlusion=occlusion_analysis(pred, skeleton, threshold),
     )  # fmt: skip

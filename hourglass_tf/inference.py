@@ -47,9 +47,10 @@ class Predictor:
         ``backends.Runner`` (``Predictor.from_file`` picks one from the file).
       skeleton: the joint set (default: from the heatmap channel count).
       flip_test: average with the mirrored crop (the paper's procedure).
+      refine: the codec's sub-pixel step, ``"quarter"`` (the paper's) or ``"dark"``.
     """
 
-    def __init__(self, model, skeleton=None, flip_test=True):
+    def __init__(self, model, skeleton=None, flip_test=True, refine="quarter"):
         from hourglass_tf.backends import KerasRunner, Runner
 
         self.runner = model if isinstance(model, Runner) else KerasRunner(model)
@@ -58,15 +59,15 @@ class Predictor:
         self.skeleton = skeleton or skeletons.for_joint_count(num_joints)
         if self.skeleton.num_joints != num_joints:
             raise ValueError(f"skeleton {self.skeleton.name} has {self.skeleton.num_joints} joints, the model {num_joints}")
-        self.codec = HeatmapCodec(self.input_size, self.runner.heatmap_size)
+        self.codec = HeatmapCodec(self.input_size, self.runner.heatmap_size, refine=refine)
         self.flip_test = flip_test
 
     @classmethod
-    def from_file(cls, path, skeleton=None, flip_test=True):
+    def from_file(cls, path, skeleton=None, flip_test=True, refine="quarter"):
         """Loads ``.keras``, a SavedModel or ``exported/NAME`` folder, ``.tflite`` or ``.onnx``."""
         from hourglass_tf.backends import load_runner
 
-        return cls(load_runner(path), skeleton, flip_test)
+        return cls(load_runner(path), skeleton, flip_test, refine)
 
     def all_stack_heatmaps(self, crops):
         """Heatmaps (S, N, H, W, K) float32 NumPy: every stack (Keras) or the last (exported formats)."""

@@ -54,6 +54,16 @@ def test_back_projection_inverts_the_crop_transform():
     np.testing.assert_allclose(back_project(crop_points, matrices), points, atol=1e-3)
 
 
+def test_dark_refinement_moves_predictions_by_under_a_heatmap_pixel(tiny_model_file):
+    crops = np.random.default_rng(3).random((3, 64, 64, 3), dtype=np.float32)
+    quarter = Predictor.from_file(tiny_model_file).predict_crops(crops)
+    dark = Predictor.from_file(tiny_model_file, refine="dark").predict_crops(crops)
+    np.testing.assert_array_equal(dark["heatmaps"], quarter["heatmaps"])
+    shift = np.abs(dark["keypoints"] - quarter["keypoints"])
+    stride = 64 / quarter["heatmaps"].shape[1]
+    assert shift.max() <= 0.75 * stride + 1e-4 and shift.max() > 0
+
+
 def test_box_to_center_scale_and_bad_boxes():
     center, scale = box_to_center_scale((10, 20, 100, 200))
     np.testing.assert_allclose(center, [60, 120])
@@ -160,10 +170,11 @@ def synthetic_dir(tmp_path_factory):
 
 def test_model_driven_evaluation_writes_every_result(tiny_model_file, synthetic_dir, tmp_path):
     result = script("evaluate.py", f"--checkpoint={tiny_model_file}", "--dataset=synthetic", f"--data_dir={synthetic_dir}",
-                    f"--output_dir={tmp_path}", "--batch_size=4")  # fmt: skip
+                    f"--output_dir={tmp_path}", "--batch_size=4", "--refine=dark")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "per stack: 1:" in result.stdout and "presence AP" in result.stdout
     metrics_json = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics_json["refine"] == "dark"
     assert metrics_json["people"] == 6 and len(metrics_json["stack_accuracy"]) == 2
     assert {"visible", "occluded", "presence"} <= set(metrics_json["occlusion"])
     with h5py.File(tmp_path / "predictions.h5") as f:

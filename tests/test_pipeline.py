@@ -49,7 +49,34 @@ def test_codec_coordinate_maps_are_inverse_and_centre_aligned():
     np.testing.assert_allclose(codec.heatmap_to_input(codec.input_to_heatmap(p)).numpy(), p.numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(input_size=0), dict(input_size=64, heatmap_size=24), dict(sigma=0)])
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_dark_refinement_decodes_the_codec_s_own_targets_exactly(sigma):
+    codec = HeatmapCodec(64, 16, sigma=sigma, refine="dark")
+    rng = np.random.default_rng(1)
+    heat = rng.uniform(1.5, 13.5, (200, 5, 2)).astype(np.float32)
+    maps = codec.encode(codec.heatmap_to_input(heat), tf.ones((200, 5), tf.bool))
+    decoded, scores = codec.decode(maps)
+    err = np.abs(codec.input_to_heatmap(decoded).numpy() - heat)
+    assert err.max() < 2e-3, err.max()  # the quarter rule is off by up to 0.25
+    np.testing.assert_allclose(scores, HeatmapCodec(64, 16, sigma=sigma).decode(maps)[1])
+
+
+def test_dark_refinement_falls_back_to_the_quarter_rule_without_a_fitted_maximum():
+    quarter, dark = HeatmapCodec(64, 16), HeatmapCodec(64, 16, refine="dark")
+    maps = np.zeros((1, 16, 16, 3), np.float32)
+    maps[0, 7, 0, 0], maps[0, 7, 1, 0] = 1.0, 0.5  # on the border: no 3x3 neighbourhood
+    maps[0, 4:7, 5:8, 1] = [[0.9, 0.5, 0.0], [0.5, 1.0, 0.6], [0.0, 0.5, 0.9]]  # a diagonal ridge: a saddle in log
+    maps[0, 9, 9, 2], maps[0, 9, 10, 2] = 1.0, 0.6  # a one-sided peak (zeros count as 1e-10)
+    q = quarter.input_to_heatmap(quarter.decode(maps)[0]).numpy()[0]
+    d = dark.input_to_heatmap(dark.decode(maps)[0]).numpy()[0]
+    np.testing.assert_allclose(d[0], q[0])  # border
+    np.testing.assert_allclose(d[1], q[1])  # ridge
+    lo, hi = np.log(1e-10), np.log(0.6)
+    np.testing.assert_allclose(d[2], [9.0 - 0.5 * (hi - lo) / (hi + lo), 9.0], rtol=1e-5)  # Newton: -g / h
+
+
+@pytest.mark.parametrize("kwargs", [dict(input_size=0), dict(input_size=64, heatmap_size=24), dict(sigma=0),
+                                    dict(refine="soft")])
 def test_codec_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[-1]):
         HeatmapCodec(**kwargs)
