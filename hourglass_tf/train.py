@@ -363,14 +363,13 @@ class TimeBudget(keras.callbacks.Callback):
 
 def spent_budget_seconds(log_path):
     """``budget_seconds`` of the last row of a run's ``log.csv`` (0 when absent): the budget a resumed run has used."""
-    path = pathlib.Path(log_path)
-    if not path.exists():
+    if not pathlib.Path(log_path).exists():
         return 0.0
-    import csv
+    from hourglass_tf.evaluation import read_training_log
 
-    with open(path, newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row.get("budget_seconds")]
-    return float(rows[-1]["budget_seconds"]) if rows else 0.0
+    spent = read_training_log(log_path).get("budget_seconds", np.array([]))
+    spent = spent[np.isfinite(spent)]  # rows without it (empty or NA) read as NaN
+    return float(spent[-1]) if len(spent) else 0.0
 
 
 class EpochTimer(keras.callbacks.Callback):
