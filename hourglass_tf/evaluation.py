@@ -320,7 +320,8 @@ def example_grid(pred, dataset_dir, image_paths, skeleton, path, per_group=4, si
 
 
 def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_dir=None, flip_test=True,
-                   output_dir="runs/eval", batch_size=16, max_samples=0, progress=True, refine="quarter"):  # fmt: skip
+                   output_dir="runs/eval", batch_size=16, max_samples=0, progress=True, refine="quarter",
+                   test_scales=(1.0,)):  # fmt: skip
     """Predicts a split with a ``.keras`` model and writes every result to ``output_dir``.
 
     Writes: ``predictions.h5`` / ``predictions.mat`` (1-based, original layout and MPII
@@ -329,7 +330,9 @@ def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_d
     ``examples.png`` (best, median, worst people).
 
     ``refine`` is the decoder's sub-pixel step (``HeatmapCodec``): ``"quarter"`` (the
-    paper's) or ``"dark"``; ``metrics.json`` records it.
+    paper's) or ``"dark"``; ``test_scales`` the person box multipliers whose heatmaps are
+    averaged (``Predictor``; the paper's single scale by default). ``metrics.json``
+    records both.
 
     Returns:
       the ``metrics.json`` dict.
@@ -337,7 +340,7 @@ def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_d
     from hourglass_tf.data import pipeline, readers, sources
     from hourglass_tf.inference import Predictor, predict_dataset
 
-    predictor = Predictor.from_file(model_path, flip_test=flip_test, refine=refine)
+    predictor = Predictor.from_file(model_path, flip_test=flip_test, refine=refine, scales=test_scales)
     source, skeleton, report, count = sources.load_source(dataset, split, data_dir, tfrecord_dir)
     if predictor.skeleton.num_joints != skeleton.num_joints:
         raise ValueError(f"{model_path} predicts {predictor.skeleton.num_joints} joints but {dataset} has {skeleton.num_joints}")
@@ -351,6 +354,7 @@ def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_d
     result = metrics.evaluate(pred["keypoints"], pred["joints"], pred["present"], pred["normalizer"], skeleton, threshold)
     result.update(
         dataset=dataset, split=split, model=str(model_path), flip_test=flip_test, refine=refine,
+        test_scales=list(predictor.scales),
         people=int(len(pred["keypoints"])),
         skipped=report.as_dict(), stack_accuracy=stack_accuracy(pred, skeleton, threshold),
         occlusion=occlusion_analysis(pred, skeleton, threshold),

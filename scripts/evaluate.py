@@ -6,7 +6,8 @@ From files (no model, no TensorFlow needed):
 
 From a model on a dataset split (writes predictions, metrics, curves and example pictures):
     python scripts/evaluate.py --checkpoint=runs/demo/best.keras --dataset=synthetic \
-        --data_dir=data/synthetic [--flip_test] [--refine=quarter|dark] [--output_dir=runs/demo/eval]
+        --data_dir=data/synthetic [--flip_test] [--refine=quarter|dark] [--test_scales=1] \
+        [--output_dir=runs/demo/eval]
 """
 
 import os
@@ -29,6 +30,8 @@ flags.DEFINE_enum("split", "valid", ["train", "valid"], "Model mode: split to ev
 flags.DEFINE_bool("flip_test", True, "Model mode: average with the mirrored image (the paper's test procedure).")
 flags.DEFINE_enum("refine", "quarter", ["quarter", "dark"], "Model mode: sub-pixel step of the decoder: quarter "
                   "(the paper: a quarter pixel toward the higher neighbour) or dark (Newton step on the log-heatmap).")
+flags.DEFINE_list("test_scales", ["1"], "Model mode: person box multipliers whose heatmaps are averaged "
+                  "(multi-scale testing, e.g. 0.9,1,1.1; the paper tests at 1 only).")
 flags.DEFINE_string("output_dir", "runs/eval", "Model mode: where predictions, metrics and pictures go.")
 flags.DEFINE_integer("batch_size", 16, "Model mode: batch size.")
 flags.DEFINE_integer("max_samples", 0, "Model mode: evaluate the first this many people (0: all).")
@@ -61,7 +64,8 @@ def main(argv):
             raise app.UsageError("model mode needs --dataset")
         result = evaluation.evaluate_model(FLAGS.checkpoint, FLAGS.dataset, FLAGS.split, FLAGS.data_dir,
                                            FLAGS.tfrecord_dir, FLAGS.flip_test, FLAGS.output_dir, FLAGS.batch_size,
-                                           FLAGS.max_samples, refine=FLAGS.refine)  # fmt: skip
+                                           FLAGS.max_samples, refine=FLAGS.refine,
+                                           test_scales=FLAGS.test_scales)  # fmt: skip
     except (DataFileError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

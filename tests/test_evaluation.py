@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,9 +15,11 @@ import tensorflow as tf
 
 from conftest import REPO, TINY
 from hourglass_tf import evaluation, skeleton
-from hourglass_tf.codec import HeatmapCodec, apply_matrix, crop_matrix
+from hourglass_tf.backends import Runner
+from hourglass_tf.codec import HeatmapCodec, apply_matrix, crop_matrix, warp_image
 from hourglass_tf.data import synthetic
-from hourglass_tf.inference import Predictor, back_project, box_to_center_scale, flip_back
+from hourglass_tf.inference import (Predictor, back_project, box_to_center_scale, flip_back, parse_scales,
+                                    zoom_about_centre)  # fmt: skip
 from hourglass_tf.model import build_model
 
 
@@ -62,6 +65,76 @@ def test_dark_refinement_moves_predictions_by_under_a_heatmap_pixel(tiny_model_f
     shift = np.abs(dark["keypoints"] - quarter["keypoints"])
     stride = 64 / quarter["heatmaps"].shape[1]
     assert shift.max() <= 0.75 * stride + 1e-4 and shift.max() > 0
+
+
+def smooth_image(height, width):
+    """(H, W, 3) float32 with large, smooth variations: a misplaced sample shows."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [np.sin(x / 7.0) * np.cos(y / 5.0), np.cos((x + y) / 9.0), (x - y) / (width + height)]
+    return (0.5 + 0.5 * np.stack(channels, axis=-1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("scale", [0.8, 1.25])
+def test_zooming_a_crop_by_one_over_s_is_the_crop_of_a_box_s_times_larger(scale):
+    image = smooth_image(120, 160)
+    center = np.array([80.0, 60.0], np.float32)
+    reference = warp_image(image, crop_matrix(center, 0.4, 64), 64)
+    larger = warp_image(image, crop_matrix(center, 0.4 * scale, 64), 64).numpy()
+    zoomed = zoom_about_centre(reference[None], 1.0 / scale).numpy()[0]
+    inner = slice(16, 48)  # inside the reference crop at both scales
+    np.testing.assert_allclose(zoomed[inner, inner], larger[inner, inner], atol=0.01)
+    shifted = zoom_about_centre(reference[None], 1.0 / scale * 1.02).numpy()[0]  # the check can fail
+    assert np.abs(shifted[inner, inner] - larger[inner, inner]).max() > 0.02
+
+
+@pytest.mark.parametrize("scale", [0.8, 1.25])
+def test_zooming_heatmaps_by_s_moves_their_peaks_about_the_centre(scale):
+    codec = HeatmapCodec(128, 32, sigma=2.0)
+    joints = np.array([[10.3, 18.0], [21.6, 9.2]], np.float32)  # heatmap pixels; the Gaussians stay inside
+    heatmaps = zoom_about_centre(codec.encode(codec.heatmap_to_input(joints), np.ones(2, bool))[None], scale)
+    maps = heatmaps.numpy()[0]
+    y, x = np.mgrid[0:32, 0:32]
+    centroids = np.stack([(maps * x[..., None]).sum((0, 1)), (maps * y[..., None]).sum((0, 1))], -1) / maps.sum((0, 1))[:, None]
+    np.testing.assert_allclose(centroids, 15.5 + scale * (joints - 15.5), atol=0.02)
+
+
+class PooledRunner(Runner):
+    """A scale-equivariant stand-in for a network: heatmap k = 4x4 average of colour channel k % 3."""
+
+    input_size, heatmap_size, num_joints = 64, 16, 14
+
+    def raw(self, crops):
+        pooled = tf.nn.avg_pool2d(tf.convert_to_tensor(crops, tf.float32), 4, 4, "VALID")
+        return tf.gather(pooled, [k % 3 for k in range(self.num_joints)], axis=-1).numpy()[None]
+
+
+def heatmap_centroids(heatmaps, stride):
+    """(N, H, W, K) -> (N, K, 2) weighted centres, in crop pixels."""
+    y, x = np.mgrid[0 : heatmaps.shape[1], 0 : heatmaps.shape[2]]
+    mass = heatmaps.sum((1, 2))
+    xy = np.stack([(heatmaps * x[..., None]).sum((1, 2)), (heatmaps * y[..., None]).sum((1, 2))], -1) / mass[..., None]
+    return (xy + 0.5) * stride - 0.5
+
+
+def test_multi_scale_testing_maps_every_scale_back_to_the_reference_frame():
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    blobs = [(20.0, 24.0), (40.0, 22.0), (30.0, 41.0)]  # one blob per colour channel, crop pixels
+    crops = np.stack([np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * 4.0**2)) for bx, by in blobs], axis=-1)[None]
+    single = Predictor(PooledRunner(), flip_test=False).predict_crops(crops)["heatmaps"]
+    np.testing.assert_allclose(heatmap_centroids(single, 4)[0, :3], blobs, atol=0.05)
+    for scales in ((1.25,), (0.8,), (0.8, 1.0, 1.25)):
+        multi = Predictor(PooledRunner(), flip_test=False, scales=scales).predict_crops(crops)["heatmaps"]
+        assert not np.allclose(multi, single, atol=1e-3)  # the zoomed passes ran
+        # Not mapped back, the 1.25 pass would put the first blob 2.3 px closer to the centre.
+        np.testing.assert_allclose(heatmap_centroids(multi, 4), heatmap_centroids(single, 4), atol=0.1)
+
+
+@pytest.mark.parametrize("scales", [[], [0.0], [1.0, -0.5], ["x"], [float("nan")], None])
+def test_bad_test_scales_are_refused_naming_them(scales):
+    with pytest.raises(ValueError, match="test scales must be"):
+        parse_scales(scales)
+    with pytest.raises(ValueError, match=re.escape(repr(scales))):
+        Predictor(PooledRunner(), scales=scales)
 
 
 def test_box_to_center_scale_and_bad_boxes():
@@ -170,11 +243,11 @@ def synthetic_dir(tmp_path_factory):
 
 def test_model_driven_evaluation_writes_every_result(tiny_model_file, synthetic_dir, tmp_path):
     result = script("evaluate.py", f"--checkpoint={tiny_model_file}", "--dataset=synthetic", f"--data_dir={synthetic_dir}",
-                    f"--output_dir={tmp_path}", "--batch_size=4", "--refine=dark")  # fmt: skip
+                    f"--output_dir={tmp_path}", "--batch_size=4", "--refine=dark", "--test_scales=1,1.25")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "per stack: 1:" in result.stdout and "presence AP" in result.stdout
     metrics_json = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics_json["refine"] == "dark"
+    assert metrics_json["refine"] == "dark" and metrics_json["test_scales"] == [1.0, 1.25]
     assert metrics_json["people"] == 6 and len(metrics_json["stack_accuracy"]) == 2
     assert {"visible", "occluded", "presence"} <= set(metrics_json["occlusion"])
     with h5py.File(tmp_path / "predictions.h5") as f:
@@ -209,6 +282,9 @@ def test_predict_cli_writes_json_and_png_and_reports_bad_inputs(tiny_model_file,
     good = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--center=50,40", "--scale=0.4",
                   inputs / "a.jpg")  # fmt: skip
     assert good.returncode == 0, good.stderr[-2000:]
+    bad_scale = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--test_scales=1,0",
+                       inputs / "a.jpg")  # fmt: skip
+    assert bad_scale.returncode == 2 and "test scales must be one or more positive numbers" in bad_scale.stderr
 
 
 def test_predict_cli_on_a_video(tiny_model_file, tmp_path):
