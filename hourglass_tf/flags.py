@@ -31,6 +31,8 @@ HELP = {
     "lr_schedule": "plateau (the paper: drop on plateau and at lr_drop_epochs) or cosine (per-step decay to "
     "min_learning_rate over all epochs, for a fixed budget).",
     "min_learning_rate": "Lower bound of the learning rate (the cosine schedule's end point).",
+    "ema_momentum": "Exponential moving average of the weights (e.g. 0.999; 0 = off): validation, checkpoints and the "
+    "final model use the average, training continues from the trained weights.",
     "rotation": "Maximum rotation of the augmentation in degrees (30).",
     "rotation_prob": "Probability that a training sample is rotated (1; the original Torch code: 0.4).",
     "scale_min": "Smallest scaling factor of the augmentation (0.75).",

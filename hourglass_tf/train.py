@@ -6,6 +6,9 @@ intermediate supervision), RMSprop, and these callbacks, in this order:
 
 1. ``NaNGuard``: stops at the first non-finite loss and says why; nothing is saved
    for that epoch, so the last good checkpoint stays.
+   With ``ema_momentum`` > 0, ``AverageWeightsIn`` then puts the optimizer's moving
+   average of the weights into the model for validation, checkpoints and pictures, and
+   ``AverageWeightsOut`` (after them, before the backup) restores the trained weights.
 2. ``PCKValidation``: every ``validation_freq`` epochs, PCKh@0.5 (MPII layout) or
    PCK@0.2 (LSP/FLIC/COCO) on the validation split with the evaluation code, logged
    as ``val_pckh`` / ``val_pck``; the schedule and the best checkpoint follow it.
@@ -14,12 +17,12 @@ intermediate supervision), RMSprop, and these callbacks, in this order:
    runs with a fixed time budget; off by default), or ``TimeBudget`` (``time_budget_minutes``):
    training stops when the budget is spent, and the rate drops at ``lr_drop_fractions`` of it.
 4. ``AtomicCheckpoint``: ``best.keras`` and ``last.keras``, written to a temporary file
-   and renamed, so a kill never leaves a corrupt checkpoint.
+   and renamed, so a kill never leaves a corrupt checkpoint; then ``ImageSummaries``
+   (skeletons and heatmaps of a few fixed validation samples, to TensorBoard).
 5. ``SafeBackupAndRestore``: Keras' ``BackupAndRestore`` (weights, optimizer state,
    epoch) that never backs up a non-finite state; a killed run started again with the
    same run directory resumes at the epoch it was in.
-6. ``EpochTimer``, ``CSVLogger`` (``log.csv``), ``TensorBoard`` (losses, learning rate, metric) and
-   ``ImageSummaries`` (skeletons and heatmaps of a few fixed validation samples).
+6. ``EpochTimer``, ``CSVLogger`` (``log.csv``) and ``TensorBoard`` (losses, learning rate, metric).
 """
 
 import dataclasses
@@ -69,6 +72,7 @@ class TrainConfig:
     lr_drop_fractions: str = ""  # e.g. "0.8,0.9": lr x plateau_factor when these fractions of the time budget pass
     lr_schedule: str = "plateau"  # "cosine": decay per step from learning_rate to min_learning_rate over the run
     min_learning_rate: float = 1e-7
+    ema_momentum: float = 0.0  # > 0: validate, checkpoint and return the moving average of the weights
     rotation: float = 30.0
     rotation_prob: float = 1.0
     scale_min: float = 0.75
@@ -150,6 +154,9 @@ class TrainConfig:
         if not 0 < self.min_learning_rate < self.learning_rate:
             problems.append(f"min_learning_rate must be in (0, learning_rate={self.learning_rate}), "
                             f"received min_learning_rate={self.min_learning_rate}")  # fmt: skip
+        ema = self.ema_momentum
+        if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+            problems.append(f"ema_momentum must be in [0, 1) (0: off), received ema_momentum={ema!r}")
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
         if self.cpu_replicas > 1 and self.strategy not in ("mirrored", "auto"):
@@ -411,6 +418,41 @@ class NaNGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class AverageWeightsIn(keras.callbacks.Callback):
+    """Puts the optimizer's moving average of the weights into the model at the end of each epoch.
+
+    With ``--ema_momentum`` the optimizer (Keras ``use_ema``) keeps, after step k,
+    ``average = momentum * average + (1 - momentum) * weights`` (the weights themselves after
+    the first step). Placed before validation and the checkpoints, this makes both use the
+    average; ``AverageWeightsOut``, placed after them and before the resume backup, puts the
+    trained weights back, so training continues from them and the backup holds them. When
+    ``fit`` ends, Keras leaves the average in the model.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.trained = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        variables = self.model.trainable_variables
+        self.trained = [keras.ops.convert_to_numpy(v) for v in variables]
+        self.model.optimizer.finalize_variable_values(variables)
+
+
+class AverageWeightsOut(keras.callbacks.Callback):
+    """Restores the trained weights that ``AverageWeightsIn`` replaced by their average."""
+
+    def __init__(self, swap_in):
+        super().__init__()
+        self.swap_in = swap_in
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.swap_in.trained is not None:
+            for variable, value in zip(self.model.trainable_variables, self.swap_in.trained):
+                variable.assign(value)
+            self.swap_in.trained = None
+
+
 class PCKValidation(keras.callbacks.Callback):
     """Validation PCK(h) with the evaluation code, written into the epoch logs."""
 
@@ -582,10 +624,11 @@ def build_compiled_model(config):
     model = build_model(num_stacks=config.num_stacks, num_blocks=config.num_blocks, filters=config.filters,
                         depth=config.depth, num_joints=readers.skeleton_of(config.dataset).num_joints,
                         input_size=config.input_size)  # fmt: skip
+    ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum or 0.99)
     if config.optimizer == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(config.learning_rate)
+        optimizer = keras.optimizers.RMSprop(config.learning_rate, **ema)
     else:
-        optimizer = keras.optimizers.Adam(config.learning_rate)
+        optimizer = keras.optimizers.Adam(config.learning_rate, **ema)
     model.compile(optimizer=optimizer, loss={name: "mse" for name in output_names(model)},
                   jit_compile=config.jit_compile)  # fmt: skip
     return model
@@ -671,19 +714,24 @@ def _train(config):
         budget = TimeBudget(60.0 * config.time_budget_minutes, config.drop_fractions(), config.plateau_factor,
                             spent_budget_seconds(write_dir / "log.csv"), config.verbose)  # fmt: skip
         schedule.insert(0, budget)
+    pictures = []
+    if config.image_summaries:
+        crops = np.concatenate([c.numpy() for c, _, _ in val_data.take(1)])[: config.image_summaries]
+        pictures.append(ImageSummaries(write_dir / "logs", crops, skeleton, config.validation_freq, guard))
+    average_in = [AverageWeightsIn()] if config.ema_momentum else []
     callbacks = [
         guard,
+        *average_in,
         validation,
         *schedule,
         AtomicCheckpoint(write_dir, config.metric_name, guard),
+        *pictures,
+        *[AverageWeightsOut(a) for a in average_in],
         backup,
         EpochTimer(),
         keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
         keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False),
     ]
-    if config.image_summaries:
-        crops = np.concatenate([c.numpy() for c, _, _ in val_data.take(1)])[: config.image_summaries]
-        callbacks.append(ImageSummaries(write_dir / "logs", crops, skeleton, config.validation_freq, guard))
 
     print(f"training {config.num_stacks}-stack hourglass on {config.dataset}: {num_train} train / {num_val} validation "
           f"samples, {replicas} replica(s), global batch {global_batch}, {steps} steps per epoch")  # fmt: skip

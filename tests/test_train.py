@@ -19,9 +19,9 @@ import pytest
 
 from conftest import REPO
 from hourglass_tf.data import synthetic
-from hourglass_tf.train import (AtomicCheckpoint, CosineDecay, EpochTimer, LearningRateDrops, NaNGuard, TimeBudget,
-                                 spent_budget_seconds,
-                                SafeBackupAndRestore, TrainConfig, train)
+from hourglass_tf.train import (AtomicCheckpoint, AverageWeightsIn, AverageWeightsOut, CosineDecay, EpochTimer,
+                                LearningRateDrops, NaNGuard, SafeBackupAndRestore, TimeBudget, TrainConfig,
+                                spent_budget_seconds, train)  # fmt: skip
 
 TINY_FLAGS = ["--dataset=synthetic", "--num_stacks=1", "--filters=16", "--depth=2", "--input_size=64",
               "--batch_size=4", "--val_batch_size=8", "--image_summaries=2", "--verbose=0", "--learning_rate=1e-3"]  # fmt: skip
@@ -154,6 +154,61 @@ def test_train_stops_when_the_time_budget_is_spent_and_keeps_that_epoch(data_dir
     assert (tmp_path / "run" / "best.keras").exists() and (tmp_path / "run" / "last.keras").exists()
 
 
+class Weights(keras.callbacks.Callback):
+    """Records the trainable weights after every step, or at every epoch end."""
+
+    def __init__(self, when):
+        super().__init__()
+        self.when, self.seen = when, []
+
+    def _record(self):
+        self.seen.append([keras.ops.convert_to_numpy(v).copy() for v in self.model.trainable_variables])
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.when == "step":
+            self._record()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.when == "epoch":
+            self._record()
+
+
+def test_epoch_ends_see_the_moving_average_and_training_continues_from_the_trained_weights():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.5), "mse")
+    steps, averaged, trained = Weights("step"), Weights("epoch"), Weights("epoch")
+    swap_in = AverageWeightsIn()
+    x = np.random.default_rng(0).random((12, 3), dtype=np.float32)
+    model.fit(x, 2 * x[:, :2] - 1, batch_size=4, epochs=2, shuffle=False, verbose=0,
+              callbacks=[steps, swap_in, averaged, AverageWeightsOut(swap_in), trained])  # fmt: skip
+    assert len(steps.seen) == 6
+    average = steps.seen[0]  # the optimizer's average starts at the weights after the first step
+    expected = []
+    for step, weights in enumerate(steps.seen[1:], start=2):
+        average = [0.5 * a + 0.5 * w for a, w in zip(average, weights)]
+        if step % 3 == 0:
+            expected.append(average)
+    for epoch in range(2):
+        for seen, want, last_step in zip(averaged.seen[epoch], expected[epoch], steps.seen[3 * epoch + 2]):
+            np.testing.assert_allclose(seen, want, rtol=1e-5, atol=1e-6)
+            assert not np.allclose(seen, last_step)  # the average is not the trained weights
+        for seen, last_step in zip(trained.seen[epoch], steps.seen[3 * epoch + 2]):
+            np.testing.assert_array_equal(seen, last_step)  # training goes on from the trained weights
+    for final, want in zip(model.trainable_variables, expected[-1]):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(final), want, rtol=1e-5, atol=1e-6)
+
+
+def test_train_with_ema_checkpoints_and_returns_the_average(data_dir, tmp_path):
+    result = train(tiny_config(data_dir, tmp_path / "run", epochs=2, ema_momentum=0.9))
+    assert len(result["history"]["val_pckh"]) == 2
+    saved = keras.models.load_model(tmp_path / "run" / "last.keras", compile=False)
+    for a, b in zip(saved.trainable_variables, result["model"].trainable_variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["ema_momentum"] == 0.9
+
+
 def test_train_with_the_cosine_schedule_logs_the_decayed_rate(data_dir, tmp_path):
     result = train(tiny_config(data_dir, tmp_path / "run", epochs=2, lr_schedule="cosine", min_learning_rate=1e-5))
     expected = [CosineDecay(1e-3, 1e-5, 12).rate(t) for t in (5, 11)]
@@ -170,6 +225,8 @@ def test_train_with_the_cosine_schedule_logs_the_decayed_rate(data_dir, tmp_path
     (dict(time_budget_minutes=60, lr_drop_fractions="half"), "received 'half'"),
     (dict(time_budget_minutes=-1.0), "time_budget_minutes must be a non-negative number"),
     (dict(time_budget_minutes=60, lr_schedule="cosine", lr_drop_fractions="0.8"), "lr_drop_fractions='0.8' applies"),
+    (dict(ema_momentum=1.0), "ema_momentum must be in \\[0, 1\\) \\(0: off\\), received ema_momentum=1.0"),
+    (dict(ema_momentum=-0.5), "received ema_momentum=-0.5"),
 ])  # fmt: skip
 def test_inconsistent_schedule_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
