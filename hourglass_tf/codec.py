@@ -69,7 +69,12 @@ def apply_matrix(matrix, points):
 
 
 def warp_image(image, matrix, output_size):
-    """Crops ``image`` (H, W, C) float32 with the original->crop ``matrix`` (bilinear, zeros outside).
+    """Crops ``image`` (H, W, C) float32 with the original->crop ``matrix`` (bilinear, zeros outside)."""
+    return warp_images(tf.cast(image, tf.float32)[None], matrix, output_size)[0]
+
+
+def warp_images(images, matrix, output_size):
+    """``warp_image`` for a batch: (N, H, W, C) float32 through one original->output ``matrix``.
 
     Uses TF's core ``ImageProjectiveTransformV3`` op (no TF Addons): it samples the input at
     inverse(matrix) applied to each output pixel centre.
@@ -77,15 +82,14 @@ def warp_image(image, matrix, output_size):
     inverse = tf.linalg.inv(tf.cast(matrix, tf.float32))
     inverse = inverse / inverse[2, 2]
     transform = tf.reshape(inverse, [9])[:8]
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(image, tf.float32)[None],
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32),
         transforms=transform[None],
         output_shape=tf.constant([output_size, output_size], tf.int32),
         fill_value=0.0,
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
-    return out[0]
 
 
 class HeatmapCodec:

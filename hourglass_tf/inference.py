@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from hourglass_tf import skeleton as skeletons
-from hourglass_tf.codec import HeatmapCodec, crop_matrix, warp_image
+from hourglass_tf.codec import HeatmapCodec, crop_matrix, warp_image, warp_images
 from hourglass_tf.data.readers import box_to_center_scale
 from hourglass_tf.data.sample import PERSON_BOX_UNIT
 
@@ -58,15 +58,13 @@ def zoom_about_centre(images, factor):
     crop); zooming its heatmaps by s maps them back, because the crop and heatmap
     centres correspond under the codec's stride mapping.
     """
-    images = tf.convert_to_tensor(images, tf.float32)
-    size = tf.cast(tf.shape(images)[1:3], tf.float32)
-    inverse = 1.0 / float(factor)
-    cx, cy = (size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0
-    # The op samples the input at the transform of each output pixel: the inverse zoom.
-    transform = tf.stack([inverse, 0.0, cx * (1.0 - inverse), 0.0, inverse, cy * (1.0 - inverse), 0.0, 0.0])
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transform[None], output_shape=tf.shape(images)[1:3], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="CONSTANT")  # fmt: skip
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images must be (N, S, S, C), received shape {images.shape}")
+    size = images.shape[1]
+    shift = (size - 1) / 2.0 * (1.0 - factor)
+    matrix = tf.constant([[factor, 0.0, shift], [0.0, factor, shift], [0.0, 0.0, 1.0]], tf.float32)
+    return warp_images(images, matrix, size)
 
 
 def back_project(keypoints, matrices):

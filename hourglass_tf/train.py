@@ -624,7 +624,7 @@ def build_compiled_model(config):
     model = build_model(num_stacks=config.num_stacks, num_blocks=config.num_blocks, filters=config.filters,
                         depth=config.depth, num_joints=readers.skeleton_of(config.dataset).num_joints,
                         input_size=config.input_size)  # fmt: skip
-    ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum or 0.99)
+    ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum)
     if config.optimizer == "rmsprop":
         optimizer = keras.optimizers.RMSprop(config.learning_rate, **ema)
     else:
