@@ -45,6 +45,8 @@ HELP = {
     "cpu_replicas": "Split the CPU into this many logical devices and mirror over them (testing).",
     "mixed_precision": "float16 on GPU, bfloat16 on CPU/TPU; outputs and loss stay float32.",
     "jit_compile": "Compile the training step with XLA.",
+    "fused_batch_norm": "Train batch norm with TensorFlow's fused kernel (about 30 % faster steps on CPU); the layers "
+    "and saved models stay stock Keras.",
     "run_dir": "Run directory: checkpoints, logs, backup (resume) and the resolved flags.",
     "seed": "Seed of weights, shuffling and augmentation.",
     "validation_freq": "Validate (PCK/PCKh) every this many epochs.",

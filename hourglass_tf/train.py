@@ -37,7 +37,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import metrics, visualize
+from hourglass_tf import batchnorm, metrics, visualize
 from hourglass_tf.data import pipeline, readers, sources
 from hourglass_tf.inference import Predictor, predict_dataset
 from hourglass_tf.model import build_model, output_names
@@ -84,6 +84,7 @@ class TrainConfig:
     cpu_replicas: int = 0  # >1: split the CPU into this many logical devices (testing MirroredStrategy)
     mixed_precision: bool = False
     jit_compile: bool = False
+    fused_batch_norm: bool = True  # train batch norm with TF's fused kernel (same layers, same saved model)
     run_dir: str = "runs/train"
     seed: int = 0
     validation_freq: int = 1
@@ -620,10 +621,16 @@ def _dataset_options(dataset):
 
 
 def build_compiled_model(config):
-    """The model for ``config``, compiled with its optimizer and one MSE loss per stack (call under the strategy scope)."""
+    """The model for ``config``, compiled with its optimizer and one MSE loss per stack (call under the strategy scope).
+
+    With ``config.fused_batch_norm`` its batch-norm layers train with TensorFlow's fused kernel
+    (``hourglass_tf.batchnorm``); they stay stock layers, so checkpoints are unchanged.
+    """
     model = build_model(num_stacks=config.num_stacks, num_blocks=config.num_blocks, filters=config.filters,
                         depth=config.depth, num_joints=readers.skeleton_of(config.dataset).num_joints,
                         input_size=config.input_size)  # fmt: skip
+    if config.fused_batch_norm:
+        batchnorm.use_fused_batch_norm(model)
     ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum)
     if config.optimizer == "rmsprop":
         optimizer = keras.optimizers.RMSprop(config.learning_rate, **ema)

@@ -1,0 +1,96 @@
+"""Fused batch-norm kernels for training, without leaving the stock ``BatchNormalization`` layer.
+
+Keras 3's ``BatchNormalization`` on the TensorFlow backend computes its moments and the normalisation as
+separate element-wise ops (and, under a mixed-precision policy, casts to float32 and back around them):
+thousands of small ops per training step. TensorFlow's ``FusedBatchNormV3`` does the same arithmetic in one
+kernel per layer and direction. On the 2-stack LSPET model (128 features, 96 px, bfloat16, batch 16) the
+training step on 2 CPU cores fell from 0.29 to 0.21 s (docs/performance.md).
+
+``use_fused_batch_norm(model)`` swaps the *training* computation of every eligible ``BatchNormalization``
+layer of ``model`` for that kernel. The layers stay stock Keras objects: same class, same config, same
+variables, and the inference path (``training=False``) is Keras' own. A model saved after training is
+therefore exactly what it would have been, and loads without this package.
+
+The arithmetic is that of the stock layer: the batch mean and biased batch variance normalise the batch,
+and the moving averages follow ``moving = momentum * moving + (1 - momentum) * batch`` with the biased
+variance (the kernel reports the unbiased one, which is rescaled by (n - 1) / n). The one difference:
+TensorFlow's fused op takes epsilon at least 1.001e-5 (cuDNN's bound), so the model's 1e-5 becomes 1.001e-5
+during training; the normalised values move by about 5e-9 / variance in relative terms.
+
+Eligible layers have ``scale`` and ``center``, no renorm and are not synchronized; a call with a 4-D input
+normalised over its last axis and no mask uses the kernel, any other call the stock computation.
+"""
+
+import tensorflow as tf
+from keras import layers
+
+FUSED_ATTRIBUTE = "_hourglass_fused_batch_norm"
+
+
+def _fused_training_call(layer, inputs, training=None, mask=None):
+    """The layer's ``call`` with the fused kernel when training; the stock call otherwise."""
+    stock = type(layer).call
+    rank = inputs.shape.rank
+    last_axis = rank is not None and layer.axis in (-1, rank - 1)
+    if not (training and layer.trainable) or mask is not None or rank != 4 or not last_axis:
+        return stock(layer, inputs, training=training, mask=mask)
+    x = inputs
+    if x.dtype not in (tf.float32, tf.float16, tf.bfloat16):
+        x = tf.cast(x, tf.float32)
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x, tf.cast(layer.gamma, tf.float32), tf.cast(layer.beta, tf.float32), epsilon=layer.epsilon,
+        data_format="NHWC", is_training=True)  # fmt: skip
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel's unbiased -> Keras' biased
+    momentum = layer.momentum
+    layer.moving_mean.assign(layer.moving_mean * momentum + tf.cast(mean, layer.moving_mean.dtype) * (1.0 - momentum))
+    layer.moving_variance.assign(layer.moving_variance * momentum
+                                 + tf.cast(variance, layer.moving_variance.dtype) * (1.0 - momentum))  # fmt: skip
+    return tf.cast(y, layer.compute_dtype)
+
+
+def eligible(layer):
+    """Whether ``layer`` is a ``BatchNormalization`` the fused kernel can train (see the module docstring)."""
+    if not isinstance(layer, layers.BatchNormalization):
+        return False
+    return bool(layer.scale and layer.center and not getattr(layer, "renorm", False)
+                and not getattr(layer, "synchronized", False))  # fmt: skip
+
+
+def is_fused(layer):
+    """Whether ``use_fused_batch_norm`` switched ``layer``'s training computation."""
+    return bool(layer.__dict__.get(FUSED_ATTRIBUTE, False))
+
+
+def _layers_of(model):
+    for layer in model.layers:
+        if hasattr(layer, "layers"):  # a nested model
+            yield from _layers_of(layer)
+        else:
+            yield layer
+
+
+def use_fused_batch_norm(model):
+    """Trains every eligible ``BatchNormalization`` layer of ``model`` with TensorFlow's fused kernel.
+
+    Call it before the first training step (before ``fit`` traces the step). The layers keep their class,
+    config and variables, so saving is unchanged.
+
+    Args:
+      model: a built Keras model (nested models are searched too).
+
+    Returns:
+      int, the number of layers switched (layers already switched count again; none is switched twice).
+    """
+    if not hasattr(model, "layers"):
+        raise ValueError(f"use_fused_batch_norm needs a Keras model, received {type(model).__name__}")
+    switched = 0
+    for layer in _layers_of(model):
+        if not eligible(layer):
+            continue
+        if not is_fused(layer):
+            bound = _fused_training_call.__get__(layer)
+            object.__setattr__(layer, "call", bound)
+            object.__setattr__(layer, FUSED_ATTRIBUTE, True)
+        switched += 1
+    return switched

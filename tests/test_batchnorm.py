@@ -1,0 +1,131 @@
+"""The fused batch-norm training kernel computes what the stock Keras layer computes, and leaves it stock."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY
+from hourglass_tf import batchnorm, build_model, output_names
+from hourglass_tf.train import TrainConfig, build_compiled_model
+
+
+def twin_layers(shape, **kwargs):
+    """Two identical built BatchNormalization layers with non-trivial weights and statistics; the second fused."""
+    rng = np.random.default_rng(0)
+    pair = []
+    for _ in range(2):
+        layer = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, **kwargs)
+        layer.build(shape)
+        pair.append(layer)
+    weights = [rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in pair[0].get_weights()]
+    for layer in pair:
+        layer.set_weights(weights)
+    model = keras.Sequential([keras.Input(shape[1:]), pair[1]])
+    assert batchnorm.use_fused_batch_norm(model) == 1
+    assert batchnorm.is_fused(pair[1]) and not batchnorm.is_fused(pair[0])
+    return pair
+
+
+def run_training_call(layer, x):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        weights = tf.constant(np.random.default_rng(9).normal(size=y.shape).astype(np.float32))
+        loss = tf.reduce_sum(y * weights + 0.5 * y * y)  # gradients through the batch statistics are non-zero
+    grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+    return y, grads
+
+
+def test_fused_training_matches_the_stock_layer_outputs_gradients_and_moving_statistics():
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(3.0, 2.5, (4, 6, 5, 8)).astype(np.float32))
+    stock, fused = twin_layers(x.shape)
+    y_stock, g_stock = run_training_call(stock, x)
+    y_fused, g_fused = run_training_call(fused, x)
+    np.testing.assert_allclose(y_fused, y_stock, atol=2e-5)
+    for a, b, name in zip(g_fused, g_stock, ("input", "gamma", "beta")):
+        np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4, err_msg=name)
+    # Moving averages with the biased batch variance, as Keras keeps them (the kernel reports the unbiased one).
+    np.testing.assert_allclose(fused.moving_mean.numpy(), stock.moving_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-5)
+    biased = np.var(x.numpy().reshape(-1, 8), axis=0)
+    unbiased = biased * x.numpy().size / 8 / (x.numpy().size / 8 - 1)
+    start = stock.get_weights()[3]  # what both started from (twin_layers)
+    assert not np.allclose(0.9 * start + 0.1 * unbiased, fused.moving_variance.numpy(), rtol=1e-6)
+
+
+def test_inference_and_other_inputs_take_the_stock_computation():
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(1.0, 2.0, (3, 4, 4, 6)).astype(np.float32))
+    stock, fused = twin_layers(x.shape)
+    np.testing.assert_array_equal(fused(x, training=False), stock(x, training=False))
+    # A 2-D input (N, C) falls back to the stock call: identical results, statistics included.
+    flat = tf.constant(rng.normal(size=(16, 6)).astype(np.float32))
+    stock2, fused2 = twin_layers(flat.shape)
+    np.testing.assert_array_equal(fused2(flat, training=True), stock2(flat, training=True))
+    np.testing.assert_array_equal(fused2.moving_variance.numpy(), stock2.moving_variance.numpy())
+    # Normalising over axis 1 of a 4-D input is not the kernel's layout: stock call.
+    stock3, fused3 = twin_layers((3, 6, 4, 4), axis=1)
+    x3 = tf.constant(rng.normal(size=(3, 6, 4, 4)).astype(np.float32))
+    np.testing.assert_array_equal(fused3(x3, training=True), stock3(x3, training=True))
+
+
+def test_bfloat16_policy_keeps_the_compute_dtype_and_matches_within_rounding():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        rng = np.random.default_rng(3)
+        x = tf.constant(rng.normal(2.0, 3.0, (4, 6, 6, 8)).astype(np.float32))
+        stock, fused = twin_layers(x.shape)
+        y_stock = stock(tf.cast(x, tf.bfloat16), training=True)
+        y_fused = fused(tf.cast(x, tf.bfloat16), training=True)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert y_fused.dtype == tf.bfloat16 == y_stock.dtype
+    np.testing.assert_allclose(tf.cast(y_fused, tf.float32), tf.cast(y_stock, tf.float32), atol=0.05)
+    assert fused.moving_mean.dtype == tf.float32
+    np.testing.assert_allclose(fused.moving_mean.numpy(), stock.moving_mean.numpy(), rtol=1e-2)
+
+
+def test_training_steps_of_a_fused_model_match_the_stock_model():
+    keras.utils.set_random_seed(4)
+    stock = build_model(**TINY)
+    fused = build_model(**TINY)
+    fused.set_weights(stock.get_weights())
+    switched = batchnorm.use_fused_batch_norm(fused)
+    assert switched == sum(isinstance(layer, keras.layers.BatchNormalization) for layer in fused.layers) > 10
+    rng = np.random.default_rng(4)
+    x = rng.random((4, 64, 64, 3), dtype=np.float32)
+    y = {n: rng.random((4, 16, 16, 16), dtype=np.float32) for n in output_names(stock)}
+    losses = []
+    for model in (stock, fused):
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss={n: "mse" for n in output_names(model)})
+        losses.append([float(model.train_on_batch(x, y)[0]) for _ in range(3)])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+    assert losses[0][2] != losses[0][0]  # the steps changed the weights
+    for a, b in zip(fused.get_weights(), stock.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_fused_layers_keep_their_class_and_config_and_are_switched_once():
+    model = build_model(**TINY)
+    before = json.dumps(model.get_config(), sort_keys=True)
+    first = batchnorm.use_fused_batch_norm(model)
+    assert batchnorm.use_fused_batch_norm(model) == first
+    assert json.dumps(model.get_config(), sort_keys=True) == before
+    assert all(type(layer) is keras.layers.BatchNormalization
+               for layer in model.layers if "_bn" in layer.name)  # fmt: skip
+    with pytest.raises(ValueError, match="needs a Keras model, received int"):
+        batchnorm.use_fused_batch_norm(3)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_config_switches_the_kernel(fused):
+    config = TrainConfig(dataset="synthetic", data_dir="unused", num_stacks=1, filters=16, depth=1, input_size=32,
+                         fused_batch_norm=fused)  # fmt: skip
+    model = build_compiled_model(config)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(batchnorm.is_fused(layer) == fused for layer in norms)
