@@ -38,7 +38,7 @@ import numpy as np
 BACKENDS = ("keras_eager", "tf_function", "xla", "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "onnxruntime")
 QUICK_BACKENDS = ("keras_eager", "tf_function", "tflite_fp32", "onnxruntime")
 PACKAGE_BACKENDS = ("tf_function", "saved_model", "tflite_fp32", "onnxruntime")  # what predict/evaluate/export use
-TRAIN_VARIANTS = ("plain", "xla", "mixed_precision")
+TRAIN_VARIANTS = ("plain", "stock_batch_norm", "xla", "mixed_precision")
 BACKEND_TITLES = {
     "keras_eager": "Keras eager `model(x)`",
     "tf_function": "compiled `tf.function` (predict CLI, evaluation)",
@@ -196,18 +196,25 @@ def inference_case(model_dir, backend, batch_sizes=(1, 8), repeats=5):
     return result
 
 
-def compiled_training_model(num_stacks, filters=256, input_size=256, batch_size=8, num_joints=16, jit_compile=False):
+def compiled_training_model(num_stacks, filters=256, input_size=256, batch_size=8, num_joints=16, jit_compile=False,
+                            fused_batch_norm=True):  # fmt: skip
     """A seeded stacked hourglass compiled with RMSprop and per-stack MSE, and one random batch for it.
+
+    ``fused_batch_norm`` trains batch norm with TF's fused kernel, as ``scripts/train.py`` does by default
+    (``hourglass_tf.batchnorm``); False keeps Keras' own element-wise computation.
 
     Returns:
       (model, images (B, R, R, 3) float32, targets {stack_i: (B, R/4, R/4, K) float32}).
     """
     import keras
 
+    from hourglass_tf.batchnorm import use_fused_batch_norm
     from hourglass_tf.model import build_model, output_names
 
     keras.utils.set_random_seed(0)
     model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size, num_joints=num_joints)
+    if fused_batch_norm:
+        use_fused_batch_norm(model)
     model.compile(optimizer=keras.optimizers.RMSprop(2.5e-4), loss={n: "mse" for n in output_names(model)},
                   jit_compile=jit_compile)  # fmt: skip
     rng = np.random.default_rng(0)
@@ -220,8 +227,9 @@ def compiled_training_model(num_stacks, filters=256, input_size=256, batch_size=
 def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repeats=3, variant="plain"):
     """Seconds per compiled RMSprop training step (``train_on_batch``, the ``model.fit`` step).
 
-    ``variant``: ``plain``, ``xla`` (jit_compile) or ``mixed_precision`` (bfloat16 on CPU,
-    float16 on GPU; outputs and loss float32).
+    ``variant``: ``plain`` (float32, batch norm on TF's fused kernel as in training), ``stock_batch_norm``
+    (float32, Keras' own element-wise batch norm), ``xla`` (jit_compile) or ``mixed_precision`` (bfloat16
+    on CPU, float16 on GPU; outputs and loss float32).
     """
     import keras
 
@@ -232,7 +240,8 @@ def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repea
         raise ValueError(f"variant must be one of {TRAIN_VARIANTS}, received variant={variant!r}")
     if variant == "mixed_precision":
         keras.mixed_precision.set_global_policy(mixed_precision_policy())
-    model, x, y = compiled_training_model(num_stacks, filters, input_size, batch_size, jit_compile=variant == "xla")
+    model, x, y = compiled_training_model(num_stacks, filters, input_size, batch_size, jit_compile=variant == "xla",
+                                          fused_batch_norm=variant != "stock_batch_norm")  # fmt: skip
     start = time.perf_counter()
     model.train_on_batch(x, y)  # traces and compiles the train function
     first = time.perf_counter() - start
