@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo bench clean
+.PHONY: install lint test demo bench clean
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q -e '.[dev,onnx]'
 	@touch $(STAMP)
 
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 test: install
 	$(PY) -m pytest -q tests
 
@@ -25,6 +29,7 @@ demo: install
 	$(PY) scripts/demo.py --flagfile=demo.flags
 
 # The full suite takes about 30 minutes on 2 CPU cores; `make bench BENCH_FLAGS=--quick` a few minutes.
+# benchmarks/ lives beside the package, outside its import graph.
 BENCH_FLAGS ?=
 bench: install
 	$(PY) scripts/benchmark.py --output_dir=runs/bench $(BENCH_FLAGS)

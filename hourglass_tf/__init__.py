@@ -1,18 +1,13 @@
 """hourglass_tf: Stacked Hourglass Networks for Human Pose Estimation in Keras 3.
 
 Attributes load on first use, so ``import hourglass_tf.metrics`` (pure NumPy) does not
-pay for importing TensorFlow. Importing the package sets the CPU allocator options of
-``hourglass_tf.runtime`` (measured faster; ``HOURGLASS_TF_TUNE_ALLOCATORS=0`` skips them).
+pay for importing TensorFlow. Importing the package changes nothing in the process: the
+allocator tuning the package's scripts use is an explicit call, ``hourglass_tf.runtime.tune_allocators()``.
 """
 
 import importlib
 
-from hourglass_tf import runtime
-
 __version__ = "0.1.0"
-
-# Before TensorFlow creates its CPU allocator: see hourglass_tf/runtime.py (HOURGLASS_TF_TUNE_ALLOCATORS=0 to skip).
-runtime.tune_allocators()
 
 _EXPORTS = {
     "build_model": "hourglass_tf.model",

@@ -7,7 +7,8 @@ heatmaps flipped back with left/right channels swapped, averaged.
 
 ``load_runner(path)`` picks the backend from the file: ``.keras``; a SavedModel folder (or an
 ``exported/NAME`` folder, whose SavedModel is preferred); ``.tflite`` (LiteRT); ``.onnx``
-(ONNX Runtime).
+(ONNX Runtime). ``load_model_file(path, skeleton)`` adds the model's description
+(``metadata.ModelInfo``): the one stored with the model, or one built from the named skeleton.
 """
 
 import json
@@ -17,7 +18,8 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf.inference import flip_back
+from hourglass_tf import metadata
+from hourglass_tf.geometry import average_with_mirror
 
 
 def _to_uint8(crops):
@@ -28,6 +30,7 @@ class Runner:
     """Base: subclasses set ``input_size``, ``heatmap_size``, ``num_joints`` and implement ``raw``."""
 
     flips_inside = False  # a SavedModel exported with --flip_test already averages the mirror
+    source = None  # the file or folder it was loaded from
 
     def raw(self, crops):
         raise NotImplementedError
@@ -37,7 +40,7 @@ class Runner:
             return self.raw(crops)
         n = len(crops)
         stacks = self.raw(np.concatenate([crops, crops[:, :, ::-1]]))
-        return (stacks[:, :n] + flip_back(stacks[:, n:], flip_permutation).numpy()) / 2.0
+        return average_with_mirror(stacks[:, :n], stacks[:, n:], flip_permutation).numpy()
 
 
 class KerasRunner(Runner):
@@ -65,7 +68,7 @@ class KerasRunner(Runner):
         stacks = tf.stack([tf.cast(outputs[name], tf.float32) for name in self.names])
         if flip_permutation is None:
             return stacks
-        return (stacks[:, :n] + flip_back(stacks[:, n:], flip_permutation)) / 2.0
+        return average_with_mirror(stacks[:, :n], stacks[:, n:], flip_permutation)
 
     def raw(self, crops):
         return self._plain(tf.convert_to_tensor(crops, tf.float32)).numpy()
@@ -85,13 +88,15 @@ class SavedModelRunner(Runner):
 
     def __init__(self, path):
         path = pathlib.Path(path)
+        self.source = path
         self.function = tf.saved_model.load(str(path)).signatures["serving_default"]
         spec = self.function.structured_input_signature[1]["images"]
         self.input_size = int(spec.shape[1])
         out = self.function.structured_outputs["heatmaps"]
         self.heatmap_size, self.num_joints = int(out.shape[1]), int(out.shape[-1])
-        info = path.parent.parent / "export.json"
-        self.flips_inside = info.is_file() and json.loads(info.read_text()).get("flip_test_in_saved_model", False)
+        stored = path / "assets.extra" / metadata.FILENAME
+        export = json.loads(stored.read_text()).get("export", {}) if stored.is_file() else {}
+        self.flips_inside = bool(export.get("flip_test_in_graph", False))
 
     def raw(self, crops):
         return self.function(images=tf.constant(_to_uint8(crops)))["heatmaps"].numpy()[None]
@@ -121,13 +126,35 @@ class TFLiteRunner(Runner):
         self.runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner()
         (self.input_name, detail), = self.runner.get_input_details().items()
         (self.output_name, out), = self.runner.get_output_details().items()
-        self.uint8_input = detail["dtype"] == np.uint8
+        self.input_dtype = np.dtype(detail["dtype"])
+        self.input_quantization = _quantization(detail)
+        self.output_quantization = _quantization(out) if np.dtype(out["dtype"]).kind in "iu" else None
         self.input_size = int(detail["shape"][1])
         self.heatmap_size, self.num_joints = int(out["shape"][1]), int(out["shape"][-1])
 
     def raw(self, crops):
-        images = _to_uint8(crops) if self.uint8_input else np.asarray(crops, np.float32)
-        return np.concatenate([self.runner(**{self.input_name: image[None]})[self.output_name] for image in images])[None]
+        images = np.asarray(crops, np.float32)
+        if self.input_dtype.kind in "iu":  # a quantized input: real = scale * (q - zero_point)
+            scale, zero = self.input_quantization
+            info = np.iinfo(self.input_dtype)
+            images = np.clip(np.round(images / scale + zero), info.min, info.max).astype(self.input_dtype)
+        heatmaps = np.concatenate([self.runner(**{self.input_name: image[None]})[self.output_name] for image in images])
+        if self.output_quantization is not None:
+            scale, zero = self.output_quantization
+            heatmaps = scale * (heatmaps.astype(np.float32) - zero)
+        return np.asarray(heatmaps, np.float32)[None]
+
+
+def _quantization(detail):
+    """(scale, zero_point) of a LiteRT tensor; ValueError when a quantized tensor has none."""
+    params = detail.get("quantization_parameters") or {}
+    scales, zeros = params.get("scales", ()), params.get("zero_points", ())
+    if len(scales) == 1:
+        return float(scales[0]), int(zeros[0])
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.dtype(detail["dtype"]).kind in "iu" and not scale:
+        raise ValueError(f"the quantized tensor {detail.get('name')!r} has no per-tensor quantization parameters")
+    return float(scale), int(zero)
 
 
 class OnnxRunner(Runner):
@@ -163,11 +190,30 @@ def load_runner(path):
         raise ValueError(f"{path}: no SavedModel, model.keras, model.tflite or model.onnx inside")
     suffix = path.suffix.lower()
     if suffix == ".keras":
-        import keras
+        runner = KerasRunner(metadata.load_keras_model(path))
+    elif suffix == ".tflite":
+        runner = TFLiteRunner(path)
+    elif suffix == ".onnx":
+        runner = OnnxRunner(path)
+    else:
+        raise ValueError(f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder")
+    runner.source = path
+    return runner
 
-        return KerasRunner(keras.models.load_model(path))
-    if suffix == ".tflite":
-        return TFLiteRunner(path)
-    if suffix == ".onnx":
-        return OnnxRunner(path)
-    raise ValueError(f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder")
+
+def load_model_file(path, skeleton=None):
+    """(runner, ModelInfo) for a model file or folder (see ``load_runner`` and ``metadata.read_info``).
+
+    Args:
+      skeleton: the joint set (``Skeleton`` or name) for a model that carries no description;
+        for one that does, it must agree with the stored one.
+    """
+    runner = load_runner(path)
+
+    def build(skel):
+        return metadata.ModelInfo(skeleton=skel, input_size=runner.input_size,
+                                  stride=runner.input_size // runner.heatmap_size)
+
+    info = metadata.resolve(metadata.read_info(runner.source), skeleton, str(path), build)
+    info.check_model(runner.num_joints, (runner.input_size, runner.input_size), str(path))
+    return runner, info

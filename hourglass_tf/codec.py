@@ -1,95 +1,26 @@
-"""The heatmap codec and the crop geometry: one place for every coordinate mapping.
+"""The heatmap codec: joints in crop pixels <-> Gaussian heatmaps (crop geometry: ``geometry``).
 
 Conventions:
 * Pixel coordinates are (x, y), 0-based, integer values at pixel centres, in
-  every frame: original image, network input (crop) and heatmap.
+  every frame: network input (crop) and heatmap.
 * Input crop <-> heatmap (stride s = input / heatmap size): pixel k of the heatmap
   covers input pixels s*k .. s*k+s-1, so x_heatmap = (x_input + 0.5) / s - 0.5.
-* The crop of a person: the box of side 200 x scale x scale_factor around
-  ``center`` (rotated by ``rotation`` degrees counter-clockwise, optionally
-  mirrored) is mapped onto the input_size x input_size crop, ``center`` landing
-  on the crop's centre ((R - 1) / 2, (R - 1) / 2).
 
 ``HeatmapCodec.encode`` makes the training targets and ``HeatmapCodec.decode``
 reads predictions, so the two cannot drift apart. Decoding refines the argmax by the
-paper's rule (a quarter pixel toward the higher neighbour) or, with ``refine="dark"``,
-by one Newton step on the log-heatmap (Zhang et al., "Distribution-Aware Coordinate
-Representation for Human Pose Estimation", CVPR 2020): exact for the codec's own
-Gaussian targets, so an encoded joint decodes back to where it was. Both are TensorFlow ops that
-work eagerly, inside ``tf.data`` and inside exported graphs.
+paper's rule (a quarter pixel toward the higher neighbour) or, with ``refine="dark"``, by
+DARK (Zhang et al., "Distribution-Aware Coordinate Representation for Human Pose
+Estimation", CVPR 2020) as published: the heatmap is first modulated (smoothed by a Gaussian
+of the training sigma, zeros beyond the border, and rescaled to its original maximum), then
+one Newton step on the log of the modulated heatmap at the argmax. Both are TensorFlow ops
+that work eagerly, inside ``tf.data`` and inside exported graphs.
 """
 
-import math
-
+import numpy as np
 import tensorflow as tf
-
-from hourglass_tf.data.sample import PERSON_BOX_UNIT
 
 QUARTER = 0.25
 REFINEMENTS = ("quarter", "dark")
-
-
-def crop_matrix(center, scale, output_size, rotation=0.0, scale_factor=1.0, flip=False):
-    """3x3 affine matrix from original-image pixels to crop pixels.
-
-    Args:
-      center: (2,) person centre (x, y) in original pixels.
-      scale: person box side / 200.
-      output_size: side R of the square crop in pixels.
-      rotation: degrees, counter-clockwise as seen in the image.
-      scale_factor: augmentation factor; > 1 takes a larger box (person appears smaller).
-      flip: mirror the crop horizontally (x -> R - 1 - x).
-
-    Returns:
-      float32 (3, 3) matrix M with [x_crop, y_crop, 1]^T = M [x, y, 1]^T.
-    """
-    center = tf.cast(tf.reshape(center, [2]), tf.float32)
-    side = tf.cast(scale, tf.float32) * tf.cast(scale_factor, tf.float32) * PERSON_BOX_UNIT
-    size = tf.cast(output_size, tf.float32)
-    zoom = size / side
-    theta = tf.cast(rotation, tf.float32) * (math.pi / 180.0)
-    # Counter-clockwise in the image (y down) is a negative angle in the maths frame.
-    cos, sin = tf.cos(theta), tf.sin(theta)
-    mirror = tf.where(tf.cast(flip, tf.bool), -1.0, 1.0)
-    half = (size - 1.0) / 2.0
-    a = mirror * zoom * cos
-    b = mirror * zoom * sin
-    c = -zoom * sin
-    d = zoom * cos
-    tx = half - (a * center[0] + b * center[1])
-    ty = half - (c * center[0] + d * center[1])
-    return tf.reshape(tf.stack([a, b, tx, c, d, ty, 0.0, 0.0, 1.0]), [3, 3])
-
-
-def apply_matrix(matrix, points):
-    """Maps (..., 2) points through a 3x3 affine ``matrix`` (float32)."""
-    points = tf.cast(points, tf.float32)
-    matrix = tf.cast(matrix, tf.float32)
-    return tf.linalg.matvec(matrix[:2, :2], points) + matrix[:2, 2]
-
-
-def warp_image(image, matrix, output_size):
-    """Crops ``image`` (H, W, C) float32 with the original->crop ``matrix`` (bilinear, zeros outside)."""
-    return warp_images(tf.cast(image, tf.float32)[None], matrix, output_size)[0]
-
-
-def warp_images(images, matrix, output_size):
-    """``warp_image`` for a batch: (N, H, W, C) float32 through one original->output ``matrix``.
-
-    Uses TF's core ``ImageProjectiveTransformV3`` op (no TF Addons): it samples the input at
-    inverse(matrix) applied to each output pixel centre.
-    """
-    inverse = tf.linalg.inv(tf.cast(matrix, tf.float32))
-    inverse = inverse / inverse[2, 2]
-    transform = tf.reshape(inverse, [9])[:8]
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(images, tf.float32),
-        transforms=transform[None],
-        output_shape=tf.constant([output_size, output_size], tf.int32),
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
 
 
 class HeatmapCodec:
@@ -100,9 +31,9 @@ class HeatmapCodec:
       heatmap_size: side of the heatmaps (input_size / 4 for the hourglass).
       sigma: Gaussian standard deviation in heatmap pixels (1 in the paper).
       refine: sub-pixel step of ``decode``: ``"quarter"`` (the paper: a quarter pixel
-        toward the higher neighbour) or ``"dark"`` (the peak of the quadratic that fits
-        the log-heatmap around the argmax, at most half a pixel away; the quarter rule
-        where that fit has no maximum, e.g. on the border).
+        toward the higher neighbour) or ``"dark"`` (DARK: the modulated heatmap's log is fitted
+        by a quadratic around the argmax and its peak taken, at most half a pixel away; the
+        quarter rule where that fit has no maximum, e.g. on the border).
     """
 
     def __init__(self, input_size=256, heatmap_size=64, sigma=1.0, refine="quarter"):
@@ -170,6 +101,20 @@ class HeatmapCodec:
         xy, scores = self.decode_heatmap_pixels(heatmaps)
         return self.heatmap_to_input(xy), scores
 
+    def modulate(self, heatmaps):
+        """DARK's distribution modulation: (N, H, W, K) heatmaps smoothed by a Gaussian of ``sigma``
+        (kernel 2 * ceil(3 sigma) + 1, zeros beyond the border), each map rescaled to its original maximum."""
+        heatmaps = tf.cast(heatmaps, tf.float32)
+        radius = int(np.ceil(3.0 * self.sigma))
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / self.sigma) ** 2)
+        taps = (taps / taps.sum()).astype(np.float32)
+        channels = tf.shape(heatmaps)[-1]
+        kernel = tf.tile(tf.constant(np.outer(taps, taps))[:, :, None, None], [1, 1, channels, 1])
+        smooth = tf.nn.depthwise_conv2d(heatmaps, kernel, [1, 1, 1, 1], "SAME")
+        peak = tf.reduce_max(heatmaps, axis=[1, 2], keepdims=True)
+        smooth_peak = tf.reduce_max(smooth, axis=[1, 2], keepdims=True)
+        return smooth * tf.math.divide_no_nan(peak, smooth_peak)
+
     def decode_heatmap_pixels(self, heatmaps):
         """As ``decode`` but the keypoints stay in heatmap pixels."""
         heatmaps = tf.cast(heatmaps, tf.float32)
@@ -190,9 +135,12 @@ class HeatmapCodec:
         shift_x = tf.where(interior_x, QUARTER * tf.sign(value(x + 1, y) - value(x - 1, y)), 0.0)
         shift_y = tf.where(interior_y, QUARTER * tf.sign(value(x, y + 1) - value(x, y - 1)), 0.0)
         if self.refine == "dark":
+            modulated = tf.reshape(tf.transpose(self.modulate(heatmaps), [0, 3, 1, 2]), [n, k, h * w])
 
             def log_value(dx, dy):
-                return tf.math.log(tf.maximum(value(x + dx, y + dy), 1e-10))
+                xx = tf.clip_by_value(x + dx, 0, w - 1)
+                yy = tf.clip_by_value(y + dy, 0, h - 1)
+                return tf.math.log(tf.maximum(tf.gather(modulated, yy * w + xx, batch_dims=2), 1e-10))
 
             centre = log_value(0, 0)
             gx = 0.5 * (log_value(1, 0) - log_value(-1, 0))

@@ -1,38 +1,52 @@
 """Export a trained model: ``.keras``, SavedModel for TF Serving, TFLite and ONNX.
 
+Every format is written from a float32 copy of the model (``model.float32_copy``): a model
+trained under ``mixed_bfloat16`` or ``mixed_float16`` exports the formats' usual float32 graph
+(or the asked TFLite quantization) with its trained weights, and its description records the
+precision it was trained in. Each written file is loaded back once by its own runtime (Keras,
+TensorFlow, LiteRT, ONNX Runtime) and its heatmaps compared with the Keras model's before the
+export counts as done; the deviations are recorded in ``export.json``. A converter failure is
+one ``ExportError`` line naming the format and the cause; the converter's whole log is in
+``OUTPUT.export.log`` beside the output folder.
+
 Layout of ``OUTPUT`` (written in a temporary folder beside it, then renamed):
 
-* ``model.keras``: the Keras model (loads anywhere with ``tf.keras.models.load_model``).
-* ``saved_model/<version>/``: a SavedModel as TF Serving expects, with two signatures:
+* ``model.keras``: the Keras model (float32; loads anywhere with ``tf.keras.models.load_model``),
+  with its description inside (``metadata``).
+* ``saved_model/<version>/``: a SavedModel as TF Serving expects, with three signatures:
   - ``serving_default``: ``images`` uint8 (N, R, R, 3) RGB person crops ->
     ``heatmaps`` float32 (N, R/4, R/4, K), ``keypoints`` float32 (N, K, 2) in crop pixels
     (0-based, after the quarter-pixel shift), ``scores`` float32 (N, K).
   - ``predict_image``: ``image_bytes`` (a JPEG/PNG string) and ``box`` float32 (4,) as
     x, y, w, h in image pixels -> ``keypoints`` (K, 2) in original image pixels, ``scores`` (K,).
+  - ``metadata``: ``request`` (any string, ignored: TF Serving needs an input) -> ``description``,
+    the model's description as a JSON string
+    (joint names, flip pairs, input size, ...), also stored as ``assets.extra/hourglass_tf.json``.
   Preprocessing, the optional flip test and decoding run inside the graph.
 * ``model.tflite`` (``model_float16.tflite``, ``model_int8.tflite``): the network, input
-  ``image`` float32 (N, R, R, 3) in [0, 1] (int8: uint8 pixel values), output the last
-  stack's heatmaps; decode with ``HeatmapCodec`` (``inference.Predictor`` does).
-* ``model.onnx``: the same network for ONNX Runtime (opset 17).
-* ``export.json``: what was exported, with the model's input size, joints and stacks.
+  ``image`` float32 (N, R, R, 3) in [0, 1] (int8: uint8, with the scale and zero point in the
+  file), output the last stack's heatmaps; decode with ``HeatmapCodec`` (``inference.Predictor`` does).
+* ``model.onnx``: the same network for ONNX Runtime (opset 17), description in ``metadata_props``.
+* ``hourglass_tf.json``: the model's description with an ``export`` section.
+* ``export.json``: what was exported, with the checks' deviations.
 """
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import skeleton as skeletons
-from hourglass_tf.codec import HeatmapCodec, crop_matrix, warp_image
-from hourglass_tf.data.readers import BOX_PAD
-from hourglass_tf.data.sample import PERSON_BOX_UNIT
-from hourglass_tf.inference import flip_back
-from hourglass_tf.model import output_names, truncate
+from hourglass_tf import metadata
+from hourglass_tf.codec import HeatmapCodec
+from hourglass_tf.geometry import average_with_mirror, back_project, box_to_center_scale, crop_matrix, warp_image
+from hourglass_tf.model import float32_copy, output_names, truncate
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -48,12 +62,11 @@ def heatmap_model(model):
 class ServingModule(tf.Module):
     """The in-graph serving functions around a model (used for the SavedModel)."""
 
-    def __init__(self, model, flip_test=False):
+    def __init__(self, model, info, flip_test=False):
         super().__init__()
         self.model = heatmap_model(model)
         self.input_size = int(self.model.inputs[0].shape[1])
-        num_joints = int(self.model.outputs[0].shape[-1])
-        self.skeleton = skeletons.for_joint_count(num_joints)
+        self.skeleton = info.skeleton
         self.codec = HeatmapCodec(self.input_size, int(self.model.outputs[0].shape[1]))
         self.flip_test = flip_test
 
@@ -63,7 +76,7 @@ class ServingModule(tf.Module):
             return self.model(crops, training=False)
         n = tf.shape(crops)[0]
         both = self.model(tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0), training=False)
-        return (both[:n] + flip_back(both[n:], self.skeleton.flip_permutation)) / 2.0
+        return average_with_mirror(both[:n], both[n:], self.skeleton.flip_permutation)
 
     def serve_crops(self, images):
         size = self.input_size
@@ -91,19 +104,17 @@ class ServingModule(tf.Module):
             ),
         ]  # fmt: skip
         with tf.control_dependencies(checks):
-            center = tf.stack([x + w / 2.0, y + h / 2.0])
-            scale = BOX_PAD * tf.maximum(w, h) / PERSON_BOX_UNIT
+            center, scale = box_to_center_scale(box)
         matrix = crop_matrix(center, scale, self.input_size)
         crop = warp_image(tf.cast(image, tf.float32) / 255.0, matrix, self.input_size)
         heatmaps = self.heatmaps(crop[None])
         keypoints, scores = self.codec.decode(heatmaps)
-        inverse = tf.linalg.inv(matrix)
-        original = tf.linalg.matvec(inverse[:2, :2], keypoints[0]) + inverse[:2, 2]
+        original = tf.cast(back_project(keypoints, matrix[None])[0], tf.float32)
         return {"keypoints": original, "scores": scores[0]}
 
 
-def _export_saved_model(model, path, flip_test):
-    module = ServingModule(model, flip_test)
+def _export_saved_model(model, path, info_json, flip_test, info):
+    module = ServingModule(model, info, flip_test)
     size = module.input_size
     archive = keras.export.ExportArchive()
     archive.track(module.model)
@@ -117,7 +128,14 @@ def _export_saved_model(model, path, flip_test):
         module.serve_image,
         input_signature=[tf.TensorSpec([], tf.string, name="image_bytes"), tf.TensorSpec([4], tf.float32, name="box")],
     )
+    # TF Serving refuses a signature without inputs (tensorflow/serving#1676): ``request`` is read and ignored.
+    archive.add_endpoint("metadata", lambda request: {"description": tf.constant(info_json)},
+                         input_signature=[tf.TensorSpec([], tf.string, name="request")])
     archive.write_out(str(path), verbose=False)
+    extra = pathlib.Path(path) / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    (extra / metadata.FILENAME).write_text(info_json)
+    return path
 
 
 def _export_tflite(model, directory, quantize, calibration_images):
@@ -129,8 +147,6 @@ def _export_tflite(model, directory, quantize, calibration_images):
         converter.target_spec.supported_types = [tf.float16]
         name = "model_float16.tflite"
     elif quantize == "int8":
-        if calibration_images is None or len(calibration_images) == 0:
-            raise ValueError("int8 quantization needs calibration images (a representative data split)")
         calibration = np.asarray(calibration_images, np.float32)
 
         def representative():
@@ -140,7 +156,7 @@ def _export_tflite(model, directory, quantize, calibration_images):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8  # [0, 1] calibration: the uint8 input is the pixel value
+        converter.inference_input_type = tf.uint8  # scale and zero point are in the file; the runner reads them
         converter.inference_output_type = tf.float32
         name = "model_int8.tflite"
     path = pathlib.Path(directory) / name
@@ -148,19 +164,76 @@ def _export_tflite(model, directory, quantize, calibration_images):
     return path
 
 
-def _export_onnx(model, path):
+def _export_onnx(model, path, info_json):
+    import onnx
     import tf2onnx
 
     head = heatmap_model(model)
     size = int(head.inputs[0].shape[1])
     spec = [tf.TensorSpec([None, size, size, 3], tf.float32, name="image")]
     function = tf.function(lambda image: {"heatmaps": head(image, training=False)}, input_signature=spec)
-    tf2onnx.convert.from_function(function, input_signature=spec, opset=ONNX_OPSET, output_path=str(path))
+    proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=ONNX_OPSET)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = metadata.ONNX_KEY, info_json
+    onnx.save(proto, str(path))
     return path
 
 
+class ExportError(RuntimeError):
+    """One format could not be written or did not load back: the message names the format and the cause."""
+
+
+@contextlib.contextmanager
+def _captured_output(log_path):
+    """Sends this process's output to ``log_path`` for the block: file descriptors 1 and 2 (the converters'
+    C++ logs) and Python's ``sys.stdout`` / ``sys.stderr``; all restored afterwards."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "a", buffering=1) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            log.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _cause(err):
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    hint = next((line for line in lines if "error:" in line.lower()), lines[0] if lines else "")
+    return f"{type(err).__name__}: {hint[:300]}"
+
+
+# Heatmap deviation allowed against the float32 Keras model, relative to the largest reference value
+# (at least 1): float32 formats differ by summation order only; float16 weights by about 1e-3 relative;
+# int8 is reported, not bounded (its error depends on the calibration data).
+TOLERANCES = {"keras": 1e-5, "saved_model": 1e-4, "tflite": 1e-4, "tflite_float16": 2e-2, "onnx": 1e-4}
+
+
+def _check_outputs(fmt, path, crops, reference):
+    """Loads ``path`` with its runtime, runs ``crops`` and returns the max deviation from ``reference``."""
+    from hourglass_tf.backends import load_runner
+
+    heatmaps = load_runner(path).raw(crops)[-1]
+    if heatmaps.shape != reference.shape or not np.all(np.isfinite(heatmaps)):
+        raise ExportError(f"{fmt}: {path} loads but gives heatmaps of shape {heatmaps.shape} (finite: "
+                          f"{bool(np.all(np.isfinite(heatmaps)))}), expected {reference.shape}")
+    deviation = float(np.max(np.abs(heatmaps - reference)))
+    tolerance = TOLERANCES.get(fmt)
+    if tolerance is not None and deviation > tolerance * max(1.0, float(np.max(np.abs(reference)))):
+        raise ExportError(f"{fmt}: {path} disagrees with the Keras model: max heatmap deviation {deviation:.3g} "
+                          f"> {tolerance:g}")
+    return deviation
+
+
 def export_model(model, output, formats=FORMATS, num_stacks=None, flip_test=False, quantize="none",
-                 calibration_images=None, overwrite=False, version=1):  # fmt: skip
+                 calibration_images=None, overwrite=False, version=1, info=None, skeleton=None):  # fmt: skip
     """Exports ``model`` (a Keras model or a ``.keras`` path) into the folder ``output``.
 
     Args:
@@ -171,46 +244,80 @@ def export_model(model, output, formats=FORMATS, num_stacks=None, flip_test=Fals
         (M, R, R, 3) float32 crops in [0, 1] from a data split).
       overwrite: replace an existing ``output``; otherwise an existing one is an error.
       version: the SavedModel version folder (TF Serving serves the highest).
+      info: the model's ``metadata.ModelInfo`` (read from the file when ``model`` is a path); or
+      skeleton: the joint set of a model that carries no description.
 
     Returns:
       dict format -> written path (inside ``output``).
+
+    Raises:
+      ExportError: a converter failed or a written file did not load back and agree; nothing is
+        left at ``output`` (an existing folder stays as it was).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}, received formats={list(formats)}")
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, received quantize={quantize!r}")
+    if quantize == "int8" and "tflite" in formats and (calibration_images is None or len(calibration_images) == 0):
+        raise ValueError("int8 quantization needs calibration images (a representative data split)")
     output = pathlib.Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
     if not isinstance(model, keras.Model):
-        model = keras.models.load_model(model)
+        model, info = metadata.load_keras(model, skeleton if info is None else info.skeleton)
+    elif info is None:
+        if skeleton is None:
+            raise ValueError("exporting a Keras model object needs its description (info) or its skeleton")
+        info = metadata.describe(model, skeleton)
+    model = float32_copy(model)
     if num_stacks is not None:
         model = truncate(model, num_stacks)
+    head = heatmap_model(model)
+    export_section = {"flip_test_in_graph": bool(flip_test), "num_stacks": len(output_names(model)),
+                      "tflite_quantization": quantize if "tflite" in formats else None}
+    info_json = json.dumps({**info.to_dict(), "export": export_section}, indent=1, default=str)
     output.parent.mkdir(parents=True, exist_ok=True)
+    log_path = output.parent / f"{output.name}.export.log"
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    size = int(head.inputs[0].shape[1])
+    # Check crops are uint8 values / 255, so the SavedModel's uint8 input sees exactly the same pixels.
+    crops = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.float32) / 255.0
+    reference = np.asarray(head(crops, training=False), np.float32)
+    tflite_format = "tflite" if quantize == "none" else f"tflite_{quantize}"
+    writers = {
+        "keras": lambda: metadata.save_keras(model, staging / "model.keras", info),
+        "saved_model": lambda: _export_saved_model(model, staging / "saved_model" / str(version), info_json,
+                                                   flip_test, info),
+        "tflite": lambda: _export_tflite(model, staging, quantize, calibration_images),
+        "onnx": lambda: _export_onnx(model, staging / "model.onnx", info_json),
+    }
     try:
-        written = {}
-        if "keras" in formats:
-            model.save(staging / "model.keras")
-            written["keras"] = "model.keras"
-        if "saved_model" in formats:
-            _export_saved_model(model, staging / "saved_model" / str(version), flip_test)
-            written["saved_model"] = f"saved_model/{version}"
-        if "tflite" in formats:
-            written["tflite"] = _export_tflite(model, staging, quantize, calibration_images).name
-        if "onnx" in formats:
-            written["onnx"] = _export_onnx(model, staging / "model.onnx").name
-        head = heatmap_model(model)
-        info = {
-            "formats": written,
-            "input_size": int(head.inputs[0].shape[1]),
-            "num_joints": int(head.outputs[0].shape[-1]),
-            "num_stacks": len(output_names(model)),
-            "flip_test_in_saved_model": bool(flip_test),
-            "tflite_quantization": quantize if "tflite" in formats else None,
-        }
-        (staging / "export.json").write_text(json.dumps(info, indent=2))
+        written, deviations = {}, {}
+        for fmt in FORMATS:
+            if fmt not in formats:
+                continue
+            try:
+                with _captured_output(log_path):
+                    path = writers[fmt]()
+            except (ValueError, TypeError, RuntimeError, OSError, tf.errors.OpError, ImportError) as err:
+                name = tflite_format if fmt == "tflite" else fmt
+                raise ExportError(f"{name}: conversion failed ({_cause(err)}); full log in {log_path}") from err
+            written[fmt] = str(pathlib.Path(path).relative_to(staging))
+            check = tflite_format if fmt == "tflite" else fmt
+            if not (fmt == "saved_model" and flip_test):  # a flip test inside changes the heatmaps on purpose
+                try:
+                    deviations[check] = _check_outputs(check, path, crops, reference)
+                except ExportError:
+                    raise
+                except Exception as err:  # the runtime refused the file: the export failed
+                    raise ExportError(f"{check}: the written {path.name} does not load in its runtime "
+                                      f"({_cause(err)})") from err
+        (staging / metadata.FILENAME).write_text(info_json)
+        report = {"formats": written, **export_section, "input_size": size,
+                  "num_joints": info.skeleton.num_joints, "skeleton": info.skeleton.name,
+                  "trained_precision": info.precision, "max_heatmap_deviation": deviations}
+        (staging / "export.json").write_text(json.dumps(report, indent=2))
         if output.exists():
             shutil.rmtree(output)
         os.replace(staging, output)

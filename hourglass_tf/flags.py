@@ -4,7 +4,7 @@ import dataclasses
 
 from absl import flags
 
-from hourglass_tf.train import LR_SCHEDULES, OPTIMIZERS, STRATEGIES, TrainConfig
+from hourglass_tf.config import LR_SCHEDULES, OPTIMIZERS, STRATEGIES, TrainConfig
 
 HELP = {
     "dataset": "Dataset layout: mpii, lsp, lspet, flic, coco or synthetic.",

@@ -23,19 +23,10 @@ Conventions: crops are (N, R, R, 3) float32 RGB in [0, 1]; keypoints (N, K, 2) a
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import skeleton as skeletons
-from hourglass_tf.codec import HeatmapCodec, crop_matrix, warp_image, warp_images
-from hourglass_tf.data.readers import box_to_center_scale
-from hourglass_tf.data.sample import PERSON_BOX_UNIT
-
-
-def flip_back(heatmaps, flip_permutation):
-    """Heatmaps of mirrored crops -> heatmaps in the unmirrored frame with left/right swapped.
-
-    (..., H, W, K) -> (..., H, W, K), any leading axes. Exact: mirroring input pixel
-    x -> R - 1 - x maps heatmap pixel u -> W - 1 - u under the codec's pixel-centre convention.
-    """
-    return tf.gather(tf.reverse(heatmaps, axis=[-2]), tf.constant(flip_permutation, tf.int32), axis=-1)
+from hourglass_tf import geometry
+from hourglass_tf.backends import KerasRunner, Runner, load_model_file
+from hourglass_tf.codec import HeatmapCodec
+from hourglass_tf.geometry import crop_matrix, warp_image, warp_images
 
 
 def parse_scales(scales):
@@ -67,46 +58,49 @@ def zoom_about_centre(images, factor):
     return warp_images(images, matrix, size)
 
 
-def back_project(keypoints, matrices):
-    """Crop pixels (N, K, 2) -> original pixels through the inverse of (N, 3, 3) original->crop matrices."""
-    keypoints = np.asarray(keypoints, np.float64)
-    inverse = np.linalg.inv(np.asarray(matrices, np.float64))
-    return np.einsum("nij,nkj->nki", inverse[:, :2, :2], keypoints) + inverse[:, None, :2, 2]
-
-
 class Predictor:
     """Runs a stacked hourglass with the paper's test-time procedure, on any backend.
 
     Args:
       model: a Keras model (input (N, R, R, 3), outputs ``stack_1`` ... ``stack_S``) or a
         ``backends.Runner`` (``Predictor.from_file`` picks one from the file).
-      skeleton: the joint set (default: from the heatmap channel count).
-      flip_test: average with the mirrored crop (the paper's procedure).
+      info: the model's ``metadata.ModelInfo``; or
+      skeleton: the joint set, for a model without a description (its input and stride are
+        read from the model). Exactly one of the two.
+      flip_test: average with the mirrored crop (the paper's procedure). A joint set without
+        mirror pairs still mirrors the crop (left and right are not swapped).
       refine: the codec's sub-pixel step, ``"quarter"`` (the paper's) or ``"dark"``.
       scales: test scales, person box side multipliers whose heatmaps are averaged
         (``(1.0,)``: the paper's single scale; e.g. ``(0.9, 1.0, 1.1)``). Each scale
         costs one more pass (two with the flip test).
     """
 
-    def __init__(self, model, skeleton=None, flip_test=True, refine="quarter", scales=(1.0,)):
-        from hourglass_tf.backends import KerasRunner, Runner
-
+    def __init__(self, model, info=None, skeleton=None, flip_test=True, refine="quarter", scales=(1.0,)):
         self.runner = model if isinstance(model, Runner) else KerasRunner(model)
+        if (info is None) == (skeleton is None):
+            raise ValueError(f"give the model's description (info) or its skeleton, not both or neither; "
+                             f"received info={info!r}, skeleton={skeleton!r}")
+        if info is None:
+            from hourglass_tf.metadata import ModelInfo
+
+            info = ModelInfo(skeleton=skeleton, input_size=self.runner.input_size,
+                             stride=self.runner.input_size // self.runner.heatmap_size)
+        info.check_model(self.runner.num_joints, (self.runner.input_size, self.runner.input_size))
+        self.info = info
+        self.skeleton = info.skeleton
         self.input_size = self.runner.input_size
-        num_joints = self.runner.num_joints
-        self.skeleton = skeleton or skeletons.for_joint_count(num_joints)
-        if self.skeleton.num_joints != num_joints:
-            raise ValueError(f"skeleton {self.skeleton.name} has {self.skeleton.num_joints} joints, the model {num_joints}")
-        self.codec = HeatmapCodec(self.input_size, self.runner.heatmap_size, refine=refine)
+        self.codec = HeatmapCodec(self.input_size, self.runner.heatmap_size, sigma=info.sigma, refine=refine)
         self.flip_test = flip_test
         self.scales = parse_scales(scales)
 
     @classmethod
     def from_file(cls, path, skeleton=None, flip_test=True, refine="quarter", scales=(1.0,)):
-        """Loads ``.keras``, a SavedModel or ``exported/NAME`` folder, ``.tflite`` or ``.onnx``."""
-        from hourglass_tf.backends import load_runner
+        """Loads ``.keras``, a SavedModel or ``exported/NAME`` folder, ``.tflite`` or ``.onnx`` with its description.
 
-        return cls(load_runner(path), skeleton, flip_test, refine, scales)
+        ``skeleton`` (a ``Skeleton`` or name) is needed only for a model that carries no description.
+        """
+        runner, info = load_model_file(path, skeleton)
+        return cls(runner, info=info, flip_test=flip_test, refine=refine, scales=scales)
 
     def all_stack_heatmaps(self, crops):
         """Heatmaps (S, N, H, W, K) float32 NumPy: every stack (Keras) or the last (exported formats).
@@ -169,21 +163,29 @@ class Predictor:
             x, y, w, h = (float(v) for v in box)
             if x >= width or y >= height or x + w <= 0 or y + h <= 0:
                 raise ValueError(f"box {tuple(box)} lies outside the {width}x{height} image")
-            center, scale = box_to_center_scale(box)
+            center, scale = geometry.person_from_box(box)
         elif center is None or scale is None:
-            center = np.array([(width - 1) / 2, (height - 1) / 2], np.float32)
-            scale = max(width, height) / PERSON_BOX_UNIT
+            center, scale = geometry.whole_image_person(width, height)
         elif not scale > 0:
             raise ValueError(f"scale must be positive, received scale={scale}")
         crop, matrix = self.crop(image, center, scale)
         result = self.predict_crops(crop[None])
-        keypoints = back_project(result["keypoints"], matrix[None])[0]
+        keypoints = geometry.back_project(result["keypoints"], matrix[None]).numpy()[0]
         return {"keypoints": keypoints, "scores": result["scores"][0], "center": np.asarray(center), "scale": float(scale),
                 "crop": crop, "crop_keypoints": result["keypoints"][0], "heatmaps": result["heatmaps"][0]}  # fmt: skip
 
 
-def predict_dataset(predictor, dataset, all_stacks=False, progress=True, total=None):
+class MissingSamplesError(ValueError):
+    """Samples of an evaluation split failed in the pipeline; the message names them."""
+
+
+def predict_dataset(predictor, dataset, all_stacks=False, progress=True, total=None, source=None):
     """Runs a validation pipeline (``make_dataset(..., training=False, with_meta=True)``).
+
+    Every sample counts: with ``total`` (the number of samples the pipeline was given) a sample
+    that failed in the pipeline (its image changed on disk, say) raises ``MissingSamplesError``
+    naming it (its ``id`` from ``source``, the per-sample source, when given), instead of
+    shrinking the denominator.
 
     Returns:
       dict of NumPy arrays over the whole split: ``keypoints`` (N, K, 2) original pixels,
@@ -200,24 +202,33 @@ def predict_dataset(predictor, dataset, all_stacks=False, progress=True, total=N
         result = predictor.predict_crops(crops.numpy(), all_stacks=all_stacks)
         matrices = meta["matrix"].numpy()
         batch = {
-            "keypoints": back_project(result["keypoints"], matrices),
+            "keypoints": geometry.back_project(result["keypoints"], matrices).numpy(),
             "scores": result["scores"],
             "heatmap_mean": result["heatmaps"].mean(axis=(1, 2)),
             "heatmap_max": result["heatmaps"].max(axis=(1, 2)),
         }
         if all_stacks:
             batch["stack_keypoints"] = np.stack(
-                [back_project(predictor.decode(h)[0], matrices) for h in result["stack_heatmaps"]]
+                [geometry.back_project(predictor.decode(h)[0], matrices).numpy() for h in result["stack_heatmaps"]]
             )
-        for key in ("joints", "present", "visible", "normalizer", "id", "center", "scale"):
+        for key in ("joints", "present", "visible", "normalizer", "id", "center", "scale", "index"):
             batch[key] = meta[key].numpy()
         for key, value in batch.items():
             parts.setdefault(key, []).append(value)
         seen += len(crops)
         if bar is not None:
             bar.update(seen)
-    if not parts:
+    if not parts and not total:
         raise ValueError("the evaluation dataset yielded no batch")
     out = {k: np.concatenate(v, axis=1 if k == "stack_keypoints" else 0) for k, v in parts.items()}
+    positions = out.pop("index", np.zeros(0, np.int64))
+    if total is not None and len(positions) != total:
+        from hourglass_tf.data.pipeline import sample_ids
+
+        missing = sorted(set(range(total)) - set(positions.tolist()))
+        names = sample_ids(source, missing) if source is not None else [f"#{p}" for p in missing]
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        raise MissingSamplesError(f"{len(missing)} of {total} evaluation samples failed to load or decode "
+                                  f"(file changed or unreadable?): {shown}")
     out["id"] = np.array([i.decode() if isinstance(i, bytes) else str(i) for i in out["id"]])
     return out

@@ -258,3 +258,53 @@ def conv_flops(model):
         kernel_h, kernel_w = layer.kernel_size
         total += 2 * height * width * kernel_h * kernel_w * in_channels * out_channels // layer.groups
     return int(total)
+
+
+def architecture_of(model):
+    """The ``build_model`` arguments of a model it built (or one loaded from its file), read from layer names.
+
+    Returns:
+      dict ``num_stacks``, ``num_blocks``, ``filters``, ``depth``, ``num_joints``, ``input_size``
+      ((height, width)); ValueError when the model is not a stacked hourglass of this package's layout.
+    """
+    names = {layer.name for layer in model.layers}
+    stacks = output_names(model)
+    if not stacks or "stem_conv" not in names:
+        raise ValueError(f"model {model.name!r} is not a stacked hourglass (no stem_conv / stack_i layers)")
+    depth = sum(1 for n in names if n.startswith("hg1_d") and n.endswith("_pool"))
+    num_blocks = sum(1 for n in names if n.startswith(f"hg1_d{depth}_skip_res") and n.endswith("_add"))
+    return {
+        "num_stacks": len(stacks),
+        "num_blocks": num_blocks,
+        "filters": int(model.get_layer("stem_res3_add").output.shape[-1]),
+        "depth": depth,
+        "num_joints": int(model.get_layer(stacks[-1]).output.shape[-1]),
+        "input_size": [int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2])],
+    }
+
+
+def float32_copy(model):
+    """``model`` with every layer computing in float32, sharing no state with it (weights copied).
+
+    A model trained under a mixed-precision policy (``mixed_bfloat16`` / ``mixed_float16``) keeps
+    its variables in float32, so the copy holds exactly the trained weights; only the compute dtype
+    changes. Exports and checkpoints use it, so a saved model computes in float32 wherever it is
+    loaded. A model that already computes in float32 everywhere is returned as it is.
+    """
+    if all(getattr(layer, "compute_dtype", "float32") == "float32" for layer in model.layers):
+        return model
+
+    def as_float32(value):
+        if isinstance(value, dict):
+            if "Policy" in str(value.get("class_name", "")):  # a serialized DTypePolicy: compute and variables
+                return "float32"
+            return {k: as_float32(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [as_float32(v) for v in value]
+        return "float32" if isinstance(value, str) and value.startswith("mixed_") else value
+
+    config = as_float32(model.get_config())
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+

@@ -1,4 +1,7 @@
-"""Process-wide CPU allocator settings that the package applies when it is imported.
+"""Process-wide CPU allocator settings: an explicit call, ``tune_allocators()``, made by the package's scripts.
+
+Importing ``hourglass_tf`` does not apply them; a program that wants them calls
+``hourglass_tf.runtime.tune_allocators()`` before TensorFlow runs its first op.
 
 Measured on a 2-core CPU machine (docs/performance.md): a batch of 8 at 256 px has activation
 tensors above glibc's default mmap threshold, so every step maps fresh pages and takes millions
@@ -6,8 +9,8 @@ of minor page faults. Two settings remove that:
 
 * ``TF_CPU_ALLOCATOR_USE_BFC=true``: TensorFlow's best-fit-with-coalescing allocator keeps freed
   tensor memory for reuse. TensorFlow reads it when it creates its CPU allocator, so it only
-  takes effect when ``hourglass_tf`` is imported before TensorFlow runs its first op (every
-  script and library module here does so). An explicit value in the environment is kept.
+  takes effect when ``tune_allocators()`` runs before TensorFlow runs its first op (every
+  script here calls it at its top). An explicit value in the environment is kept.
 * glibc ``mallopt``: mmap threshold 256 MiB and trim threshold 4 GiB (the same as
   ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=4294967296``),
   applied at once through ``ctypes``; a no-op where the C library is not glibc.

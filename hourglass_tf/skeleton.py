@@ -27,24 +27,66 @@ class Skeleton:
       name: dataset name.
       joints: joint names in dataset order.
       limbs: pairs of joint indices joined when drawing a skeleton.
+      pairs: explicit ((left_index, right_index), ...) mirror pairs; None derives them from
+        the names (``l_``/``r_`` and ``left_``/``right_`` prefixes).
     """
 
     name: str
     joints: tuple
     limbs: tuple
+    pairs: tuple = None
+
+    def __post_init__(self):
+        joints = tuple(str(j) for j in self.joints)
+        if not joints or len(set(joints)) != len(joints):
+            raise ValueError(f"skeleton {self.name!r}: joint names must be non-empty and unique, received {joints}")
+        object.__setattr__(self, "joints", joints)
+        for field in ("limbs", "pairs"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            try:
+                value = tuple((int(a), int(b)) for a, b in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"skeleton {self.name!r}: {field} must be index pairs, received {value!r}") from None
+            bad = [p for p in value if not all(0 <= i < len(joints) for i in p) or p[0] == p[1]]
+            if bad:
+                raise ValueError(f"skeleton {self.name!r}: {field} {bad} are not pairs of two different joint "
+                                 f"indices in 0..{len(joints) - 1}")
+            object.__setattr__(self, field, value)
 
     @property
     def num_joints(self):
         return len(self.joints)
 
+    def to_dict(self):
+        """JSON-ready description: name, joints, limbs and the flip pairs in use."""
+        return {"name": self.name, "joints": list(self.joints), "limbs": [list(p) for p in self.limbs],
+                "flip_pairs": [list(p) for p in self.flip_pairs]}
+
+    @classmethod
+    def from_dict(cls, data):
+        """The inverse of ``to_dict``; ValueError naming what is missing or malformed."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a skeleton description is a JSON object, received {type(data).__name__}")
+        missing = [k for k in ("name", "joints", "limbs") if k not in data]
+        if missing:
+            raise ValueError(f"skeleton description lacks {missing}; found keys {sorted(data)}")
+        skeleton = cls(str(data["name"]), tuple(data["joints"]), tuple(data["limbs"]), data.get("flip_pairs"))
+        derived = dataclasses.replace(skeleton, pairs=None)
+        return derived if skeleton.pairs is None or skeleton.pairs == derived.flip_pairs else skeleton
+
     @property
     def flip_pairs(self):
-        """((left_index, right_index), ...) derived from the joint names."""
+        """((left_index, right_index), ...): the explicit ``pairs``, or derived from the joint names."""
+        if self.pairs is not None:
+            return self.pairs
         pairs = []
         for i, joint in enumerate(self.joints):
             for left, right in _SIDE_PREFIXES:
-                if joint.startswith(left):
-                    pairs.append((i, self.joints.index(right + joint[len(left) :])))
+                twin = right + joint[len(left) :]
+                if joint.startswith(left) and twin in self.joints:
+                    pairs.append((i, self.joints.index(twin)))
         return tuple(pairs)
 
     @property
@@ -153,11 +195,3 @@ def get_skeleton(name):
     if key not in SKELETONS:
         raise ValueError(f"unknown skeleton {name!r}; expected one of {sorted(SKELETONS) + ['lspet']}")
     return SKELETONS[key]
-
-
-def for_joint_count(num_joints):
-    """The joint set with ``num_joints`` joints (16 MPII, 14 LSP, 11 FLIC, 17 COCO)."""
-    by_count = {s.num_joints: s for s in SKELETONS.values()}
-    if num_joints not in by_count:
-        raise ValueError(f"no known skeleton has {num_joints} joints; known: {sorted(by_count)}")
-    return by_count[num_joints]

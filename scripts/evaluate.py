@@ -15,6 +15,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from hourglass_tf import runtime  # noqa: E402
+
+runtime.tune_allocators()  # before TensorFlow's first op: the allocator settings the package measured faster
+
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -22,6 +26,7 @@ flags.DEFINE_string("annotations", None, "Annotation file: evaluator .mat (pos_g
 flags.DEFINE_string("predictions", None, "Prediction file: .h5 'preds' / .mat 'preds' or 'pos_pred_src' (1-based), .npy (0-based).")
 flags.DEFINE_string("output_json", None, "File mode: write the results as JSON here.")
 flags.DEFINE_string("plot", None, "File mode: write the PCK(h) curves as PNG here.")
+flags.DEFINE_string("skeleton", None, "File mode: joint set of an .h5 annotation file (mpii or flic).")
 flags.DEFINE_string("checkpoint", None, "Model mode: a .keras model.")
 flags.DEFINE_string("dataset", None, "Model mode: dataset layout (mpii, lsp, lspet, flic, coco, synthetic).")
 flags.DEFINE_string("data_dir", None, "Model mode: dataset root (raw files).")
@@ -51,7 +56,7 @@ def main(argv):
         if file_mode:
             if FLAGS.annotations is None or FLAGS.predictions is None:
                 raise app.UsageError("file mode needs both --annotations and --predictions")
-            result = evaluation.evaluate_files(FLAGS.annotations, FLAGS.predictions)
+            result = evaluation.evaluate_files(FLAGS.annotations, FLAGS.predictions, FLAGS.skeleton)
             name = "PCKh" if result["threshold"] == 0.5 else "PCK"
             print(metrics.format_table(result, name))
             print(f"AUC (0-{result['curve']['thresholds'][-1]:g}): {result['auc']:.2f}")

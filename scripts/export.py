@@ -14,6 +14,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from hourglass_tf import runtime  # noqa: E402
+
+runtime.tune_allocators()  # before TensorFlow's first op: the allocator settings the package measured faster
+
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -29,6 +33,8 @@ flags.DEFINE_bool("calibration_tfrecords", False, "int8: --calibration_data is a
 flags.DEFINE_integer("calibration_samples", 64, "int8: validation crops used for calibration.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
 flags.DEFINE_integer("version", 1, "SavedModel version folder (TF Serving serves the highest).")
+flags.DEFINE_string("skeleton", None, "Joint set (mpii, lsp, flic, coco) of a model that carries no description; "
+                    "a model saved by this package knows its own.")
 flags.mark_flags_as_required(["model", "output"])
 
 
@@ -47,22 +53,21 @@ def calibration_crops(dataset, path, tfrecords, count, input_size):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import keras
-
+    from hourglass_tf import metadata
     from hourglass_tf.data.sample import DataFileError
-    from hourglass_tf.export import export_model
+    from hourglass_tf.export import ExportError, export_model
 
     try:
-        model = keras.models.load_model(FLAGS.model)
+        model, info = metadata.load_keras(FLAGS.model, FLAGS.skeleton)
         calibration = None
         if FLAGS.quantize == "int8":
             if FLAGS.calibration_data is None:
                 raise app.UsageError("--quantize=int8 needs --calibration_data (a representative data split)")
             calibration = calibration_crops(FLAGS.calibration_dataset, FLAGS.calibration_data, FLAGS.calibration_tfrecords,
-                                            FLAGS.calibration_samples, int(model.inputs[0].shape[1]))  # fmt: skip
+                                            FLAGS.calibration_samples, info.input_size[0])  # fmt: skip
         paths = export_model(model, FLAGS.output, FLAGS.formats, FLAGS.num_stacks, FLAGS.flip_test, FLAGS.quantize,
-                             calibration, FLAGS.overwrite, FLAGS.version)  # fmt: skip
-    except (DataFileError, FileExistsError, ValueError, OSError) as err:
+                             calibration, FLAGS.overwrite, FLAGS.version, info=info)  # fmt: skip
+    except (DataFileError, ExportError, FileExistsError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for fmt, path in paths.items():

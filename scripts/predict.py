@@ -15,6 +15,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from hourglass_tf import runtime  # noqa: E402
+
+runtime.tune_allocators()  # before TensorFlow's first op: the allocator settings the package measured faster
+
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -29,6 +33,8 @@ flags.DEFINE_enum("refine", "quarter", ["quarter", "dark"], "Sub-pixel step of t
 flags.DEFINE_list("test_scales", ["1"], "person box multipliers whose heatmaps are averaged "
                   "(multi-scale testing, e.g. 0.9,1,1.1; the paper tests at 1 only).")
 flags.DEFINE_string("output_dir", "runs/predict", "Where JSON and pictures are written.")
+flags.DEFINE_string("skeleton", None, "Joint set (mpii, lsp, flic, coco) of a model that carries no description; "
+                    "a model saved by this package knows its own.")
 flags.mark_flag_as_required("model")
 
 
@@ -56,7 +62,7 @@ def main(argv):
     from hourglass_tf.predict import predict_inputs
 
     try:
-        predictor = Predictor.from_file(FLAGS.model, flip_test=FLAGS.flip_test, refine=FLAGS.refine,
+        predictor = Predictor.from_file(FLAGS.model, skeleton=FLAGS.skeleton, flip_test=FLAGS.flip_test, refine=FLAGS.refine,
                                          scales=FLAGS.test_scales)
     except (ValueError, OSError) as err:
         print(f"error: {FLAGS.model}: {err}", file=sys.stderr)

@@ -10,12 +10,18 @@ peak memory TensorFlow's allocator held. docs/performance.md records what it sho
 import json
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from hourglass_tf import runtime  # noqa: E402
+
+runtime.tune_allocators()  # before TensorFlow's first op: the allocator settings the package measured faster
+
 from absl import app, flags  # noqa: E402
 
-from hourglass_tf import profiling  # noqa: E402  (imports hourglass_tf first: allocator settings)
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository: benchmarks/ is not installed
+from benchmarks import profiling  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_stacks", 2, "Stacks of the profiled model.")

@@ -5,7 +5,7 @@
     python scripts/serving_client.py --grpc=localhost:8500 --model_name=hourglass --image=photo.jpg --box=x,y,w,h
 
 Sends the photo and the person box to the `predict_image` signature and prints the keypoints (original
-pixels, 0-based) as JSON. See exported/README.md for running the server.
+pixels, 0-based) as JSON, named with the joint names the served model reports (its `metadata` signature). See exported/README.md for running the server.
 """
 
 import json
@@ -25,19 +25,23 @@ flags.mark_flags_as_required(["image", "box"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hourglass_tf import serving, skeleton
+    from hourglass_tf import serving
 
     try:
         with open(FLAGS.image, "rb") as f:
             payload = serving.image_request(f.read(), FLAGS.box)
         if FLAGS.grpc:
             result = serving.predict_grpc(FLAGS.grpc, FLAGS.model_name, payload)
+            description = serving.description(serving.predict_grpc(FLAGS.grpc, FLAGS.model_name,
+                                                                   serving.metadata_request()))
         else:
             result = serving.predict_rest(FLAGS.server, FLAGS.model_name, payload)
+            description = serving.description(serving.predict_rest(FLAGS.server, FLAGS.model_name,
+                                                                   serving.metadata_request()))
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    joints = skeleton.for_joint_count(len(result["keypoints"])).joints
+    joints = description["skeleton"]["joints"]
     print(json.dumps([{"joint": j, "x": float(x), "y": float(y), "score": float(s)}
                       for j, (x, y), s in zip(joints, result["keypoints"], result["scores"])], indent=1))  # fmt: skip
     return 0

@@ -2,12 +2,15 @@
 
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # benchmarks/ lives beside the package and is not installed
+    sys.path.insert(0, str(REPO))
 
 
 def shared_dir():
@@ -26,3 +29,17 @@ def shared_data():
 
 
 TINY = dict(num_stacks=2, num_blocks=1, filters=16, depth=2, num_joints=16, input_size=64)
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_around_each_test():
+    """Every test starts and ends with Keras' default float32 policy, whatever ran before it."""
+
+    def reset():
+        keras = sys.modules.get("keras")
+        if keras is not None:
+            keras.mixed_precision.set_global_policy("float32")
+
+    reset()
+    yield
+    reset()

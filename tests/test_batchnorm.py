@@ -91,23 +91,42 @@ def test_bfloat16_policy_keeps_the_compute_dtype_and_matches_within_rounding():
 
 
 def test_training_steps_of_a_fused_model_match_the_stock_model():
+    """Three SGD steps: the fused and the stock float32 models both stay within float32 rounding of float64.
+
+    The two float32 kernels sum the batch statistics in different orders, and batch norm's backward
+    pass cancels large terms, so tiny gradients (the stem's, far from the near-zero heads) can differ
+    by a large fraction between any two float32 orders: no elementwise tolerance on the float32 pair
+    is right. Exact arithmetic is the reference instead: the same three steps in float64. Over nine
+    seeds both float32 models' updates sat 1e-5 to 5e-4 (relative, whole-model norm) from it; the
+    bound is 1e-3. (Unbiased instead of biased moving variance, the mistake the kernel's rescaling
+    avoids, moves the fused model 2.2e-3 to 2.6e-3 away; the per-layer tests above catch it exactly.)
+    """
     keras.utils.set_random_seed(4)
     stock = build_model(**TINY)
     fused = build_model(**TINY)
     fused.set_weights(stock.get_weights())
+    keras.mixed_precision.set_global_policy("float64")
+    exact = build_model(**TINY)
+    keras.mixed_precision.set_global_policy("float32")
+    exact.set_weights([w.astype(np.float64) for w in stock.get_weights()])
     switched = batchnorm.use_fused_batch_norm(fused)
     assert switched == sum(isinstance(layer, keras.layers.BatchNormalization) for layer in fused.layers) > 10
     rng = np.random.default_rng(4)
     x = rng.random((4, 64, 64, 3), dtype=np.float32)
     y = {n: rng.random((4, 16, 16, 16), dtype=np.float32) for n in output_names(stock)}
-    losses = []
-    for model in (stock, fused):
+    start = np.concatenate([w.ravel() for w in exact.get_weights()])
+    steps, losses = [], []
+    for model in (exact, stock, fused):
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss={n: "mse" for n in output_names(model)})
-        losses.append([float(model.train_on_batch(x, y)[0]) for _ in range(3)])
-    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+        cast = np.float64 if model is exact else np.float32
+        losses.append([float(model.train_on_batch(x.astype(cast), {k: v.astype(cast) for k, v in y.items()})[0])
+                       for _ in range(3)])
+        steps.append(np.concatenate([w.astype(np.float64).ravel() for w in model.get_weights()]) - start)
+    np.testing.assert_allclose(losses[2], losses[0], rtol=1e-4)
     assert losses[0][2] != losses[0][0]  # the steps changed the weights
-    for a, b in zip(fused.get_weights(), stock.get_weights()):
-        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
+    exact_norm = np.linalg.norm(steps[0])
+    stock_error, fused_error = (np.linalg.norm(s - steps[0]) / exact_norm for s in steps[1:])
+    assert stock_error < 1e-3 and fused_error < 1e-3, (stock_error, fused_error)
 
 
 def test_fused_layers_keep_their_class_and_config_and_are_switched_once():
@@ -133,7 +152,7 @@ def test_training_config_switches_the_kernel(fused):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_benchmark_training_model_follows_the_training_default_unless_asked(fused):
-    from hourglass_tf.benchmark import compiled_training_model
+    from benchmarks.benchmark import compiled_training_model
 
     model, _, _ = compiled_training_model(1, filters=16, input_size=64, batch_size=1, fused_batch_norm=fused)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hourglass_tf import benchmark
+from benchmarks import benchmark
 
 
 def test_quick_benchmark_reports_every_field(tmp_path):
@@ -57,15 +57,16 @@ def test_unknown_backend_is_rejected_before_anything_runs(tmp_path):
 
 
 def _import_env(**overrides):
+    """What ``runtime.tune_allocators()`` (the call every script makes) sets, in a fresh process."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPU_ALLOCATOR_USE_BFC", "HOURGLASS_TF_TUNE_ALLOCATORS")}
     env.update(overrides)
-    code = ("import json, os, hourglass_tf; "
-            "print(json.dumps([os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'), hourglass_tf.runtime.applied]))")  # fmt: skip
+    code = ("import json, os; from hourglass_tf import runtime; runtime.tune_allocators(); "
+            "print(json.dumps([os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'), runtime.applied]))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_importing_the_package_sets_the_allocator_options():
+def test_tune_allocators_sets_the_allocator_options():
     bfc, applied = _import_env()
     assert bfc == "true" and applied["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
     if sys.platform.startswith("linux"):
@@ -79,7 +80,7 @@ def test_allocator_options_can_be_switched_off_and_explicit_values_are_kept():
 
 
 def test_profiler_breakdown_attributes_the_step_to_op_types(tmp_path):
-    from hourglass_tf import profiling
+    from benchmarks import profiling
 
     step = profiling.trace_train_step(tmp_path / "trace", num_stacks=1, filters=16, input_size=64, batch_size=2, steps=1)
     assert step["step_seconds"] > 0
@@ -97,7 +98,7 @@ def test_profiler_breakdown_attributes_the_step_to_op_types(tmp_path):
 
 
 def test_op_type_names_are_readable():
-    from hourglass_tf import profiling
+    from benchmarks import profiling
 
     assert profiling.op_type("model/conv/Conv2D:_MklNativeConv2D") == "Conv2D"
     assert profiling.op_type("a/b:_MklNativeFusedConv2D") == "FusedConv2D"

@@ -16,11 +16,17 @@ import tensorflow as tf
 from conftest import REPO, TINY
 from hourglass_tf import evaluation, skeleton
 from hourglass_tf.backends import Runner
-from hourglass_tf.codec import HeatmapCodec, apply_matrix, crop_matrix, warp_image
+from hourglass_tf.codec import HeatmapCodec
 from hourglass_tf.data import synthetic
-from hourglass_tf.inference import (Predictor, back_project, box_to_center_scale, flip_back, parse_scales,
-                                    zoom_about_centre)  # fmt: skip
+from hourglass_tf.geometry import apply_matrix, crop_matrix, flip_back, person_from_box, warp_image
+from hourglass_tf.geometry import back_project as _back_project
+from hourglass_tf.inference import Predictor, parse_scales, zoom_about_centre
+from hourglass_tf.metadata import describe, save_keras
 from hourglass_tf.model import build_model
+
+
+def back_project(keypoints, matrices):
+    return _back_project(keypoints, matrices).numpy()
 
 
 def script(name, *args):
@@ -31,7 +37,8 @@ def script(name, *args):
 @pytest.fixture(scope="module")
 def tiny_model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    build_model(**TINY).save(path)
+    model = build_model(**TINY)
+    save_keras(model, path, describe(model, skeleton.MPII))
     return path
 
 
@@ -120,10 +127,10 @@ def test_multi_scale_testing_maps_every_scale_back_to_the_reference_frame():
     y, x = np.mgrid[0:64, 0:64].astype(np.float32)
     blobs = [(20.0, 24.0), (40.0, 22.0), (30.0, 41.0)]  # one blob per colour channel, crop pixels
     crops = np.stack([np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * 4.0**2)) for bx, by in blobs], axis=-1)[None]
-    single = Predictor(PooledRunner(), flip_test=False).predict_crops(crops)["heatmaps"]
+    single = Predictor(PooledRunner(), skeleton=skeleton.LSP, flip_test=False).predict_crops(crops)["heatmaps"]
     np.testing.assert_allclose(heatmap_centroids(single, 4)[0, :3], blobs, atol=0.05)
     for scales in ((1.25,), (0.8,), (0.8, 1.0, 1.25)):
-        multi = Predictor(PooledRunner(), flip_test=False, scales=scales).predict_crops(crops)["heatmaps"]
+        multi = Predictor(PooledRunner(), skeleton=skeleton.LSP, flip_test=False, scales=scales).predict_crops(crops)["heatmaps"]
         assert not np.allclose(multi, single, atol=1e-3)  # the zoomed passes ran
         # Not mapped back, the 1.25 pass would put the first blob 2.3 px closer to the centre.
         np.testing.assert_allclose(heatmap_centroids(multi, 4), heatmap_centroids(single, 4), atol=0.1)
@@ -134,15 +141,15 @@ def test_bad_test_scales_are_refused_naming_them(scales):
     with pytest.raises(ValueError, match="test scales must be"):
         parse_scales(scales)
     with pytest.raises(ValueError, match=re.escape(repr(scales))):
-        Predictor(PooledRunner(), scales=scales)
+        Predictor(PooledRunner(), skeleton=skeleton.LSP, scales=scales)
 
 
 def test_box_to_center_scale_and_bad_boxes():
-    center, scale = box_to_center_scale((10, 20, 100, 200))
+    center, scale = person_from_box((10, 20, 100, 200))
     np.testing.assert_allclose(center, [60, 120])
     assert scale == pytest.approx(1.25 * 200 / 200)
-    with pytest.raises(ValueError, match="box=\\(0, 0, 0, 5\\)"):
-        box_to_center_scale((0, 0, 0, 5))
+    with pytest.raises(ValueError, match=r"received box=\(0.0, 0.0, 0.0, 5.0\)"):
+        person_from_box((0, 0, 0, 5))
 
 
 def test_flip_test_averages_the_mirrored_pass(tiny_model_file):
@@ -196,7 +203,7 @@ def annotation_files(tmp_path):
 
 
 def test_every_prediction_format_gives_the_same_result(annotation_files):
-    results = [evaluation.evaluate_files(annotation_files / a, annotation_files / p)["summary"]
+    results = [evaluation.evaluate_files(annotation_files / a, annotation_files / p, "mpii")["summary"]
                for a in ("annot.mat", "annot.h5") for p in ("pred.h5", "pred.mat", "pred_src.mat", "pred.npy")]  # fmt: skip
     for r in results[1:]:
         assert r == pytest.approx(results[0])

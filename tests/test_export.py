@@ -7,10 +7,16 @@ import pytest
 import tensorflow as tf
 
 from conftest import TINY
+from hourglass_tf import skeleton
 from hourglass_tf.codec import HeatmapCodec
 from hourglass_tf.export import export_model
 from hourglass_tf.inference import Predictor
 from hourglass_tf.model import build_model
+
+
+def export(model, *args, **kwargs):
+    """``export_model`` for the tiny MPII-joint model object (its description built from the skeleton)."""
+    return export_model(model, *args, skeleton=skeleton.MPII, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +36,7 @@ def tiny(tmp_path_factory):
 
 def test_saved_model_signatures_match_keras(tiny):
     model, crops, expected, root = tiny
-    paths = export_model(model, root / "fp32", formats=("keras", "saved_model"))
+    paths = export(model, root / "fp32", formats=("keras", "saved_model"))
     loaded = tf.saved_model.load(str(paths["saved_model"]))
     assert set(loaded.signatures) >= {"serving_default", "predict_image"}
     out = loaded.signatures["serving_default"](images=tf.constant(crops))
@@ -45,12 +51,12 @@ def test_saved_model_signatures_match_keras(tiny):
 
 def test_predict_image_signature_matches_the_predictor_and_refuses_bad_boxes(tiny):
     model, crops, _, root = tiny
-    path = export_model(model, root / "img", formats=("saved_model",))["saved_model"]
+    path = export(model, root / "img", formats=("saved_model",))["saved_model"]
     loaded = tf.saved_model.load(str(path))
     image = np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     png = tf.io.encode_png(image)
     out = loaded.signatures["predict_image"](image_bytes=png, box=tf.constant([20.0, 10.0, 60.0, 70.0]))
-    reference = Predictor(model, flip_test=False).predict_image(image, box=(20, 10, 60, 70))
+    reference = Predictor(model, skeleton=skeleton.MPII, flip_test=False).predict_image(image, box=(20, 10, 60, 70))
     np.testing.assert_allclose(out["keypoints"].numpy(), reference["keypoints"], atol=1e-3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="outside the image"):
         loaded.signatures["predict_image"](image_bytes=png, box=tf.constant([500.0, 10.0, 60.0, 70.0]))
@@ -78,7 +84,7 @@ def _tflite_heatmaps(path, images):
 @pytest.mark.parametrize("quantize, tolerance", [("none", 1e-4), ("float16", 1e-2)])
 def test_tflite_matches_keras(tiny, quantize, tolerance):
     model, crops, expected, root = tiny
-    path = export_model(model, root / f"tfl_{quantize}", formats=("tflite",), quantize=quantize)["tflite"]
+    path = export(model, root / f"tfl_{quantize}", formats=("tflite",), quantize=quantize)["tflite"]
     heatmaps = _tflite_heatmaps(path, crops.astype(np.float32) / 255.0)
     assert np.abs(heatmaps - expected).max() < tolerance
     if quantize == "none":
@@ -97,7 +103,7 @@ def test_tflite_matches_keras(tiny, quantize, tolerance):
 def test_tflite_int8_reports_keypoint_agreement(tiny):
     model, crops, expected, root = tiny
     calibration = np.random.default_rng(4).random((8, 64, 64, 3), dtype=np.float32)
-    path = export_model(model, root / "tfl_int8", formats=("tflite",), quantize="int8",
+    path = export(model, root / "tfl_int8", formats=("tflite",), quantize="int8",
                         calibration_images=calibration)["tflite"]  # fmt: skip
     heatmaps = _tflite_heatmaps(path, crops)  # uint8 pixel values in
     codec = HeatmapCodec(64, 16)
@@ -105,14 +111,14 @@ def test_tflite_int8_reports_keypoint_agreement(tiny):
     print(f"int8 keypoint agreement (within one heatmap pixel): {agree.mean():.2%}")
     assert np.isfinite(heatmaps).all() and agree.mean() > 0.5
     with pytest.raises(ValueError, match="calibration"):
-        export_model(model, root / "no_calib", formats=("tflite",), quantize="int8")
+        export(model, root / "no_calib", formats=("tflite",), quantize="int8")
 
 
 def test_onnx_matches_keras(tiny):
     import onnxruntime
 
     model, crops, expected, root = tiny
-    path = export_model(model, root / "onnx", formats=("onnx",))["onnx"]
+    path = export(model, root / "onnx", formats=("onnx",))["onnx"]
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (heatmaps,) = session.run(None, {session.get_inputs()[0].name: crops.astype(np.float32) / 255.0})
     assert np.abs(heatmaps - expected).max() < 1e-4
@@ -120,23 +126,23 @@ def test_onnx_matches_keras(tiny):
 
 def test_early_exit_export_and_refusals(tiny, tmp_path):
     model, crops, _, _ = tiny
-    paths = export_model(model, tmp_path / "first1", formats=("keras",), num_stacks=1)
+    paths = export(model, tmp_path / "first1", formats=("keras",), num_stacks=1)
     import keras
 
     assert keras.models.load_model(paths["keras"]).output_names == ["stack_1"]
     with pytest.raises(FileExistsError, match="first1 exists"):
-        export_model(model, tmp_path / "first1", formats=("keras",))
-    export_model(model, tmp_path / "first1", formats=("keras",), overwrite=True)
+        export(model, tmp_path / "first1", formats=("keras",))
+    export(model, tmp_path / "first1", formats=("keras",), overwrite=True)
     with pytest.raises(ValueError, match="formats"):
-        export_model(model, tmp_path / "bad", formats=("pickle",))
+        export(model, tmp_path / "bad", formats=("pickle",))
     assert not list(tmp_path.glob(".bad*")) and not (tmp_path / "bad").exists()
 
 
 def test_flip_test_inside_the_saved_model(tiny, tmp_path):
     model, crops, _, _ = tiny
-    path = export_model(model, tmp_path / "flip", formats=("saved_model",), flip_test=True)["saved_model"]
+    path = export(model, tmp_path / "flip", formats=("saved_model",), flip_test=True)["saved_model"]
     out = tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(crops))
-    reference = Predictor(model, flip_test=True).predict_crops(crops.astype(np.float32) / 255.0)
+    reference = Predictor(model, skeleton=skeleton.MPII, flip_test=True).predict_crops(crops.astype(np.float32) / 255.0)
     np.testing.assert_allclose(out["heatmaps"].numpy(), reference["heatmaps"], atol=1e-4)
 
 
@@ -151,7 +157,7 @@ def test_predict_cli_accepts_every_exported_format(tiny, tmp_path):
 
     model, _, _, _ = tiny
     export_dir = tmp_path / "all"
-    paths = export_model(model, export_dir, formats=("keras", "saved_model", "tflite", "onnx"))
+    paths = export(model, export_dir, formats=("keras", "saved_model", "tflite", "onnx"))
     image = np.random.default_rng(6).integers(0, 256, (80, 100, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), image)
     keypoints = {}
@@ -182,7 +188,7 @@ def test_serving_client_payloads_round_trip_through_the_saved_model(tiny, tmp_pa
     from hourglass_tf import serving
 
     model, crops, expected, _ = tiny
-    saved_model = export_model(model, tmp_path / "srv", formats=("saved_model",))["saved_model"]
+    saved_model = export(model, tmp_path / "srv", formats=("saved_model",))["saved_model"]
     payload = json.loads(json.dumps(serving.crops_request(crops)))  # exactly what goes over the wire
     result = serving.parse_response(json.dumps(serving.serve_in_process(saved_model, payload)))
     assert np.abs(result["heatmaps"] - expected).max() < 1e-4 and result["keypoints"].shape == (4, 16, 2)
@@ -191,7 +197,7 @@ def test_serving_client_payloads_round_trip_through_the_saved_model(tiny, tmp_pa
     png = tf.io.encode_png(image).numpy()
     payload = json.loads(json.dumps(serving.image_request(png, (20, 10, 60, 70))))
     result = serving.parse_response(serving.serve_in_process(saved_model, payload))
-    reference = Predictor(model, flip_test=False).predict_image(image, box=(20, 10, 60, 70))
+    reference = Predictor(model, skeleton=skeleton.MPII, flip_test=False).predict_image(image, box=(20, 10, 60, 70))
     np.testing.assert_allclose(result["keypoints"], reference["keypoints"], atol=1e-3)
 
     refused = serving.serve_in_process(saved_model, serving.image_request(png, (500, 10, 60, 70)))

@@ -5,6 +5,7 @@ import pytest
 
 from hourglass_tf import skeleton
 
+
 def side_and_part(joint):
     for prefix, side in (("left_", "left"), ("right_", "right"), ("l_", "left"), ("r_", "right")):
         if joint.startswith(prefix):

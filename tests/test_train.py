@@ -16,12 +16,25 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import REPO
 from hourglass_tf.data import synthetic
-from hourglass_tf.train import (AtomicCheckpoint, AverageWeightsIn, AverageWeightsOut, CosineDecay, EpochTimer,
-                                LearningRateDrops, NaNGuard, SafeBackupAndRestore, TimeBudget, TrainConfig,
-                                spent_budget_seconds, train)  # fmt: skip
+from hourglass_tf.data.readers import skeleton_of
+from hourglass_tf.train import (
+    AtomicCheckpoint,
+    AverageWeightsIn,
+    AverageWeightsOut,
+    CosineDecay,
+    EpochTimer,
+    LearningRateDrops,
+    NaNGuard,
+    SafeBackupAndRestore,
+    TimeBudget,
+    TrainConfig,
+    spent_budget_seconds,  # fmt: skip
+    train,
+)
 
 TINY_FLAGS = ["--dataset=synthetic", "--num_stacks=1", "--filters=16", "--depth=2", "--input_size=64",
               "--batch_size=4", "--val_batch_size=8", "--image_summaries=2", "--verbose=0", "--learning_rate=1e-3"]  # fmt: skip
@@ -384,3 +397,57 @@ def test_mixed_precision_training_keeps_float32_outputs_and_loss(data_dir, tmp_p
     assert all(out.dtype == "float32" for out in model.outputs)
     assert np.isfinite(result["history"]["loss"][0])
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
+
+
+def _script(name, *args, timeout=900):
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=os.environ.copy(), cwd=REPO)  # fmt: skip
+
+
+def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, tmp_path):
+    """What lspet.flags does (TFRecords, mixed precision, fused batch norm), then evaluate, export, predict, serve."""
+    from hourglass_tf import metadata, serving
+
+    shards = tmp_path / "shards"
+    done = _script("prepare_data.py", "--dataset=synthetic", f"--source={data_dir}", f"--output={shards}",
+                   "--input_size=64")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((shards / "meta.json").read_text())["region"]["input_size"] == 64
+    run = tmp_path / "run"
+    common = [f"--tfrecord_dir={shards}", *TINY_FLAGS[1:], "--num_stacks=2", "--epochs=2", "--steps_per_epoch=4",
+              "--mixed_precision=true", "--fused_batch_norm=true", f"--run_dir={run}"]
+    done = run_script(["--dataset=synthetic", *common])
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = metadata.read_info(run / "best.keras")
+    assert info.precision == "mixed_bfloat16" and info.skeleton == skeleton_of("synthetic")
+    assert info.provenance["dataset"] == "synthetic" and info.provenance["metric"] == "val_pckh"
+    assert {layer.compute_dtype for layer in keras.models.load_model(run / "best.keras").layers} == {"float32"}
+    # Shards written for rotation <= 30 and 64 px refuse settings they cannot serve, naming what to regenerate.
+    refused = run_script(["--dataset=synthetic", *common, "--rotation=40", f"--run_dir={tmp_path / 'other'}"])
+    assert refused.returncode == 2 and "meta.json" in refused.stderr and "rotation=40 > 30" in refused.stderr
+
+    done = _script("evaluate.py", f"--checkpoint={run / 'best.keras'}", "--dataset=synthetic",
+                   f"--tfrecord_dir={shards}", f"--output_dir={tmp_path / 'eval'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    keras_pck = json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]["Mean"]
+    out = tmp_path / "exported"
+    done = _script("export.py", f"--model={run / 'best.keras'}", f"--output={out}",
+                   "--formats=keras,saved_model,tflite,onnx")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "export.json").read_text())
+    assert set(report["max_heatmap_deviation"]) == {"keras", "saved_model", "tflite", "onnx"}
+    assert report["trained_precision"] == "mixed_bfloat16"
+    for model in (out / "model.keras", out, out / "model.tflite", out / "model.onnx"):
+        done = _script("evaluate.py", f"--checkpoint={model}", "--dataset=synthetic", f"--tfrecord_dir={shards}",
+                       f"--output_dir={tmp_path / 'eval_fmt'}")
+        assert done.returncode == 0, (model, done.stderr[-2000:])
+        pck = json.loads((tmp_path / "eval_fmt" / "metrics.json").read_text())["summary"]["Mean"]
+        assert abs(pck - keras_pck) < 1.0, (model, pck, keras_pck)
+    image = np.random.default_rng(3).integers(0, 256, (80, 96, 3), dtype=np.uint8)
+    png = tf.io.encode_png(image).numpy()
+    saved_model = out / "saved_model" / "1"
+    reply = serving.parse_response(serving.serve_in_process(saved_model, serving.image_request(png, (8, 4, 60, 70))))
+    assert reply["keypoints"].shape == (16, 2) and np.isfinite(reply["keypoints"]).all()
+    names = serving.description(serving.parse_response(serving.serve_in_process(saved_model,
+                                                                                 serving.metadata_request())))
+    assert names["skeleton"]["joints"] == list(skeleton_of("synthetic").joints)

@@ -28,8 +28,9 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf.codec import HeatmapCodec, apply_matrix, crop_matrix, warp_image
+from hourglass_tf.codec import HeatmapCodec
 from hourglass_tf.data.sample import SkipReport, sample_problem
+from hourglass_tf.geometry import apply_matrix, crop_matrix, warp_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +232,7 @@ def make_dataset(
     seed=0,
     shuffle_buffer=2048,
     drop_remainder=None,
-    deterministic=True,
+    failures=None,
 ):
     """Batches for ``model.fit`` / evaluation from a per-sample source.
 
@@ -246,7 +247,12 @@ def make_dataset(
       with_meta: add the meta dict as a third element (evaluation).
       seed: seed of the shuffle and of the augmentation.
       drop_remainder: defaults to ``training``.
-      deterministic: keep the element order fixed under parallel maps.
+      failures: a ``FailureCount`` that counts the samples dropped because they failed (see below).
+
+    The element order is fixed (parallel maps keep it), so a seeded pipeline repeats itself.
+    A sample that fails to decode or transform is dropped, never silently: ``failures`` counts it,
+    and with ``with_meta`` every element carries its number (``meta["index"]``) so the missing ones
+    can be named (``inference.predict_dataset`` does).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive integer, received batch_size={batch_size!r}")
@@ -262,17 +268,63 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    dataset = tf.data.Dataset.zip(dataset, seeds)
+    dataset = tf.data.Dataset.zip(dataset, seeds).enumerate()
 
-    def transform(element, element_seed):
+    def transform(index, pair):
+        element, element_seed = pair
         crop, heatmaps, meta = transform_sample(element, element_seed, codec, flip_permutation, augmentation)
         targets = {f"stack_{s}": heatmaps for s in range(1, num_stacks + 1)}
         if with_meta:
-            return crop, targets, meta
-        return crop, targets
+            return index, (crop, targets, {**meta, "index": index})
+        return index, (crop, targets)
 
-    dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    # A file that fails to decode despite check_samples (changed on disk) is dropped, not fatal.
+    dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # A sample that fails here (its file changed on disk after check_samples, or a bug) is dropped so an
+    # epoch never dies mid-way, but never silently: the gaps in the element numbers are counted into
+    # ``failures`` (training), and validation carries each element's number in ``meta["index"]`` so
+    # ``inference.predict_dataset`` reports every missing sample by name.
     dataset = dataset.ignore_errors()
+    if failures is not None:
+        dataset = dataset.scan(tf.constant(-1, tf.int64), failures.count_gap)
+    dataset = dataset.map(lambda index, element: element)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class FailureCount:
+    """How many samples a pipeline dropped because they failed to decode or transform (a process-local count).
+
+    ``make_dataset(..., failures=FailureCount())`` counts; ``total()`` reads the count so far, and
+    ``since_last()`` what was added since its previous call (the training loop reports it per epoch).
+    """
+
+    def __init__(self):
+        with tf.init_scope():
+            self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="dropped_samples")
+        self._reported = 0
+
+    def count_gap(self, previous, element):
+        index = element[0]
+        self.variable.assign_add(index - previous - 1)
+        return index, element
+
+    def total(self):
+        return int(self.variable.numpy())
+
+    def since_last(self):
+        total = self.total()
+        new, self._reported = total - self._reported, total
+        return new
+
+
+def sample_ids(source, positions):
+    """The ``id`` of the elements of a per-sample ``source`` at ``positions`` (element numbers from 0)."""
+    wanted = set(int(p) for p in positions)
+    ids = {}
+    for position, sample_id in source.map(lambda e: e["id"]).enumerate():
+        if int(position) in wanted:
+            value = sample_id.numpy()
+            ids[int(position)] = value.decode() if isinstance(value, bytes) else str(value)
+            if len(ids) == len(wanted):
+                break
+    return [ids.get(p, f"#{p}") for p in sorted(wanted)]

@@ -41,12 +41,11 @@ import posixpath
 import numpy as np
 
 from hourglass_tf import metrics, skeleton
-from hourglass_tf.data.sample import PERSON_BOX_UNIT, DataFileError, PoseSample, load_h5, load_mat, require_file
+from hourglass_tf.data.sample import DataFileError, PoseSample, load_h5, load_mat, require_file
+from hourglass_tf.geometry import center_scale_from_joints, person_from_box
 
 MPII_CENTER_SHIFT = 15.0  # pixels per unit of scale, downwards
 MPII_SCALE_PAD = 1.25
-BOX_PAD = 1.25
-MIN_BOX_SIDE = 32.0
 COCO_MIN_KEYPOINTS = 5
 COCO_MIN_BOX_SIDE = 32.0
 FLIC_SLOTS = (0, 1, 2, 3, 4, 5, 6, 9, 12, 13, 16)  # 0-based slots of the 29 kept for evaluation
@@ -60,24 +59,6 @@ def _image_path(prefix, name):
 
 def _loadmat(path):
     return load_mat(path, squeeze_me=True, struct_as_record=False)
-
-
-def center_scale_from_joints(joints, present):
-    """The documented rule: bounding-box centre, side 1.25 x larger box side (>= 32 px), scale = side / 200."""
-    xy = np.asarray(joints, np.float64)[np.asarray(present, bool)]
-    if len(xy) == 0:
-        return np.array([np.nan, np.nan], np.float32), float("nan")
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    side = max(BOX_PAD * float(np.max(hi - lo)), MIN_BOX_SIDE)
-    return ((lo + hi) / 2).astype(np.float32), side / PERSON_BOX_UNIT
-
-
-def box_to_center_scale(box):
-    """Person box (x, y, w, h) in pixels -> centre (2,) and scale (side 1.25 x the larger box side, / 200)."""
-    x, y, w, h = (float(v) for v in box)
-    if not (w > 0 and h > 0):
-        raise ValueError(f"box width and height must be positive, received box={tuple(box)}")
-    return np.array([x + w / 2, y + h / 2], np.float32), BOX_PAD * max(w, h) / PERSON_BOX_UNIT
 
 
 def _mpii_adjust(center, scale):
@@ -390,7 +371,7 @@ def read_coco(path, image_prefix):
             continue
         if ann["image_id"] not in files:
             raise DataFileError(path, f"annotation {ann.get('id')} refers to unknown image_id {ann['image_id']}")
-        center, scale = box_to_center_scale(ann["bbox"])
+        center, scale = person_from_box(ann["bbox"])
         samples.append(
             PoseSample(
                 image_path=_image_path(image_prefix, files[ann["image_id"]]),

@@ -12,9 +12,6 @@ import pathlib
 
 import numpy as np
 
-# Person box side in pixels = PERSON_BOX_UNIT * scale (the MPII convention).
-PERSON_BOX_UNIT = 200.0
-
 
 class DataFileError(ValueError):
     """An annotation or image file is missing, unreadable or not in the expected layout."""

@@ -6,8 +6,12 @@ from hourglass_tf.data.sample import SkipReport, sides_disagree
 SIDE_CONFLICT = "shoulders and hips face opposite ways"
 
 
-def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=True, drop_side_conflicts=False):
+def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=True, drop_side_conflicts=False,
+                augmentation=None, input_size=None):
     """Per-sample source for ``pipeline.make_dataset``.
+
+    With ``tfrecord_dir``, ``augmentation`` and ``input_size`` (the settings the source will be
+    read with) are checked against what the shards were written for (``tfrecords.check_compatible``).
 
     Exactly one of ``data_dir`` (a dataset root in the layout ``readers.load_dataset``
     documents) and ``tfrecord_dir`` (a folder written by ``scripts/prepare_data.py``).
@@ -33,6 +37,7 @@ def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=T
                 f"{tfrecord_dir}: shards hold {meta['num_joints']} joints ({meta['dataset']}), "
                 f"but --dataset={dataset} has {skeleton.num_joints}"
             )
+        tfrecords.check_compatible(meta, tfrecord_dir, augmentation, input_size)
         report = SkipReport(kept=meta["splits"].get(split, {}).get("kept", 0))
         return tfrecords.read_shards(tfrecord_dir, split, skeleton.num_joints), skeleton, report, report.kept
     samples = readers.load_dataset(dataset, data_dir, split)

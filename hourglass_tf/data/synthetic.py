@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from hourglass_tf.data.readers import MPII_CENTER_SHIFT, MPII_SCALE_PAD
-from hourglass_tf.data.sample import PERSON_BOX_UNIT
+from hourglass_tf.geometry import BOX_PAD, PERSON_BOX_UNIT
 from hourglass_tf.metrics import HEAD_SIZE_FACTOR
 from hourglass_tf.skeleton import MPII
 
@@ -211,7 +211,7 @@ def _to_mpii_json_row(name, annotation):
     """MPII JSON row (1-based, raw centre/scale: the reader adds 15 x scale to y and multiplies scale by 1.25)."""
     lo, hi = annotation["box"]
     final_center = (lo + hi) / 2
-    final_scale = 1.25 * float(np.max(hi - lo)) / PERSON_BOX_UNIT
+    final_scale = BOX_PAD * float(np.max(hi - lo)) / PERSON_BOX_UNIT
     raw_scale = final_scale / MPII_SCALE_PAD
     raw_center = final_center - np.array([0.0, MPII_CENTER_SHIFT * raw_scale])
     present = annotation["present"]

@@ -35,6 +35,8 @@ import time
 
 import numpy as np
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
 BACKENDS = ("keras_eager", "tf_function", "xla", "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "onnxruntime")
 QUICK_BACKENDS = ("keras_eager", "tf_function", "tflite_fp32", "onnxruntime")
 PACKAGE_BACKENDS = ("tf_function", "saved_model", "tflite_fp32", "onnxruntime")  # what predict/evaluate/export use
@@ -139,7 +141,8 @@ def prepare_models(model_dir, num_stacks, filters, input_size, backends):
     keras.utils.set_random_seed(0)
     model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size)
     start = time.perf_counter()
-    export.export_model(model, model_dir, formats=[f for f in export.FORMATS if f in need], overwrite=True)
+    export.export_model(model, model_dir, formats=[f for f in export.FORMATS if f in need], overwrite=True,
+                        skeleton="mpii")
     calibration = np.random.default_rng(0).random((8, input_size, input_size, 3), dtype=np.float32)
     for q in sorted(quantized):
         export._export_tflite(model, model_dir, "float16" if q == "fp16" else "int8", calibration)
@@ -267,7 +270,7 @@ def run_case(case, default_allocators=False, timeout=3600):
     if default_allocators:
         env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
         env["HOURGLASS_TF_TUNE_ALLOCATORS"] = "0"
-    command = [sys.executable, "-m", "hourglass_tf.benchmark", json.dumps(case)]
+    command = [sys.executable, str(pathlib.Path(__file__).resolve()), json.dumps(case)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -497,7 +500,11 @@ def default_work_dir():
     return pathlib.Path(tempfile.gettempdir()) / "hourglass_tf_bench"
 
 
-if __name__ == "__main__":  # one case, in its own process: python -m hourglass_tf.benchmark '{"kind": ...}'
+if __name__ == "__main__":  # one case, in its own process: python benchmarks/benchmark.py '{"kind": ...}'
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m hourglass_tf.benchmark CASE_JSON")
+        raise SystemExit("usage: python benchmarks/benchmark.py CASE_JSON")
+    sys.path.insert(0, str(REPO))
+    from hourglass_tf import runtime
+
+    runtime.tune_allocators()  # as the package's scripts do (HOURGLASS_TF_TUNE_ALLOCATORS=0: the defaults rows)
     print(RESULT_PREFIX + json.dumps(_case_main(json.loads(sys.argv[1]))), flush=True)

@@ -1,0 +1,120 @@
+"""Distribution: the strategy for a run, the chief, mixed precision, and the Keras multi-worker fixes."""
+
+import contextlib
+import os
+
+import tensorflow as tf
+
+from hourglass_tf.config import STRATEGIES
+
+
+def make_strategy(name, cpu_replicas=0):
+    """The ``tf.distribute`` strategy called ``name`` (see ``STRATEGIES``).
+
+    ``auto`` is MirroredStrategy when more than one GPU is visible, else the default
+    strategy. ``cpu_replicas > 1`` splits the CPU into that many logical devices and
+    mirrors over them (to test data parallelism without GPUs).
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, received strategy={name!r}")
+    gpus = tf.config.list_physical_devices("GPU")
+    if cpu_replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])
+    if name == "auto":
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy=multi_worker needs the TF_CONFIG environment variable (see the README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy):
+    """True on the worker that writes checkpoints and logs (always, outside multi-worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster or resolver.task_type in ("chief", None):
+        return True
+    # Without a "chief" task, TensorFlow's convention makes worker 0 the chief.
+    return "chief" not in cluster and resolver.task_type == "worker" and resolver.task_id == 0
+
+
+@contextlib.contextmanager
+def multi_worker_fit_fixes(model, strategy):
+    """Works around two Keras 3 bugs in ``fit`` under MultiWorkerMirroredStrategy, for the ``with`` block only.
+
+    See keras-team/keras#20585 and tensorflow/tensorflow#72388. Does nothing under any other
+    strategy; on exit ``model`` and Keras' trainer module are as they were. The multi-worker
+    test fails if a Keras upgrade changes these internals.
+
+    1. Before the first step Keras builds metrics and optimizer variables from one batch,
+       which it gets with an eager ``strategy.reduce("MEAN", per_replica_batch)``. The
+       collective strategy cannot do that eagerly ("Attempt to convert a value
+       (PerReplica...)"). The batch only provides shapes, so the model's build takes the
+       local replica's batch instead.
+    2. Each step reduces its scalar metrics with ``strategy.reduce("MEAN", v, axis=0)``, which
+       fails on 0-d values ("Invalid reduction dimension 0 for input with 0 dimensions").
+       Scalars are reduced with ``axis=None``: the same mean over replicas as on one machine.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or not hasattr(model, "_symbolic_build"):
+        yield
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    def local_value(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(local_value, next(it))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, distribution, reduction):
+        if reduction in ("auto", "mean") and isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy):
+
+            def reduce_one(value):
+                rank = local_value(value).shape.rank
+                return distribution.reduce("MEAN", value, axis=0 if rank else None)
+
+            return tf.nest.map_structure(reduce_one, values)
+        return original(values, distribution, reduction)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = original
+        del model._maybe_symbolic_build
+
+
+def dataset_options(dataset):
+    """Shards a training dataset by element across workers (each worker reads the same files)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def mixed_precision_policy(gpus=None):
+    """The Keras mixed-precision policy for this machine: float16 on GPU, bfloat16 on CPU/TPU.
+
+    ``gpus``: the visible GPU list (default: ``tf.config.list_physical_devices("GPU")``).
+    """
+    gpus = tf.config.list_physical_devices("GPU") if gpus is None else gpus
+    return "mixed_float16" if gpus else "mixed_bfloat16"

@@ -1,0 +1,251 @@
+"""The model description travels with every saved model and export; mixed-precision models export to every format."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, TINY
+from hourglass_tf import metadata, serving, skeleton
+from hourglass_tf.backends import load_model_file
+from hourglass_tf.export import ExportError, export_model
+from hourglass_tf.inference import Predictor
+from hourglass_tf.model import build_model, float32_copy
+
+LSP_TINY = {**TINY, "num_joints": 14}
+# A 16-joint set that is not MPII: a joint count names no skeleton.
+HAND16 = skeleton.Skeleton("hand16", tuple(f"{side}_finger{i}" for side in ("left", "right") for i in range(8)),
+                           ((0, 1), (8, 9)))
+
+
+def _saved(tmp_path, kwargs, skel, name="m.keras"):
+    model = build_model(**kwargs)
+    path = tmp_path / name
+    metadata.save_keras(model, path, metadata.describe(model, skel, provenance={"dataset": "test"}))
+    return model, path
+
+
+def test_description_round_trips_and_refuses_bad_files(tmp_path):
+    model, path = _saved(tmp_path, TINY, skeleton.MPII)
+    info = metadata.read_keras_info(path)
+    assert info.skeleton == skeleton.MPII and info.input_size == (64, 64) and info.stride == 4
+    assert info.architecture == {"num_stacks": 2, "num_blocks": 1, "filters": 16, "depth": 2, "variant": "hg.lua"}
+    assert metadata.ModelInfo.from_json(info.to_json()) == info
+    assert HAND16.flip_pairs == tuple((i, i + 8) for i in range(8))
+    assert skeleton.Skeleton.from_dict(HAND16.to_dict()) == HAND16
+    with pytest.raises(metadata.MetadataError, match="format_version"):
+        metadata.ModelInfo.from_dict({**info.to_dict(), "format_version": 99}, "x.json")
+    with pytest.raises(metadata.MetadataError, match="x.json: .*missing"):
+        metadata.ModelInfo.from_dict({"format_version": 1}, "x.json")
+    (tmp_path / "broken.keras").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(metadata.MetadataError, match="broken.keras"):
+        metadata.read_keras_info(tmp_path / "broken.keras")
+    with pytest.raises(ValueError, match="joint indices"):
+        skeleton.Skeleton("bad", ("a", "b"), ((0, 2),))
+
+
+def test_a_keras_file_with_its_description_loads_without_the_package(tmp_path):
+    model, path = _saved(tmp_path, TINY, skeleton.MPII)
+    assert metadata.FILENAME in zipfile.ZipFile(path).namelist()
+    x = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, tensorflow as tf; m = tf.keras.models.load_model(sys.argv[1]); "
+            "np.save(sys.argv[2], m(np.load(sys.argv[3]))['stack_2']); "
+            "assert not [k for k in sys.modules if k.startswith('hourglass_tf')]")
+    result = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model(x)["stack_2"], atol=1e-6)
+
+
+def test_prediction_takes_the_joint_names_from_the_model_not_the_joint_count(tmp_path):
+    _, hand = _saved(tmp_path, TINY, HAND16, "hand.keras")
+    _, lsp = _saved(tmp_path, LSP_TINY, skeleton.LSP, "lsp.keras")
+    assert Predictor.from_file(hand).skeleton == HAND16  # 16 joints, not MPII
+    assert Predictor.from_file(lsp).skeleton == skeleton.LSP
+    with pytest.raises(metadata.MetadataError, match="own skeleton is 'hand16'"):
+        Predictor.from_file(hand, skeleton="mpii")
+    plain = tmp_path / "plain.keras"
+    build_model(**TINY).save(plain)
+    with pytest.raises(metadata.MetadataError, match="plain.keras: .*no hourglass_tf description.*--skeleton"):
+        Predictor.from_file(plain)
+    assert Predictor.from_file(plain, skeleton="mpii").skeleton == skeleton.MPII
+    with pytest.raises(metadata.MetadataError, match="16 heatmap channels but its skeleton 'lsp' has 14"):
+        Predictor.from_file(plain, skeleton="lsp")
+
+
+@pytest.mark.parametrize("kwargs, skel", [(TINY, skeleton.MPII), (LSP_TINY, skeleton.LSP)])
+def test_exported_and_served_models_name_their_joints_without_a_flag(tmp_path, kwargs, skel):
+    _, path = _saved(tmp_path, kwargs, skel)
+    out = tmp_path / "exported"
+    paths = export_model(path, out, formats=("keras", "saved_model", "tflite", "onnx"))
+    for target in (paths["keras"], paths["saved_model"], out, paths["tflite"], paths["onnx"]):
+        runner, info = load_model_file(target)
+        assert info.skeleton == skel, target
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(paths["onnx"])).metadata_props}
+    assert json.loads(props[metadata.ONNX_KEY])["skeleton"]["joints"] == list(skel.joints)
+    payload = json.loads(json.dumps(serving.metadata_request()))  # what goes over the wire
+    reply = serving.parse_response(json.dumps(serving.serve_in_process(paths["saved_model"], payload)))
+    assert serving.description(reply)["skeleton"]["joints"] == list(skel.joints)
+    # The folder moved elsewhere still knows itself (nothing is read from beside it).
+    moved = tmp_path / "elsewhere" / "sm"
+    moved.parent.mkdir()
+    os.replace(paths["saved_model"], moved)
+    assert load_model_file(moved)[1].skeleton == skel
+
+
+def test_the_serving_client_prints_the_served_joint_names(tmp_path, monkeypatch):
+    _, path = _saved(tmp_path, LSP_TINY, skeleton.LSP)
+    saved_model = export_model(path, tmp_path / "e", formats=("saved_model",))["saved_model"]
+    image = np.random.default_rng(1).integers(0, 256, (80, 90, 3), dtype=np.uint8)
+    (tmp_path / "a.png").write_bytes(tf.io.encode_png(image).numpy())
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import serving_client
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(serving, "predict_rest",
+                        lambda server, name, payload: serving.parse_response(serving.serve_in_process(saved_model,
+                                                                                                       payload)))
+    from absl import flags
+
+    flags.FLAGS(["serving_client", f"--image={tmp_path / 'a.png'}", "--box=5,5,60,70"])
+    printed = []
+    monkeypatch.setattr("builtins.print", lambda text, **kw: printed.append(text))
+    assert serving_client.main(["serving_client"]) == 0
+    assert [row["joint"] for row in json.loads(printed[-1])] == list(skeleton.LSP.joints)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_model_exports_float32_to_every_format(tmp_path, policy):
+    keras.utils.set_random_seed(5)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model(**LSP_TINY)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss={f"stack_{s}": "mse" for s in (1, 2)})
+        rng = np.random.default_rng(5)
+        x = rng.random((4, 64, 64, 3), dtype=np.float32)
+        y = {f"stack_{s}": rng.random((4, 16, 16, 14), dtype=np.float32) for s in (1, 2)}
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        info = metadata.describe(model, skeleton.LSP, precision=policy)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("stem_conv").compute_dtype != "float32"
+    reference = float32_copy(model)
+    assert {layer.compute_dtype for layer in reference.layers} == {"float32"}
+    for a, b in zip(reference.get_weights(), model.get_weights()):  # the trained weights, unchanged
+        np.testing.assert_array_equal(a, b)
+    calibration = rng.random((8, 64, 64, 3), dtype=np.float32)
+    crops = (rng.integers(0, 256, (3, 64, 64, 3)) / 255.0).astype(np.float32)
+    expected = reference(crops)["stack_2"].numpy()
+    paths = {}
+    for quantize in ("none", "float16", "int8"):
+        formats = ("keras", "saved_model", "tflite", "onnx") if quantize == "none" else ("tflite",)
+        written = export_model(model, tmp_path / quantize, formats=formats, quantize=quantize, info=info,
+                               calibration_images=calibration)
+        paths.update({(fmt if quantize == "none" else f"tflite_{quantize}"): p for fmt, p in written.items()})
+    report = json.loads((tmp_path / "none" / "export.json").read_text())
+    assert report["trained_precision"] == policy and set(report["max_heatmap_deviation"]) == {
+        "keras", "saved_model", "tflite", "onnx"}
+    exported = keras.models.load_model(paths["keras"])
+    assert {layer.compute_dtype for layer in exported.layers} == {"float32"}
+    assert metadata.read_info(paths["keras"]).precision == policy
+    for name, path in paths.items():
+        runner, _ = load_model_file(path)
+        heatmaps = runner.raw(crops)[-1]
+        tolerance = {"tflite_float16": 2e-2, "tflite_int8": None}.get(name, 1e-4)
+        if tolerance is None:  # int8: reported, and the decoded peaks mostly agree
+            peaks = np.argmax(heatmaps.reshape(3, -1, 14), axis=1) == np.argmax(expected.reshape(3, -1, 14), axis=1)
+            print(f"{policy} int8: {peaks.mean():.0%} of the peaks on the float32 model's pixel")
+            assert np.isfinite(heatmaps).all()
+        else:
+            assert np.abs(heatmaps - expected).max() <= tolerance * max(1.0, np.abs(expected).max()), name
+
+
+def test_a_converter_failure_is_one_clear_line_and_a_bad_file_is_an_error(tmp_path, monkeypatch):
+    from hourglass_tf import export
+
+    _, path = _saved(tmp_path, TINY, skeleton.MPII)
+
+    def failing_tflite(*args, **kwargs):
+        print("thousands of lines of converter IR", file=sys.stderr)
+        os.write(2, b"and the C++ side's own lines\n")
+        raise RuntimeError("loc(...): error: 'tf.Conv2D' op is neither a custom op nor a flex op\n" + "IR\n" * 500)
+
+    monkeypatch.setattr(export, "_export_tflite", failing_tflite)
+    with pytest.raises(ExportError) as caught:
+        export_model(path, tmp_path / "out", formats=("keras", "tflite"))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("tflite: conversion failed")
+    assert "neither a custom op nor a flex op" in message and "out.export.log" in message
+    log = (tmp_path / "out.export.log").read_text()
+    assert "thousands of lines" in log and "the C++ side's own lines" in log
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+    def unloadable_onnx(model, target, info_json):
+        target.write_bytes(b"not an onnx model")
+        return target
+
+    monkeypatch.setattr(export, "_export_onnx", unloadable_onnx)
+    with pytest.raises(ExportError, match="onnx: the written model.onnx does not load"):
+        export_model(path, tmp_path / "out2", formats=("onnx",))
+    assert not (tmp_path / "out2").exists()
+
+
+def test_int8_runner_reads_the_quantization_from_the_file(tmp_path):
+    from hourglass_tf.backends import TFLiteRunner
+
+    _, path = _saved(tmp_path, TINY, skeleton.MPII)
+    rng = np.random.default_rng(2)
+    written = export_model(path, tmp_path / "q", formats=("tflite",), quantize="int8",
+                           calibration_images=rng.random((8, 64, 64, 3), dtype=np.float32) * 0.5)["tflite"]
+    runner = TFLiteRunner(written)
+    scale, zero = runner.input_quantization
+    assert runner.input_dtype == np.uint8 and scale > 0
+    crops = (rng.integers(0, 128, (2, 64, 64, 3)) / 255.0).astype(np.float32)
+    # The runner quantizes with the file's parameters: feeding the same uint8 tensor by hand agrees.
+    manual = np.clip(np.round(crops / scale + zero), 0, 255).astype(np.uint8)
+    by_hand = np.concatenate([runner.runner(**{runner.input_name: m[None]})[runner.output_name] for m in manual])
+    np.testing.assert_array_equal(runner.raw(crops)[0], by_hand)
+
+
+def test_importing_the_package_changes_nothing_in_the_process():
+    code = ("import os, hourglass_tf, hourglass_tf.metrics, hourglass_tf.train; "
+            "print(os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'))")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "None"
+
+
+def test_the_multi_worker_fixes_are_undone_after_fit(tmp_path):
+    code = """
+import tensorflow as tf
+from keras.src.backend.tensorflow import trainer
+from hourglass_tf.distribute import multi_worker_fit_fixes
+from hourglass_tf.model import build_model
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+with strategy.scope():
+    model = build_model(num_stacks=1, filters=16, depth=1, num_joints=2, input_size=32)
+original = trainer.reduce_per_replica
+with multi_worker_fit_fixes(model, strategy):
+    assert trainer.reduce_per_replica is not original and "_maybe_symbolic_build" in vars(model)
+assert trainer.reduce_per_replica is original and "_maybe_symbolic_build" not in vars(model)
+with multi_worker_fit_fixes(model, tf.distribute.get_strategy()):
+    assert trainer.reduce_per_replica is original
+print("OK")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                            env=env)
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
