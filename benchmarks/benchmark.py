@@ -37,7 +37,16 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-BACKENDS = ("keras_eager", "tf_function", "xla", "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8", "onnxruntime")
+BACKENDS = (
+    "keras_eager",
+    "tf_function",
+    "xla",
+    "saved_model",
+    "tflite_fp32",
+    "tflite_fp16",
+    "tflite_int8",
+    "onnxruntime",
+)
 QUICK_BACKENDS = ("keras_eager", "tf_function", "tflite_fp32", "onnxruntime")
 PACKAGE_BACKENDS = ("tf_function", "saved_model", "tflite_fp32", "onnxruntime")  # what predict/evaluate/export use
 TRAIN_VARIANTS = ("plain", "stock_batch_norm", "xla", "mixed_precision")
@@ -109,8 +118,14 @@ def pipeline_rate(source, skeleton, input_size=256, batch_size=8, batches=20, re
             next(iterator)
 
     seconds = _median_seconds(consume, repeats)
-    return {"images_per_s": batches * batch_size / seconds, "seconds": seconds, "repeats": repeats,
-            "batch_size": batch_size, "input_size": input_size, "batches": batches}  # fmt: skip
+    return {
+        "images_per_s": batches * batch_size / seconds,
+        "seconds": seconds,
+        "repeats": repeats,
+        "batch_size": batch_size,
+        "input_size": input_size,
+        "batches": batches,
+    }
 
 
 # ---------------------------------------------------------------- cases (each in its own process)
@@ -141,13 +156,21 @@ def prepare_models(model_dir, num_stacks, filters, input_size, backends):
     keras.utils.set_random_seed(0)
     model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size)
     start = time.perf_counter()
-    export.export_model(model, model_dir, formats=[f for f in export.FORMATS if f in need], overwrite=True,
-                        skeleton="mpii")
+    export.export_model(
+        model, model_dir, formats=[f for f in export.FORMATS if f in need], overwrite=True, skeleton="mpii"
+    )
     calibration = np.random.default_rng(0).random((8, input_size, input_size, 3), dtype=np.float32)
     for q in sorted(quantized):
         export._export_tflite(model, model_dir, "float16" if q == "fp16" else "int8", calibration)
-    info = {"num_stacks": num_stacks, "filters": filters, "input_size": input_size, "flops": conv_flops(model),
-            "formats": sorted(need), "quantized": sorted(quantized), "export_seconds": time.perf_counter() - start}  # fmt: skip
+    info = {
+        "num_stacks": num_stacks,
+        "filters": filters,
+        "input_size": input_size,
+        "flops": conv_flops(model),
+        "formats": sorted(need),
+        "quantized": sorted(quantized),
+        "export_seconds": time.perf_counter() - start,
+    }
     info_path.write_text(json.dumps(info, indent=2))
     return info
 
@@ -175,7 +198,11 @@ def _inference_function(backend, model_dir):
     if backend == "saved_model":
         return backends.SavedModelRunner(model_dir / "saved_model" / "1").raw
     if backend.startswith("tflite"):
-        name = {"tflite_fp32": "model.tflite", "tflite_fp16": "model_float16.tflite", "tflite_int8": "model_int8.tflite"}
+        name = {
+            "tflite_fp32": "model.tflite",
+            "tflite_fp16": "model_float16.tflite",
+            "tflite_int8": "model_int8.tflite",
+        }
         return backends.TFLiteRunner(model_dir / name[backend]).raw
     if backend == "onnxruntime":
         return backends.OnnxRunner(model_dir / "model.onnx").raw
@@ -188,19 +215,28 @@ def inference_case(model_dir, backend, batch_sizes=(1, 8), repeats=5):
     size = info["input_size"]
     start = time.perf_counter()
     function = _inference_function(backend, model_dir)
-    result = {"backend": backend, "num_stacks": info["num_stacks"], "load_seconds": time.perf_counter() - start,
-              "rss_loaded_mb": current_rss_mb(), "batches": {}}  # fmt: skip
+    result = {
+        "backend": backend,
+        "num_stacks": info["num_stacks"],
+        "load_seconds": time.perf_counter() - start,
+        "rss_loaded_mb": current_rss_mb(),
+        "batches": {},
+    }
     rng = np.random.default_rng(0)
     for batch in batch_sizes:
         crops = rng.random((batch, size, size, 3), dtype=np.float32)
-        seconds = _median_seconds(lambda: function(crops), repeats, warmup=2)
-        result["batches"][str(batch)] = {"seconds": seconds, "images_per_s": batch / seconds,
-                                         "gflops_per_s": info["flops"] * batch / seconds / 1e9}  # fmt: skip
+        seconds = _median_seconds(lambda crops=crops: function(crops), repeats, warmup=2)
+        result["batches"][str(batch)] = {
+            "seconds": seconds,
+            "images_per_s": batch / seconds,
+            "gflops_per_s": info["flops"] * batch / seconds / 1e9,
+        }
     return result
 
 
-def compiled_training_model(num_stacks, filters=256, input_size=256, batch_size=8, num_joints=16, jit_compile=False,
-                            fused_batch_norm=True):  # fmt: skip
+def compiled_training_model(
+    num_stacks, filters=256, input_size=256, batch_size=8, num_joints=16, jit_compile=False, fused_batch_norm=True
+):
     """A seeded stacked hourglass compiled with RMSprop and per-stack MSE, and one random batch for it.
 
     ``fused_batch_norm`` trains batch norm with TF's fused kernel, as ``scripts/train.py`` does by default
@@ -218,12 +254,17 @@ def compiled_training_model(num_stacks, filters=256, input_size=256, batch_size=
     model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size, num_joints=num_joints)
     if fused_batch_norm:
         use_fused_batch_norm(model)
-    model.compile(optimizer=keras.optimizers.RMSprop(2.5e-4), loss={n: "mse" for n in output_names(model)},
-                  jit_compile=jit_compile)  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(2.5e-4),
+        loss={n: "mse" for n in output_names(model)},
+        jit_compile=jit_compile,
+    )
     rng = np.random.default_rng(0)
     x = rng.random((batch_size, input_size, input_size, 3), dtype=np.float32)
-    y = {n: rng.random((batch_size, input_size // 4, input_size // 4, num_joints), dtype=np.float32)
-         for n in output_names(model)}  # fmt: skip
+    y = {
+        n: rng.random((batch_size, input_size // 4, input_size // 4, num_joints), dtype=np.float32)
+        for n in output_names(model)
+    }
     return model, x, y
 
 
@@ -243,16 +284,31 @@ def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repea
         raise ValueError(f"variant must be one of {TRAIN_VARIANTS}, received variant={variant!r}")
     if variant == "mixed_precision":
         keras.mixed_precision.set_global_policy(mixed_precision_policy())
-    model, x, y = compiled_training_model(num_stacks, filters, input_size, batch_size, jit_compile=variant == "xla",
-                                          fused_batch_norm=variant != "stock_batch_norm")  # fmt: skip
+    model, x, y = compiled_training_model(
+        num_stacks,
+        filters,
+        input_size,
+        batch_size,
+        jit_compile=variant == "xla",
+        fused_batch_norm=variant != "stock_batch_norm",
+    )
     start = time.perf_counter()
     model.train_on_batch(x, y)  # traces and compiles the train function
     first = time.perf_counter() - start
     seconds = _median_seconds(lambda: model.train_on_batch(x, y), repeats, warmup=1)
     flops = 3 * conv_flops(model)
-    return {"num_stacks": num_stacks, "variant": variant, "batch_size": batch_size, "input_size": input_size,
-            "filters": filters, "seconds": seconds, "images_per_s": batch_size / seconds, "first_step_seconds": first,
-            "gflops_per_s": flops * batch_size / seconds / 1e9, "train_flops_per_image": flops}  # fmt: skip
+    return {
+        "num_stacks": num_stacks,
+        "variant": variant,
+        "batch_size": batch_size,
+        "input_size": input_size,
+        "filters": filters,
+        "seconds": seconds,
+        "images_per_s": batch_size / seconds,
+        "first_step_seconds": first,
+        "gflops_per_s": flops * batch_size / seconds / 1e9,
+        "train_flops_per_image": flops,
+    }
 
 
 def _case_main(case):
@@ -277,7 +333,7 @@ def run_case(case, default_allocators=False, timeout=3600):
         return {"error": f"timed out after {timeout} s"}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX):])
+            result = json.loads(line[len(RESULT_PREFIX) :])
             result["default_allocators"] = default_allocators
             return result
     tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
@@ -292,8 +348,19 @@ def _log(progress, message):
         print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, infer_stacks=None, train_stacks=None,
-        backends=None, train_variants=None, allocator_comparison=None, progress=False):  # fmt: skip
+def run(
+    work_dir,
+    shared_data=None,
+    quick=False,
+    input_size=256,
+    filters=256,
+    infer_stacks=None,
+    train_stacks=None,
+    backends=None,
+    train_variants=None,
+    allocator_comparison=None,
+    progress=False,
+):
     """Runs the suite; returns a JSON-able dict (see the module docstring).
 
     Args:
@@ -325,10 +392,20 @@ def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, in
     train_repeats = 2 if quick else 3
     batches = 5 if quick else 20
     results = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "cpu_threads": cpu_threads()},  # fmt: skip
-        "settings": {"quick": quick, "input_size": input_size, "filters": filters, "repeats": repeats,
-                     "train_repeats": train_repeats, "allocators": runtime.applied or "defaults"},  # fmt: skip
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "cpu_threads": cpu_threads(),
+        },
+        "settings": {
+            "quick": quick,
+            "input_size": input_size,
+            "filters": filters,
+            "repeats": repeats,
+            "train_repeats": train_repeats,
+            "allocators": runtime.applied or "defaults",
+        },
         "gemm": gemm_rate(repeats=repeats),
         "pipeline": {},
         "models": {},
@@ -343,16 +420,25 @@ def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, in
 
     sources = {}
     samples = readers.load_dataset("synthetic", syn_root, "train")
-    sources["synthetic (JPEG files)"] = (pipeline.samples_to_dataset(samples, syn_root), readers.skeleton_of("synthetic"))
+    sources["synthetic (JPEG files)"] = (
+        pipeline.samples_to_dataset(samples, syn_root),
+        readers.skeleton_of("synthetic"),
+    )
     if shared_data is not None and (pathlib.Path(shared_data) / "lspet" / "joints.mat").exists():
         shard_dir = work_dir / f"lspet_tfr_{input_size}{'_quick' if quick else ''}"
         if not (shard_dir / "meta.json").exists():
             lspet = readers.load_dataset("lspet", pathlib.Path(shared_data) / "lspet", "train")
             lspet = lspet[:512] if quick else lspet
-            report = tfrecords.write_shards(lspet, pathlib.Path(shared_data) / "lspet", shard_dir, "train", input_size,
-                                            progress=False)  # fmt: skip
-            tfrecords.write_meta(shard_dir, {"dataset": "lspet", "num_joints": 14, "splits": {"train": report.as_dict()}})
-        sources["LSPET (TFRecord shards)"] = (tfrecords.read_shards(shard_dir, "train", 14), readers.skeleton_of("lspet"))
+            report = tfrecords.write_shards(
+                lspet, pathlib.Path(shared_data) / "lspet", shard_dir, "train", input_size, progress=False
+            )
+            tfrecords.write_meta(
+                shard_dir, {"dataset": "lspet", "num_joints": 14, "splits": {"train": report.as_dict()}}
+            )
+        sources["LSPET (TFRecord shards)"] = (
+            tfrecords.read_shards(shard_dir, "train", 14),
+            readers.skeleton_of("lspet"),
+        )
     for name, (source, skel) in sources.items():
         results["pipeline"][name] = pipeline_rate(source, skel, input_size, batches=batches, repeats=repeats)
         _log(progress, f"pipeline {name}: {results['pipeline'][name]['images_per_s']:.0f} images/s")
@@ -361,8 +447,16 @@ def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, in
     for stacks in infer_stacks:
         model_dir = work_dir / "models" / f"s{stacks}_f{filters}_r{input_size}"
         _log(progress, f"exporting the {stacks}-stack model for {', '.join(backends)}")
-        info = run_case({"kind": "prepare", "model_dir": str(model_dir), "num_stacks": stacks, "filters": filters,
-                         "input_size": input_size, "backends": list(backends)})  # fmt: skip
+        info = run_case(
+            {
+                "kind": "prepare",
+                "model_dir": str(model_dir),
+                "num_stacks": stacks,
+                "filters": filters,
+                "input_size": input_size,
+                "backends": list(backends),
+            }
+        )
         results["models"][f"{stacks} stacks"] = info
         if "error" in info:
             _log(progress, f"  export failed: {info['error']}")
@@ -383,8 +477,15 @@ def run(work_dir, shared_data=None, quick=False, input_size=256, filters=256, in
             runs.append(("plain", True))
         for variant, default_alloc in runs:
             key = f"{stacks} stacks, {variant}" + (", default allocators" if default_alloc else "")
-            case = {"kind": "train", "num_stacks": stacks, "batch_size": 8, "input_size": input_size,
-                    "filters": filters, "repeats": train_repeats, "variant": variant}  # fmt: skip
+            case = {
+                "kind": "train",
+                "num_stacks": stacks,
+                "batch_size": 8,
+                "input_size": input_size,
+                "filters": filters,
+                "repeats": train_repeats,
+                "variant": variant,
+            }
             results["train_step"][key] = run_case(case, default_allocators=default_alloc)
             _log(progress, f"training {key}: {_short(results['train_step'][key])}")
 
@@ -419,12 +520,20 @@ def _derive(results):
     if plain:
         step = max(plain, key=lambda v: v["num_stacks"])
         name = f"training step, {step['num_stacks']} stacks, batch 8"
-        targets.append(_target(f"{name}: fraction of the GEMM rate", step["utilisation"], TARGETS["train_utilisation"], ">="))
+        targets.append(
+            _target(f"{name}: fraction of the GEMM rate", step["utilisation"], TARGETS["train_utilisation"], ">=")
+        )
         targets.append(_target(f"{name}: peak memory (GB)", step["peak_rss_mb"] / 1000, TARGETS["train_peak_gb"], "<="))
         for v in plain:
             if "pipeline_margin" in v:
-                targets.append(_target(f"input pipeline / training consumption, {v['num_stacks']} stacks",
-                                       v["pipeline_margin"], TARGETS["pipeline_margin"], ">="))  # fmt: skip
+                targets.append(
+                    _target(
+                        f"input pipeline / training consumption, {v['num_stacks']} stacks",
+                        v["pipeline_margin"],
+                        TARGETS["pipeline_margin"],
+                        ">=",
+                    )
+                )
     infer = [v for v in results["inference"].values() if "error" not in v and not v["default_allocators"]]
     if infer:
         stacks = max(v["num_stacks"] for v in infer)
@@ -432,9 +541,17 @@ def _derive(results):
             if v["num_stacks"] != stacks or v["backend"] not in PACKAGE_BACKENDS or "8" not in v["batches"]:
                 continue
             name = f"inference, {stacks} stacks, batch 8, {v['backend']}"
-            targets.append(_target(f"{name}: fraction of the GEMM rate", v["batches"]["8"]["utilisation"],
-                                   TARGETS["inference_utilisation"], ">="))  # fmt: skip
-            targets.append(_target(f"{name}: peak memory (GB)", v["peak_rss_mb"] / 1000, TARGETS["inference_peak_gb"], "<="))
+            targets.append(
+                _target(
+                    f"{name}: fraction of the GEMM rate",
+                    v["batches"]["8"]["utilisation"],
+                    TARGETS["inference_utilisation"],
+                    ">=",
+                )
+            )
+            targets.append(
+                _target(f"{name}: peak memory (GB)", v["peak_rss_mb"] / 1000, TARGETS["inference_peak_gb"], "<=")
+            )
     results["targets"] = targets
 
 
@@ -446,45 +563,67 @@ def _target(name, measured, target, sense):
 def markdown(results):
     """Markdown tables of ``run``'s results."""
     gemm = results["gemm"]
-    lines = [f"Machine: {results['machine']['processor']}, {results['machine']['cpu_threads']} CPU threads; "
-             f"NumPy float32 GEMM ({gemm['size']}^3): **{gemm['gflops']:.1f} GFLOP/s** (the utilisation reference). "
-             f"Allocators: {results['settings']['allocators']}.", ""]  # fmt: skip
+    lines = [
+        f"Machine: {results['machine']['processor']}, {results['machine']['cpu_threads']} CPU threads; "
+        f"NumPy float32 GEMM ({gemm['size']}^3): **{gemm['gflops']:.1f} GFLOP/s** (the utilisation reference). "
+        f"Allocators: {results['settings']['allocators']}.",
+        "",
+    ]
     lines += ["| input pipeline (augmented, batch 8) | images/s |", "|---|---|"]
     for name, r in results["pipeline"].items():
         lines.append(f"| {name}, {r['input_size']} px | {r['images_per_s']:.0f} |")
     if results["inference"]:
         flops = {k: v.get("flops") for k, v in results["models"].items()}
-        lines += ["", "Inference (random crops, float32 in; forward FLOPs from the layer shapes: "
-                  + ", ".join(f"{k} {f / 1e9:.2f} GFLOP" for k, f in flops.items() if f) + " per image)", "",
-                  "| model | backend | batch 1 latency | batch 8 time | batch 8 images/s | batch 8 GFLOP/s | of GEMM | peak RSS |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "Inference (random crops, float32 in; forward FLOPs from the layer shapes: "
+            + ", ".join(f"{k} {f / 1e9:.2f} GFLOP" for k, f in flops.items() if f)
+            + " per image)",
+            "",
+            "| model | backend | batch 1 latency | batch 8 time | batch 8 images/s | batch 8 GFLOP/s | of GEMM | peak RSS |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for key, r in results["inference"].items():
             stacks = key.split(",")[0]
-            title = BACKEND_TITLES.get(r.get("backend"), key) + (", default allocators" if r.get("default_allocators") else "")
+            title = BACKEND_TITLES.get(r.get("backend"), key) + (
+                ", default allocators" if r.get("default_allocators") else ""
+            )
             if "error" in r:
                 lines.append(f"| {stacks} | {key.split(', ', 1)[1]} | failed: {r['error'][:120]} | | | | | |")
                 continue
             b1, b8 = r["batches"].get("1"), r["batches"].get("8")
-            cells = [f"{b1['seconds'] * 1000:.0f} ms" if b1 else "",
-                     f"{b8['seconds']:.2f} s" if b8 else "", f"{b8['images_per_s']:.2f}" if b8 else "",
-                     f"{b8['gflops_per_s']:.0f}" if b8 else "", f"{b8['utilisation']:.0%}" if b8 else ""]  # fmt: skip
+            cells = [
+                f"{b1['seconds'] * 1000:.0f} ms" if b1 else "",
+                f"{b8['seconds']:.2f} s" if b8 else "",
+                f"{b8['images_per_s']:.2f}" if b8 else "",
+                f"{b8['gflops_per_s']:.0f}" if b8 else "",
+                f"{b8['utilisation']:.0%}" if b8 else "",
+            ]
             lines.append(f"| {stacks} | {title} | " + " | ".join(cells) + f" | {r['peak_rss_mb'] / 1000:.2f} GB |")
     if results["train_step"]:
-        lines += ["", "Training step (batch 8, RMSprop, `train_on_batch` = the `model.fit` step; 3x forward FLOPs)", "",
-                  "| model | variant | s / step | images/s | GFLOP/s | of GEMM | first step (tracing) | peak RSS | pipeline margin |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "Training step (batch 8, RMSprop, `train_on_batch` = the `model.fit` step; 3x forward FLOPs)",
+            "",
+            "| model | variant | s / step | images/s | GFLOP/s | of GEMM | first step (tracing) | peak RSS | pipeline margin |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for key, r in results["train_step"].items():
             stacks, variant = key.split(", ", 1)
             if "error" in r:
                 lines.append(f"| {stacks} | {variant} | failed: {r['error'][:120]} | | | | | | |")
                 continue
             margin = f"{r['pipeline_margin']:.0f}x" if "pipeline_margin" in r else ""
-            lines.append(f"| {stacks} | {variant} | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {r['gflops_per_s']:.0f} | "
-                         f"{r['utilisation']:.0%} | {r['first_step_seconds']:.0f} s | {r['peak_rss_mb'] / 1000:.2f} GB | {margin} |")  # fmt: skip
+            lines.append(
+                f"| {stacks} | {variant} | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {r['gflops_per_s']:.0f} | "
+                f"{r['utilisation']:.0%} | {r['first_step_seconds']:.0f} s | {r['peak_rss_mb'] / 1000:.2f} GB | {margin} |"
+            )
     if results.get("targets"):
         lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
         for t in results["targets"]:
-            lines.append(f"| {t['name']} | {t['measured']:.2f} | {t['sense']} {t['target']:g} | {'yes' if t['met'] else '**no**'} |")
+            lines.append(
+                f"| {t['name']} | {t['measured']:.2f} | {t['sense']} {t['target']:g} | {'yes' if t['met'] else '**no**'} |"
+            )
     return "\n".join(lines) + "\n"
 
 

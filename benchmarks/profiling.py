@@ -17,8 +17,17 @@ import time
 
 import numpy as np
 
-_INFRASTRUCTURE = ("ExecutorState", "ThreadpoolListener", "MemoryAllocation", "MemoryDeallocation", "EagerExecute",
-                   "EagerLocalExecute", "FunctionRun", "Iterator", "KernelAndDeviceFunc")  # fmt: skip
+_INFRASTRUCTURE = (
+    "ExecutorState",
+    "ThreadpoolListener",
+    "MemoryAllocation",
+    "MemoryDeallocation",
+    "EagerExecute",
+    "EagerLocalExecute",
+    "FunctionRun",
+    "Iterator",
+    "KernelAndDeviceFunc",
+)
 
 
 def op_type(event_name):
@@ -26,7 +35,7 @@ def op_type(event_name):
     kind = event_name.rsplit(":", 1)[-1]
     for prefix in ("_MklNative", "_MklFused", "_Mkl", "_Fused"):
         if kind.startswith(prefix):
-            kind = kind[len(prefix):] if prefix != "_MklFused" else "Fused" + kind[len(prefix):]
+            kind = kind[len(prefix) :] if prefix != "_MklFused" else "Fused" + kind[len(prefix) :]
     return kind
 
 
@@ -92,8 +101,12 @@ def op_breakdown(logdir):
                 seconds[kind] += event.duration_ps / 1e12
                 counts[kind] += 1
     ops = {k: {"seconds": s, "count": counts[k]} for k, s in seconds.most_common()}
-    return {"ops": ops, "total_op_seconds": float(sum(seconds.values())), "peak_allocated_bytes": int(peak),
-            "trace": str(files[-1])}  # fmt: skip
+    return {
+        "ops": ops,
+        "total_op_seconds": float(sum(seconds.values())),
+        "peak_allocated_bytes": int(peak),
+        "trace": str(files[-1]),
+    }
 
 
 def markdown(breakdown, step_seconds=None, steps=1, top=15):
@@ -102,7 +115,9 @@ def markdown(breakdown, step_seconds=None, steps=1, top=15):
     lines = ["| op type | time per step | share of op time | ops per step |", "|---|---|---|---|"]
     for kind, r in list(breakdown["ops"].items())[:top]:
         lines.append(f"| {kind} | {r['seconds'] / steps:.3f} s | {r['seconds'] / total:.1%} | {r['count'] // steps} |")
-    tail = (f"\nSum of op times per step {breakdown['total_op_seconds'] / steps:.2f} s"
-            + (f", median step wall time {step_seconds:.2f} s" if step_seconds else "")
-            + f"; peak bytes held by TensorFlow's allocator: {breakdown['peak_allocated_bytes'] / 1e9:.2f} GB\n")  # fmt: skip
+    tail = (
+        f"\nSum of op times per step {breakdown['total_op_seconds'] / steps:.2f} s"
+        + (f", median step wall time {step_seconds:.2f} s" if step_seconds else "")
+        + f"; peak bytes held by TensorFlow's allocator: {breakdown['peak_allocated_bytes'] / 1e9:.2f} GB\n"
+    )
     return "\n".join(lines) + "\n" + tail

@@ -124,8 +124,8 @@ class TFLiteRunner(Runner):
         if threads < 1:
             raise ValueError(f"num_threads must be >= 1, received num_threads={num_threads!r}")
         self.runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner()
-        (self.input_name, detail), = self.runner.get_input_details().items()
-        (self.output_name, out), = self.runner.get_output_details().items()
+        ((self.input_name, detail),) = self.runner.get_input_details().items()
+        ((self.output_name, out),) = self.runner.get_output_details().items()
         self.input_dtype = np.dtype(detail["dtype"])
         self.input_quantization = _quantization(detail)
         self.output_quantization = _quantization(out) if np.dtype(out["dtype"]).kind in "iu" else None
@@ -196,7 +196,9 @@ def load_runner(path):
     elif suffix == ".onnx":
         runner = OnnxRunner(path)
     else:
-        raise ValueError(f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder")
+        raise ValueError(
+            f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder"
+        )
     runner.source = path
     return runner
 
@@ -211,8 +213,9 @@ def load_model_file(path, skeleton=None):
     runner = load_runner(path)
 
     def build(skel):
-        return metadata.ModelInfo(skeleton=skel, input_size=runner.input_size,
-                                  stride=runner.input_size // runner.heatmap_size)
+        return metadata.ModelInfo(
+            skeleton=skel, input_size=runner.input_size, stride=runner.input_size // runner.heatmap_size
+        )
 
     info = metadata.resolve(metadata.read_info(runner.source), skeleton, str(path), build)
     info.check_model(runner.num_joints, (runner.input_size, runner.input_size), str(path))

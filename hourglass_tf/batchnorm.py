@@ -38,14 +38,20 @@ def _fused_training_call(layer, inputs, training=None, mask=None):
     if x.dtype not in (tf.float32, tf.float16, tf.bfloat16):
         x = tf.cast(x, tf.float32)
     y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-        x, tf.cast(layer.gamma, tf.float32), tf.cast(layer.beta, tf.float32), epsilon=layer.epsilon,
-        data_format="NHWC", is_training=True)  # fmt: skip
+        x,
+        tf.cast(layer.gamma, tf.float32),
+        tf.cast(layer.beta, tf.float32),
+        epsilon=layer.epsilon,
+        data_format="NHWC",
+        is_training=True,
+    )
     count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
     variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel's unbiased -> Keras' biased
     momentum = layer.momentum
     layer.moving_mean.assign(layer.moving_mean * momentum + tf.cast(mean, layer.moving_mean.dtype) * (1.0 - momentum))
-    layer.moving_variance.assign(layer.moving_variance * momentum
-                                 + tf.cast(variance, layer.moving_variance.dtype) * (1.0 - momentum))  # fmt: skip
+    layer.moving_variance.assign(
+        layer.moving_variance * momentum + tf.cast(variance, layer.moving_variance.dtype) * (1.0 - momentum)
+    )
     return tf.cast(y, layer.compute_dtype)
 
 
@@ -53,8 +59,12 @@ def eligible(layer):
     """Whether ``layer`` is a ``BatchNormalization`` the fused kernel can train (see the module docstring)."""
     if not isinstance(layer, layers.BatchNormalization):
         return False
-    return bool(layer.scale and layer.center and not getattr(layer, "renorm", False)
-                and not getattr(layer, "synchronized", False))  # fmt: skip
+    return bool(
+        layer.scale
+        and layer.center
+        and not getattr(layer, "renorm", False)
+        and not getattr(layer, "synchronized", False)
+    )
 
 
 def is_fused(layer):

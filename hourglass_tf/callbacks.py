@@ -123,14 +123,17 @@ class TimeBudget(keras.callbacks.Callback):
             new = _learning_rate(self.model) * self.factor ** (due - self.applied)
             self.model.optimizer.learning_rate = new
             if self.verbose:
-                print(f"\n{self.spent() / 60:.1f} of {self.budget / 60:.1f} minutes: learning rate -> {new:.3g} "
-                      "(lr_drop_fractions)")  # fmt: skip
+                print(
+                    f"\n{self.spent() / 60:.1f} of {self.budget / 60:.1f} minutes: learning rate -> {new:.3g} "
+                    "(lr_drop_fractions)"
+                )
             self.applied = due
 
     def on_train_batch_end(self, batch, logs=None):
         if self.reason is None and self.spent() >= self.budget:
-            self.reason = (f"time budget of {self.budget / 60:g} minutes spent in epoch {self._epoch + 1}, "
-                           f"after batch {batch + 1}")  # fmt: skip
+            self.reason = (
+                f"time budget of {self.budget / 60:g} minutes spent in epoch {self._epoch + 1}, after batch {batch + 1}"
+            )
             if self.verbose:
                 print(f"\nstopping: {self.reason}")
             self.model.stop_training = True
@@ -230,8 +233,9 @@ class AverageWeightsOut(keras.callbacks.Callback):
 class PCKValidation(keras.callbacks.Callback):
     """Validation PCK(h) with the evaluation code, written into the epoch logs."""
 
-    def __init__(self, dataset, skeleton, metric_name, threshold, freq=1, flip_test=False, guard=None, total=None,
-                 source=None):
+    def __init__(
+        self, dataset, skeleton, metric_name, threshold, freq=1, flip_test=False, guard=None, total=None, source=None
+    ):
         super().__init__()
         self.total, self.source = total, source  # every one of ``total`` samples counts (predict_dataset)
         self.dataset = dataset
@@ -252,8 +256,14 @@ class PCKValidation(keras.callbacks.Callback):
         if self._predictor is None:
             self._predictor = Predictor(self.model, skeleton=self.skeleton, flip_test=self.flip_test)
         pred = predict_dataset(self._predictor, self.dataset, progress=False, total=self.total, source=self.source)
-        self.last_result = metrics.evaluate(pred["keypoints"], pred["joints"], pred["present"], pred["normalizer"],
-                                            self.skeleton, threshold=self.threshold)  # fmt: skip
+        self.last_result = metrics.evaluate(
+            pred["keypoints"],
+            pred["joints"],
+            pred["present"],
+            pred["normalizer"],
+            self.skeleton,
+            threshold=self.threshold,
+        )
         logs[self.metric_name] = self.last_result["summary"]["Mean"]
         logs["learning_rate"] = _learning_rate(self.model)
 
@@ -273,8 +283,10 @@ class FailedSamples(keras.callbacks.Callback):
         if logs is not None:
             logs["failed_samples"] = new
         if new:
-            print(f"\nepoch {epoch + 1}: {new} training sample(s) failed to decode or transform and were skipped "
-                  f"({self.failures.total()} in this run); the file may have changed on disk since it was checked")
+            print(
+                f"\nepoch {epoch + 1}: {new} training sample(s) failed to decode or transform and were skipped "
+                f"({self.failures.total()} in this run); the file may have changed on disk since it was checked"
+            )
 
 
 class ValidatedPlateau(keras.callbacks.ReduceLROnPlateau):
@@ -328,8 +340,9 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         if value is not None and value > self.best:
             self.best = value
             self._save("best.keras", epoch, value)
-            (self.run_dir / "best.json").write_text(json.dumps({"epoch": epoch + 1, "value": self.best,
-                                                                "metric": self.monitor}))  # fmt: skip
+            (self.run_dir / "best.json").write_text(
+                json.dumps({"epoch": epoch + 1, "value": self.best, "metric": self.monitor})
+            )
 
 
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -369,10 +382,15 @@ class ImageSummaries(keras.callbacks.Callback):
             self._predictor = Predictor(self.model, skeleton=self.skeleton, flip_test=False)
         result = self._predictor.predict_crops(self.crops)
         tiles = []
-        for crop, keypoints, scores, heatmaps in zip(self.crops, result["keypoints"], result["scores"], result["heatmaps"]):
+        for crop, keypoints, scores, heatmaps in zip(
+            self.crops, result["keypoints"], result["scores"], result["heatmaps"]
+        ):
             image = (255 * crop).astype(np.uint8)
-            tiles.append(visualize.draw_skeleton(visualize.heatmap_overlay(image, heatmaps), keypoints, scores > 0.1,
-                                                 self.skeleton))  # fmt: skip
+            tiles.append(
+                visualize.draw_skeleton(
+                    visualize.heatmap_overlay(image, heatmaps), keypoints, scores > 0.1, self.skeleton
+                )
+            )
         with self.writer.as_default():
             tf.summary.image("validation/predictions", np.stack(tiles), step=epoch, max_outputs=len(tiles))
         self.writer.flush()

@@ -72,12 +72,23 @@ class TrainConfig:
         if self.dataset not in readers.DATASETS:
             problems.append(f"dataset={self.dataset!r} is not one of {readers.DATASETS}")
         if (self.data_dir is None) == (self.tfrecord_dir is None):
-            problems.append(f"give exactly one of data_dir and tfrecord_dir (data_dir={self.data_dir!r}, "
-                            f"tfrecord_dir={self.tfrecord_dir!r})")  # fmt: skip
+            problems.append(
+                f"give exactly one of data_dir and tfrecord_dir (data_dir={self.data_dir!r}, "
+                f"tfrecord_dir={self.tfrecord_dir!r})"
+            )
         if self.drop_side_conflicts and self.tfrecord_dir is not None:
             problems.append("drop_side_conflicts needs data_dir (raw annotations); TFRecord shards are read as written")
-        for name in ("num_stacks", "num_blocks", "filters", "depth", "input_size", "batch_size", "epochs",
-                     "validation_freq", "val_batch_size"):  # fmt: skip
+        for name in (
+            "num_stacks",
+            "num_blocks",
+            "filters",
+            "depth",
+            "input_size",
+            "batch_size",
+            "epochs",
+            "validation_freq",
+            "val_batch_size",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive integer, received {name}={value!r}")
@@ -100,32 +111,42 @@ class TrainConfig:
             problems.append(str(err))
         budget = self.time_budget_minutes
         if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 0:
-            problems.append(f"time_budget_minutes must be a non-negative number, received time_budget_minutes={budget!r}")
+            problems.append(
+                f"time_budget_minutes must be a non-negative number, received time_budget_minutes={budget!r}"
+            )
         try:
             fractions = self.drop_fractions()
         except ValueError as err:
             problems.append(str(err))
             fractions = ()
         if fractions and not (isinstance(budget, (int, float)) and budget > 0):
-            problems.append(f"lr_drop_fractions={self.lr_drop_fractions!r} needs time_budget_minutes > 0, "
-                            f"received time_budget_minutes={budget!r}")  # fmt: skip
+            problems.append(
+                f"lr_drop_fractions={self.lr_drop_fractions!r} needs time_budget_minutes > 0, "
+                f"received time_budget_minutes={budget!r}"
+            )
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule={self.lr_schedule!r} is not one of {LR_SCHEDULES}")
         elif self.lr_schedule == "cosine":
             for name in ("lr_drop_epochs", "lr_drop_fractions"):
                 if (getattr(self, name) or "").strip():
-                    problems.append(f"{name}={getattr(self, name)!r} applies to lr_schedule='plateau' only; "
-                                    "lr_schedule='cosine' sets the rate of every step")  # fmt: skip
+                    problems.append(
+                        f"{name}={getattr(self, name)!r} applies to lr_schedule='plateau' only; "
+                        "lr_schedule='cosine' sets the rate of every step"
+                    )
         if not 0 < self.min_learning_rate < self.learning_rate:
-            problems.append(f"min_learning_rate must be in (0, learning_rate={self.learning_rate}), "
-                            f"received min_learning_rate={self.min_learning_rate}")  # fmt: skip
+            problems.append(
+                f"min_learning_rate must be in (0, learning_rate={self.learning_rate}), "
+                f"received min_learning_rate={self.min_learning_rate}"
+            )
         ema = self.ema_momentum
         if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
             problems.append(f"ema_momentum must be in [0, 1) (0: off), received ema_momentum={ema!r}")
         if self.strategy not in STRATEGIES:
             problems.append(f"strategy={self.strategy!r} is not one of {STRATEGIES}")
         if self.cpu_replicas > 1 and self.strategy not in ("mirrored", "auto"):
-            problems.append(f"cpu_replicas={self.cpu_replicas} needs strategy=mirrored, received strategy={self.strategy!r}")
+            problems.append(
+                f"cpu_replicas={self.cpu_replicas} needs strategy=mirrored, received strategy={self.strategy!r}"
+            )
         try:
             self.augmentation()
         except ValueError as err:
@@ -135,17 +156,27 @@ class TrainConfig:
 
     def drop_epochs(self):
         """``lr_drop_epochs`` as a sorted tuple of 1-based epoch numbers; ValueError when malformed."""
-        return _sorted_list(self.lr_drop_epochs, int, lambda e: e >= 1,
-                            f"lr_drop_epochs must be comma-separated epoch numbers >= 1, received {self.lr_drop_epochs!r}")  # fmt: skip
+        return _sorted_list(
+            self.lr_drop_epochs,
+            int,
+            lambda e: e >= 1,
+            f"lr_drop_epochs must be comma-separated epoch numbers >= 1, received {self.lr_drop_epochs!r}",
+        )
 
     def drop_fractions(self):
         """``lr_drop_fractions`` as a sorted tuple of fractions in (0, 1); ValueError when malformed."""
-        return _sorted_list(self.lr_drop_fractions, float, lambda f: 0 < f < 1,
-                            "lr_drop_fractions must be comma-separated fractions of the time budget in (0, 1), "
-                            f"received {self.lr_drop_fractions!r}")  # fmt: skip
+        return _sorted_list(
+            self.lr_drop_fractions,
+            float,
+            lambda f: 0 < f < 1,
+            "lr_drop_fractions must be comma-separated fractions of the time budget in (0, 1), "
+            f"received {self.lr_drop_fractions!r}",
+        )
 
     def augmentation(self):
-        return pipeline.Augmentation(self.rotation, self.scale_min, self.scale_max, self.flip, self.color, self.rotation_prob)
+        return pipeline.Augmentation(
+            self.rotation, self.scale_min, self.scale_max, self.flip, self.color, self.rotation_prob
+        )
 
 
 def _sorted_list(text, convert, valid, message):

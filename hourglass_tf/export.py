@@ -99,10 +99,11 @@ class ServingModule(tf.Module):
         checks = [
             tf.debugging.assert_positive(tf.stack([w, h]), message="box width and height must be positive"),
             tf.debugging.assert_equal(
-                (x < width) & (y < height) & (x + w > 0.0) & (y + h > 0.0), True,
+                (x < width) & (y < height) & (x + w > 0.0) & (y + h > 0.0),
+                True,
                 message="box lies outside the image",
             ),
-        ]  # fmt: skip
+        ]
         with tf.control_dependencies(checks):
             center, scale = box_to_center_scale(box)
         matrix = crop_matrix(center, scale, self.input_size)
@@ -129,8 +130,11 @@ def _export_saved_model(model, path, info_json, flip_test, info):
         input_signature=[tf.TensorSpec([], tf.string, name="image_bytes"), tf.TensorSpec([4], tf.float32, name="box")],
     )
     # TF Serving refuses a signature without inputs (tensorflow/serving#1676): ``request`` is read and ignored.
-    archive.add_endpoint("metadata", lambda request: {"description": tf.constant(info_json)},
-                         input_signature=[tf.TensorSpec([], tf.string, name="request")])
+    archive.add_endpoint(
+        "metadata",
+        lambda request: {"description": tf.constant(info_json)},
+        input_signature=[tf.TensorSpec([], tf.string, name="request")],
+    )
     archive.write_out(str(path), verbose=False)
     extra = pathlib.Path(path) / "assets.extra"
     extra.mkdir(exist_ok=True)
@@ -222,18 +226,32 @@ def _check_outputs(fmt, path, crops, reference):
 
     heatmaps = load_runner(path).raw(crops)[-1]
     if heatmaps.shape != reference.shape or not np.all(np.isfinite(heatmaps)):
-        raise ExportError(f"{fmt}: {path} loads but gives heatmaps of shape {heatmaps.shape} (finite: "
-                          f"{bool(np.all(np.isfinite(heatmaps)))}), expected {reference.shape}")
+        raise ExportError(
+            f"{fmt}: {path} loads but gives heatmaps of shape {heatmaps.shape} (finite: "
+            f"{bool(np.all(np.isfinite(heatmaps)))}), expected {reference.shape}"
+        )
     deviation = float(np.max(np.abs(heatmaps - reference)))
     tolerance = TOLERANCES.get(fmt)
     if tolerance is not None and deviation > tolerance * max(1.0, float(np.max(np.abs(reference)))):
-        raise ExportError(f"{fmt}: {path} disagrees with the Keras model: max heatmap deviation {deviation:.3g} "
-                          f"> {tolerance:g}")
+        raise ExportError(
+            f"{fmt}: {path} disagrees with the Keras model: max heatmap deviation {deviation:.3g} > {tolerance:g}"
+        )
     return deviation
 
 
-def export_model(model, output, formats=FORMATS, num_stacks=None, flip_test=False, quantize="none",
-                 calibration_images=None, overwrite=False, version=1, info=None, skeleton=None):  # fmt: skip
+def export_model(
+    model,
+    output,
+    formats=FORMATS,
+    num_stacks=None,
+    flip_test=False,
+    quantize="none",
+    calibration_images=None,
+    overwrite=False,
+    version=1,
+    info=None,
+    skeleton=None,
+):
     """Exports ``model`` (a Keras model or a ``.keras`` path) into the folder ``output``.
 
     Args:
@@ -274,8 +292,11 @@ def export_model(model, output, formats=FORMATS, num_stacks=None, flip_test=Fals
     if num_stacks is not None:
         model = truncate(model, num_stacks)
     head = heatmap_model(model)
-    export_section = {"flip_test_in_graph": bool(flip_test), "num_stacks": len(output_names(model)),
-                      "tflite_quantization": quantize if "tflite" in formats else None}
+    export_section = {
+        "flip_test_in_graph": bool(flip_test),
+        "num_stacks": len(output_names(model)),
+        "tflite_quantization": quantize if "tflite" in formats else None,
+    }
     info_json = json.dumps({**info.to_dict(), "export": export_section}, indent=1, default=str)
     output.parent.mkdir(parents=True, exist_ok=True)
     log_path = output.parent / f"{output.name}.export.log"
@@ -287,8 +308,9 @@ def export_model(model, output, formats=FORMATS, num_stacks=None, flip_test=Fals
     tflite_format = "tflite" if quantize == "none" else f"tflite_{quantize}"
     writers = {
         "keras": lambda: metadata.save_keras(model, staging / "model.keras", info),
-        "saved_model": lambda: _export_saved_model(model, staging / "saved_model" / str(version), info_json,
-                                                   flip_test, info),
+        "saved_model": lambda: _export_saved_model(
+            model, staging / "saved_model" / str(version), info_json, flip_test, info
+        ),
         "tflite": lambda: _export_tflite(model, staging, quantize, calibration_images),
         "onnx": lambda: _export_onnx(model, staging / "model.onnx", info_json),
     }
@@ -311,12 +333,19 @@ def export_model(model, output, formats=FORMATS, num_stacks=None, flip_test=Fals
                 except ExportError:
                     raise
                 except Exception as err:  # the runtime refused the file: the export failed
-                    raise ExportError(f"{check}: the written {path.name} does not load in its runtime "
-                                      f"({_cause(err)})") from err
+                    raise ExportError(
+                        f"{check}: the written {path.name} does not load in its runtime ({_cause(err)})"
+                    ) from err
         (staging / metadata.FILENAME).write_text(info_json)
-        report = {"formats": written, **export_section, "input_size": size,
-                  "num_joints": info.skeleton.num_joints, "skeleton": info.skeleton.name,
-                  "trained_precision": info.precision, "max_heatmap_deviation": deviations}
+        report = {
+            "formats": written,
+            **export_section,
+            "input_size": size,
+            "num_joints": info.skeleton.num_joints,
+            "skeleton": info.skeleton.name,
+            "trained_precision": info.precision,
+            "max_heatmap_deviation": deviations,
+        }
         (staging / "export.json").write_text(json.dumps(report, indent=2))
         if output.exists():
             shutil.rmtree(output)

@@ -78,13 +78,18 @@ class Predictor:
     def __init__(self, model, info=None, skeleton=None, flip_test=True, refine="quarter", scales=(1.0,)):
         self.runner = model if isinstance(model, Runner) else KerasRunner(model)
         if (info is None) == (skeleton is None):
-            raise ValueError(f"give the model's description (info) or its skeleton, not both or neither; "
-                             f"received info={info!r}, skeleton={skeleton!r}")
+            raise ValueError(
+                f"give the model's description (info) or its skeleton, not both or neither; "
+                f"received info={info!r}, skeleton={skeleton!r}"
+            )
         if info is None:
             from hourglass_tf.metadata import ModelInfo
 
-            info = ModelInfo(skeleton=skeleton, input_size=self.runner.input_size,
-                             stride=self.runner.input_size // self.runner.heatmap_size)
+            info = ModelInfo(
+                skeleton=skeleton,
+                input_size=self.runner.input_size,
+                stride=self.runner.input_size // self.runner.heatmap_size,
+            )
         info.check_model(self.runner.num_joints, (self.runner.input_size, self.runner.input_size))
         self.info = info
         self.skeleton = info.skeleton
@@ -171,8 +176,15 @@ class Predictor:
         crop, matrix = self.crop(image, center, scale)
         result = self.predict_crops(crop[None])
         keypoints = geometry.back_project(result["keypoints"], matrix[None]).numpy()[0]
-        return {"keypoints": keypoints, "scores": result["scores"][0], "center": np.asarray(center), "scale": float(scale),
-                "crop": crop, "crop_keypoints": result["keypoints"][0], "heatmaps": result["heatmaps"][0]}  # fmt: skip
+        return {
+            "keypoints": keypoints,
+            "scores": result["scores"][0],
+            "center": np.asarray(center),
+            "scale": float(scale),
+            "crop": crop,
+            "crop_keypoints": result["keypoints"][0],
+            "heatmaps": result["heatmaps"][0],
+        }
 
 
 class MissingSamplesError(ValueError):
@@ -228,7 +240,9 @@ def predict_dataset(predictor, dataset, all_stacks=False, progress=True, total=N
         missing = sorted(set(range(total)) - set(positions.tolist()))
         names = sample_ids(source, missing) if source is not None else [f"#{p}" for p in missing]
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        raise MissingSamplesError(f"{len(missing)} of {total} evaluation samples failed to load or decode "
-                                  f"(file changed or unreadable?): {shown}")
+        raise MissingSamplesError(
+            f"{len(missing)} of {total} evaluation samples failed to load or decode "
+            f"(file changed or unreadable?): {shown}"
+        )
     out["id"] = np.array([i.decode() if isinstance(i, bytes) else str(i) for i in out["id"]])
     return out

@@ -99,8 +99,12 @@ class ModelInfo:
             "skeleton": self.skeleton.to_dict(),
             "input": {**INPUT, "size": list(self.input_size)},
             "preprocessing": list(self.preprocessing),
-            "output": {"stride": self.stride, "heatmap_size": list(self.heatmap_size), "sigma": self.sigma,
-                       "decoding": self.decoding},
+            "output": {
+                "stride": self.stride,
+                "heatmap_size": list(self.heatmap_size),
+                "sigma": self.sigma,
+                "decoding": self.decoding,
+            },
             "architecture": dict(self.architecture),
             "precision": self.precision,
             "provenance": dict(self.provenance),
@@ -117,8 +121,9 @@ class ModelInfo:
                 raise ValueError(f"expected a JSON object, found {type(data).__name__}")
             version = data.get("format_version")
             if version != FORMAT_VERSION:
-                raise ValueError(f"format_version {version!r} is not {FORMAT_VERSION} (written by another version "
-                                 "of hourglass_tf?)")
+                raise ValueError(
+                    f"format_version {version!r} is not {FORMAT_VERSION} (written by another version of hourglass_tf?)"
+                )
             missing = [k for k in ("skeleton", "input", "output") if k not in data]
             if missing:
                 raise ValueError(f"missing {missing}")
@@ -148,15 +153,27 @@ class ModelInfo:
     def check_model(self, num_joints, input_size, where="model"):
         """MetadataError when a model's joint count or input size disagrees with this description."""
         if num_joints != self.skeleton.num_joints:
-            raise MetadataError(f"{where}: the model has {num_joints} heatmap channels but its skeleton "
-                                f"{self.skeleton.name!r} has {self.skeleton.num_joints} joints")
+            raise MetadataError(
+                f"{where}: the model has {num_joints} heatmap channels but its skeleton "
+                f"{self.skeleton.name!r} has {self.skeleton.num_joints} joints"
+            )
         if tuple(input_size) != self.input_size:
-            raise MetadataError(f"{where}: the model takes {tuple(input_size)} inputs but its description says "
-                                f"{self.input_size}")
+            raise MetadataError(
+                f"{where}: the model takes {tuple(input_size)} inputs but its description says {self.input_size}"
+            )
 
 
-def describe(model, skeleton, *, sigma=1.0, decoding="quarter", precision="float32", provenance=None,
-             preprocessing=(), variant="hg.lua"):
+def describe(
+    model,
+    skeleton,
+    *,
+    sigma=1.0,
+    decoding="quarter",
+    precision="float32",
+    provenance=None,
+    preprocessing=(),
+    variant="hg.lua",
+):
     """``ModelInfo`` for a Keras model built by ``build_model`` (architecture read from it).
 
     ``skeleton``: a ``Skeleton`` or a skeleton name.
@@ -169,9 +186,17 @@ def describe(model, skeleton, *, sigma=1.0, decoding="quarter", precision="float
     height, width = arch.pop("input_size")
     num_joints = arch.pop("num_joints")
     heatmap = model.get_layer("stack_1").output.shape[1]
-    info = ModelInfo(skeleton=skeleton, input_size=(height, width), stride=height // int(heatmap), sigma=float(sigma),
-                     decoding=decoding, architecture={**arch, "variant": variant}, precision=precision,
-                     preprocessing=tuple(preprocessing), provenance=dict(provenance or {}))
+    info = ModelInfo(
+        skeleton=skeleton,
+        input_size=(height, width),
+        stride=height // int(heatmap),
+        sigma=float(sigma),
+        decoding=decoding,
+        architecture={**arch, "variant": variant},
+        precision=precision,
+        preprocessing=tuple(preprocessing),
+        provenance=dict(provenance or {}),
+    )
     info.check_model(num_joints, (height, width), model.name)
     return info
 
@@ -284,10 +309,14 @@ def resolve(stored, skeleton, where, build):
         skeleton = skeletons.get_skeleton(skeleton)
     if stored is not None:
         if skeleton is not None and skeleton.joints != stored.skeleton.joints:
-            raise MetadataError(f"{where}: the model's own skeleton is {stored.skeleton.name!r} "
-                                f"{stored.skeleton.joints}, not {skeleton.name!r}")
+            raise MetadataError(
+                f"{where}: the model's own skeleton is {stored.skeleton.name!r} "
+                f"{stored.skeleton.joints}, not {skeleton.name!r}"
+            )
         return stored
     if skeleton is None:
-        raise MetadataError(f"{where}: the model carries no hourglass_tf description (saved by other code?); "
-                            f"name its joint set, e.g. --skeleton={'|'.join(sorted(skeletons.SKELETONS))}")
+        raise MetadataError(
+            f"{where}: the model carries no hourglass_tf description (saved by other code?); "
+            f"name its joint set, e.g. --skeleton={'|'.join(sorted(skeletons.SKELETONS))}"
+        )
     return build(skeleton)

@@ -139,8 +139,11 @@ def mean_joints(skeleton):
 
 def limb_joints(skeleton):
     """Joints of the limbs and hips (no head, neck, face, pelvis or thorax): 12 for LSP and MPII."""
-    return [i for i, j in enumerate(skeleton.joints)
-            if j.split("_", 1)[-1] in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")]  # fmt: skip
+    return [
+        i
+        for i, j in enumerate(skeleton.joints)
+        if j.split("_", 1)[-1] in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
+    ]
 
 
 def _percent(correct, count):
@@ -225,6 +228,8 @@ def format_table(result, title="PCK"):
     summary = result["summary"]
     names = list(summary)
     head = f"{title}@{result['threshold']:g}"
-    lines = [" | ".join([head.ljust(10)] + [n.rjust(8) for n in names]),
-             " | ".join([" " * 10] + [f"{summary[n]:8.2f}" for n in names])]  # fmt: skip
+    lines = [
+        " | ".join([head.ljust(10)] + [n.rjust(8) for n in names]),
+        " | ".join([" " * 10] + [f"{summary[n]:8.2f}" for n in names]),
+    ]
     return "\n".join(lines)

@@ -307,4 +307,3 @@ def float32_copy(model):
     copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
-

@@ -80,8 +80,9 @@ def predict_file(predictor, path, output_dir, box=None, center=None, scale=None,
                 frames.append(_record(result, skeleton))
                 drawn = _overlay(rgb, result, skeleton, min_score)[..., ::-1]
                 if writer is None:
-                    writer = cv2.VideoWriter(str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps,
-                                             (drawn.shape[1], drawn.shape[0]))  # fmt: skip
+                    writer = cv2.VideoWriter(
+                        str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0])
+                    )
                 writer.write(np.ascontiguousarray(drawn))
         finally:
             capture.release()
@@ -90,13 +91,18 @@ def predict_file(predictor, path, output_dir, box=None, center=None, scale=None,
         if not frames:
             raise ValueError(f"{path}: not a readable video (no frame decoded)")
         json_path = output_dir / f"{path.stem}.json"
-        json_path.write_text(json.dumps({"input": str(path), "joints": list(skeleton.joints), "frames": frames}, indent=1))
+        json_path.write_text(
+            json.dumps({"input": str(path), "joints": list(skeleton.joints), "frames": frames}, indent=1)
+        )
         return [json_path, video_path]
     image = read_image(path)
     result = _person(predictor, image, box, center, scale)
     json_path = output_dir / f"{path.stem}.json"
-    json_path.write_text(json.dumps({"input": str(path), "image_size": [image.shape[1], image.shape[0]],
-                                     **_record(result, skeleton)}, indent=1))  # fmt: skip
+    json_path.write_text(
+        json.dumps(
+            {"input": str(path), "image_size": [image.shape[1], image.shape[0]], **_record(result, skeleton)}, indent=1
+        )
+    )
     png_path = output_dir / f"{path.stem}.png"
     visualize.save_png(png_path, _overlay(image, result, skeleton, min_score))
     return [json_path, png_path]

@@ -51,8 +51,10 @@ class Skeleton:
                 raise ValueError(f"skeleton {self.name!r}: {field} must be index pairs, received {value!r}") from None
             bad = [p for p in value if not all(0 <= i < len(joints) for i in p) or p[0] == p[1]]
             if bad:
-                raise ValueError(f"skeleton {self.name!r}: {field} {bad} are not pairs of two different joint "
-                                 f"indices in 0..{len(joints) - 1}")
+                raise ValueError(
+                    f"skeleton {self.name!r}: {field} {bad} are not pairs of two different joint "
+                    f"indices in 0..{len(joints) - 1}"
+                )
             object.__setattr__(self, field, value)
 
     @property
@@ -61,8 +63,12 @@ class Skeleton:
 
     def to_dict(self):
         """JSON-ready description: name, joints, limbs and the flip pairs in use."""
-        return {"name": self.name, "joints": list(self.joints), "limbs": [list(p) for p in self.limbs],
-                "flip_pairs": [list(p) for p in self.flip_pairs]}
+        return {
+            "name": self.name,
+            "joints": list(self.joints),
+            "limbs": [list(p) for p in self.limbs],
+            "flip_pairs": [list(p) for p in self.flip_pairs],
+        }
 
     @classmethod
     def from_dict(cls, data):
@@ -109,82 +115,168 @@ def _limbs(joints, names):
 
 
 _MPII_JOINTS = (
-    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
-    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",
-)  # fmt: skip
+    "r_ankle",
+    "r_knee",
+    "r_hip",
+    "l_hip",
+    "l_knee",
+    "l_ankle",
+    "pelvis",
+    "thorax",
+    "upper_neck",
+    "head_top",
+    "r_wrist",
+    "r_elbow",
+    "r_shoulder",
+    "l_shoulder",
+    "l_elbow",
+    "l_wrist",
+)
 MPII = Skeleton(
     "mpii",
     _MPII_JOINTS,
     _limbs(
         _MPII_JOINTS,
         [
-            ("r_ankle", "r_knee"), ("r_knee", "r_hip"), ("r_hip", "pelvis"),
-            ("l_ankle", "l_knee"), ("l_knee", "l_hip"), ("l_hip", "pelvis"),
-            ("pelvis", "thorax"), ("thorax", "upper_neck"), ("upper_neck", "head_top"),
-            ("r_wrist", "r_elbow"), ("r_elbow", "r_shoulder"), ("r_shoulder", "thorax"),
-            ("l_wrist", "l_elbow"), ("l_elbow", "l_shoulder"), ("l_shoulder", "thorax"),
+            ("r_ankle", "r_knee"),
+            ("r_knee", "r_hip"),
+            ("r_hip", "pelvis"),
+            ("l_ankle", "l_knee"),
+            ("l_knee", "l_hip"),
+            ("l_hip", "pelvis"),
+            ("pelvis", "thorax"),
+            ("thorax", "upper_neck"),
+            ("upper_neck", "head_top"),
+            ("r_wrist", "r_elbow"),
+            ("r_elbow", "r_shoulder"),
+            ("r_shoulder", "thorax"),
+            ("l_wrist", "l_elbow"),
+            ("l_elbow", "l_shoulder"),
+            ("l_shoulder", "thorax"),
         ],
     ),
-)  # fmt: skip
+)
 
 _LSP_JOINTS = (
-    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "r_wrist", "r_elbow",
-    "r_shoulder", "l_shoulder", "l_elbow", "l_wrist", "neck", "head_top",
-)  # fmt: skip
+    "r_ankle",
+    "r_knee",
+    "r_hip",
+    "l_hip",
+    "l_knee",
+    "l_ankle",
+    "r_wrist",
+    "r_elbow",
+    "r_shoulder",
+    "l_shoulder",
+    "l_elbow",
+    "l_wrist",
+    "neck",
+    "head_top",
+)
 LSP = Skeleton(
     "lsp",
     _LSP_JOINTS,
     _limbs(
         _LSP_JOINTS,
         [
-            ("r_ankle", "r_knee"), ("r_knee", "r_hip"), ("l_ankle", "l_knee"), ("l_knee", "l_hip"),
-            ("r_hip", "l_hip"), ("r_hip", "r_shoulder"), ("l_hip", "l_shoulder"),
-            ("r_wrist", "r_elbow"), ("r_elbow", "r_shoulder"), ("r_shoulder", "neck"),
-            ("l_wrist", "l_elbow"), ("l_elbow", "l_shoulder"), ("l_shoulder", "neck"),
+            ("r_ankle", "r_knee"),
+            ("r_knee", "r_hip"),
+            ("l_ankle", "l_knee"),
+            ("l_knee", "l_hip"),
+            ("r_hip", "l_hip"),
+            ("r_hip", "r_shoulder"),
+            ("l_hip", "l_shoulder"),
+            ("r_wrist", "r_elbow"),
+            ("r_elbow", "r_shoulder"),
+            ("r_shoulder", "neck"),
+            ("l_wrist", "l_elbow"),
+            ("l_elbow", "l_shoulder"),
+            ("l_shoulder", "neck"),
             ("neck", "head_top"),
         ],
     ),
-)  # fmt: skip
+)
 
 _FLIC_JOINTS = (
-    "l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow", "r_wrist",
-    "l_hip", "r_hip", "l_eye", "r_eye", "nose",
-)  # fmt: skip
+    "l_shoulder",
+    "l_elbow",
+    "l_wrist",
+    "r_shoulder",
+    "r_elbow",
+    "r_wrist",
+    "l_hip",
+    "r_hip",
+    "l_eye",
+    "r_eye",
+    "nose",
+)
 FLIC = Skeleton(
     "flic",
     _FLIC_JOINTS,
     _limbs(
         _FLIC_JOINTS,
         [
-            ("l_wrist", "l_elbow"), ("l_elbow", "l_shoulder"), ("r_wrist", "r_elbow"), ("r_elbow", "r_shoulder"),
-            ("l_shoulder", "r_shoulder"), ("l_shoulder", "l_hip"), ("r_shoulder", "r_hip"), ("l_hip", "r_hip"),
-            ("l_eye", "nose"), ("r_eye", "nose"),
+            ("l_wrist", "l_elbow"),
+            ("l_elbow", "l_shoulder"),
+            ("r_wrist", "r_elbow"),
+            ("r_elbow", "r_shoulder"),
+            ("l_shoulder", "r_shoulder"),
+            ("l_shoulder", "l_hip"),
+            ("r_shoulder", "r_hip"),
+            ("l_hip", "r_hip"),
+            ("l_eye", "nose"),
+            ("r_eye", "nose"),
         ],
     ),
-)  # fmt: skip
+)
 
 _COCO_JOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
 COCO = Skeleton(
     "coco",
     _COCO_JOINTS,
     _limbs(
         _COCO_JOINTS,
         [
-            ("left_ankle", "left_knee"), ("left_knee", "left_hip"), ("right_ankle", "right_knee"),
-            ("right_knee", "right_hip"), ("left_hip", "right_hip"), ("left_shoulder", "left_hip"),
-            ("right_shoulder", "right_hip"), ("left_shoulder", "right_shoulder"),
-            ("left_shoulder", "left_elbow"), ("right_shoulder", "right_elbow"),
-            ("left_elbow", "left_wrist"), ("right_elbow", "right_wrist"),
-            ("left_eye", "right_eye"), ("nose", "left_eye"), ("nose", "right_eye"),
-            ("left_eye", "left_ear"), ("right_eye", "right_ear"),
-            ("left_ear", "left_shoulder"), ("right_ear", "right_shoulder"),
+            ("left_ankle", "left_knee"),
+            ("left_knee", "left_hip"),
+            ("right_ankle", "right_knee"),
+            ("right_knee", "right_hip"),
+            ("left_hip", "right_hip"),
+            ("left_shoulder", "left_hip"),
+            ("right_shoulder", "right_hip"),
+            ("left_shoulder", "right_shoulder"),
+            ("left_shoulder", "left_elbow"),
+            ("right_shoulder", "right_elbow"),
+            ("left_elbow", "left_wrist"),
+            ("right_elbow", "right_wrist"),
+            ("left_eye", "right_eye"),
+            ("nose", "left_eye"),
+            ("nose", "right_eye"),
+            ("left_eye", "left_ear"),
+            ("right_eye", "right_ear"),
+            ("left_ear", "left_shoulder"),
+            ("right_ear", "right_shoulder"),
         ],
     ),
-)  # fmt: skip
+)
 
 SKELETONS = {s.name: s for s in (MPII, LSP, FLIC, COCO)}
 

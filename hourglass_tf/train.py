@@ -63,10 +63,30 @@ from hourglass_tf.distribute import (
 from hourglass_tf.metadata import describe
 from hourglass_tf.model import build_model, output_names
 
-__all__ = ["AtomicCheckpoint", "AverageWeightsIn", "AverageWeightsOut", "CosineDecay", "EpochTimer", "ImageSummaries",
-           "LR_SCHEDULES", "LearningRateDrops", "NaNGuard", "OPTIMIZERS", "PCKValidation", "STRATEGIES",
-           "SafeBackupAndRestore", "TimeBudget", "TrainConfig", "ValidatedPlateau", "build_compiled_model", "is_chief", "make_strategy",
-           "mixed_precision_policy", "spent_budget_seconds", "train"]
+__all__ = [
+    "AtomicCheckpoint",
+    "AverageWeightsIn",
+    "AverageWeightsOut",
+    "CosineDecay",
+    "EpochTimer",
+    "ImageSummaries",
+    "LR_SCHEDULES",
+    "LearningRateDrops",
+    "NaNGuard",
+    "OPTIMIZERS",
+    "PCKValidation",
+    "STRATEGIES",
+    "SafeBackupAndRestore",
+    "TimeBudget",
+    "TrainConfig",
+    "ValidatedPlateau",
+    "build_compiled_model",
+    "is_chief",
+    "make_strategy",
+    "mixed_precision_policy",
+    "spent_budget_seconds",
+    "train",
+]
 
 
 def build_compiled_model(config):
@@ -75,9 +95,14 @@ def build_compiled_model(config):
     With ``config.fused_batch_norm`` its batch-norm layers train with TensorFlow's fused kernel
     (``hourglass_tf.batchnorm``); they stay stock layers, so checkpoints are unchanged.
     """
-    model = build_model(num_stacks=config.num_stacks, num_blocks=config.num_blocks, filters=config.filters,
-                        depth=config.depth, num_joints=readers.skeleton_of(config.dataset).num_joints,
-                        input_size=config.input_size)  # fmt: skip
+    model = build_model(
+        num_stacks=config.num_stacks,
+        num_blocks=config.num_blocks,
+        filters=config.filters,
+        depth=config.depth,
+        num_joints=readers.skeleton_of(config.dataset).num_joints,
+        input_size=config.input_size,
+    )
     if config.fused_batch_norm:
         batchnorm.use_fused_batch_norm(model)
     ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum)
@@ -85,8 +110,9 @@ def build_compiled_model(config):
         optimizer = keras.optimizers.RMSprop(config.learning_rate, **ema)
     else:
         optimizer = keras.optimizers.Adam(config.learning_rate, **ema)
-    model.compile(optimizer=optimizer, loss={name: "mse" for name in output_names(model)},
-                  jit_compile=config.jit_compile)  # fmt: skip
+    model.compile(
+        optimizer=optimizer, loss={name: "mse" for name in output_names(model)}, jit_compile=config.jit_compile
+    )
     return model
 
 
@@ -124,53 +150,102 @@ def _train(config):
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     train_source, skeleton, train_report, num_train = sources.load_source(
-        config.dataset, "train", config.data_dir, config.tfrecord_dir,
-        drop_side_conflicts=config.drop_side_conflicts, augmentation=config.augmentation(),
-        input_size=config.input_size)  # fmt: skip
-    val_source, _, val_report, num_val = sources.load_source(config.dataset, "valid", config.data_dir, config.tfrecord_dir,
-                                                             input_size=config.input_size)  # fmt: skip
+        config.dataset,
+        "train",
+        config.data_dir,
+        config.tfrecord_dir,
+        drop_side_conflicts=config.drop_side_conflicts,
+        augmentation=config.augmentation(),
+        input_size=config.input_size,
+    )
+    val_source, _, val_report, num_val = sources.load_source(
+        config.dataset, "valid", config.data_dir, config.tfrecord_dir, input_size=config.input_size
+    )
     if num_train < global_batch:
-        raise ValueError(f"the training split has {num_train} usable samples, fewer than one global batch ({global_batch})")
+        raise ValueError(
+            f"the training split has {num_train} usable samples, fewer than one global batch ({global_batch})"
+        )
     if num_val == 0:
         raise ValueError("the validation split has no usable sample")
     if config.max_val_samples:
         val_source = val_source.take(config.max_val_samples)
         num_val = min(num_val, config.max_val_samples)
     failures = pipeline.FailureCount()
-    train_data = pipeline.make_dataset(train_source.repeat(), skeleton, config.num_stacks, global_batch,
-                                       input_size=config.input_size, sigma=config.sigma,
-                                       augmentation=config.augmentation(), seed=config.seed,
-                                       failures=failures)  # fmt: skip
+    train_data = pipeline.make_dataset(
+        train_source.repeat(),
+        skeleton,
+        config.num_stacks,
+        global_batch,
+        input_size=config.input_size,
+        sigma=config.sigma,
+        augmentation=config.augmentation(),
+        seed=config.seed,
+        failures=failures,
+    )
     train_data = dataset_options(train_data)
     steps = config.steps_per_epoch or max(1, num_train // global_batch)
-    val_data = pipeline.make_dataset(val_source, skeleton, config.num_stacks, config.val_batch_size,
-                                     input_size=config.input_size, sigma=config.sigma, training=False,
-                                     with_meta=True)  # fmt: skip
+    val_data = pipeline.make_dataset(
+        val_source,
+        skeleton,
+        config.num_stacks,
+        config.val_batch_size,
+        input_size=config.input_size,
+        sigma=config.sigma,
+        training=False,
+        with_meta=True,
+    )
 
     with strategy.scope():
         model = build_compiled_model(config)
-    info = describe(model, skeleton, sigma=config.sigma, precision=keras.mixed_precision.global_policy().name,
-                    provenance={"dataset": config.dataset, "metric": config.metric_name,
-                                "config": dataclasses.asdict(config), "package": "hourglass_tf " + __version__})
+    info = describe(
+        model,
+        skeleton,
+        sigma=config.sigma,
+        precision=keras.mixed_precision.global_policy().name,
+        provenance={
+            "dataset": config.dataset,
+            "metric": config.metric_name,
+            "config": dataclasses.asdict(config),
+            "package": "hourglass_tf " + __version__,
+        },
+    )
 
     guard = NaNGuard()
-    validation = PCKValidation(val_data, skeleton, config.metric_name, config.metric_threshold,
-                               config.validation_freq, config.val_flip_test, guard, total=num_val,
-                               source=val_source)  # fmt: skip
+    validation = PCKValidation(
+        val_data,
+        skeleton,
+        config.metric_name,
+        config.metric_threshold,
+        config.validation_freq,
+        config.val_flip_test,
+        guard,
+        total=num_val,
+        source=val_source,
+    )
     backup = SafeBackupAndRestore(str(write_dir / "backup"), guard)
     if config.lr_schedule == "cosine":
         schedule = [CosineDecay(config.learning_rate, config.min_learning_rate, config.epochs * steps)]
     else:
         schedule = [
-            ValidatedPlateau(monitor=config.metric_name, mode="max", factor=config.plateau_factor,
-                                              patience=config.plateau_patience, min_lr=config.min_learning_rate,
-                                              verbose=config.verbose),  # fmt: skip
+            ValidatedPlateau(
+                monitor=config.metric_name,
+                mode="max",
+                factor=config.plateau_factor,
+                patience=config.plateau_patience,
+                min_lr=config.min_learning_rate,
+                verbose=config.verbose,
+            ),
             LearningRateDrops(config.drop_epochs(), config.plateau_factor, config.verbose),
         ]
     budget = None
     if config.time_budget_minutes:
-        budget = TimeBudget(60.0 * config.time_budget_minutes, config.drop_fractions(), config.plateau_factor,
-                            spent_budget_seconds(write_dir / "log.csv"), config.verbose)  # fmt: skip
+        budget = TimeBudget(
+            60.0 * config.time_budget_minutes,
+            config.drop_fractions(),
+            config.plateau_factor,
+            spent_budget_seconds(write_dir / "log.csv"),
+            config.verbose,
+        )
         schedule.insert(0, budget)
     pictures = []
     if config.image_summaries:
@@ -192,15 +267,18 @@ def _train(config):
         keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False),
     ]
 
-    print(f"training {config.num_stacks}-stack hourglass on {config.dataset}: {num_train} train / {num_val} validation "
-          f"samples, {replicas} replica(s), global batch {global_batch}, {steps} steps per epoch")  # fmt: skip
+    print(
+        f"training {config.num_stacks}-stack hourglass on {config.dataset}: {num_train} train / {num_val} validation "
+        f"samples, {replicas} replica(s), global batch {global_batch}, {steps} steps per epoch"
+    )
     for name, report in (("train", train_report), ("valid", val_report)):
         if report.total_skipped:
             print(f"{name} split: {report.summary()}")
     start = time.time()
     with multi_worker_fit_fixes(model, strategy):
-        history = model.fit(train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                            verbose=config.verbose)  # fmt: skip
+        history = model.fit(
+            train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=config.verbose
+        )
     seconds = time.time() - start
     summary = {
         "epochs_run": len(history.epoch),
@@ -221,8 +299,9 @@ def _train(config):
             from hourglass_tf.evaluation import plot_training_log
 
             try:
-                plot_training_log(run_dir / "log.csv", run_dir / "training_curve.png",
-                                  f"{config.dataset}, {config.num_stacks} stacks")  # fmt: skip
+                plot_training_log(
+                    run_dir / "log.csv", run_dir / "training_curve.png", f"{config.dataset}, {config.num_stacks} stacks"
+                )
             except ValueError as err:  # a picture must never fail a finished run
                 print(f"training curve not drawn: {err}")
     return {"summary": summary, "model": model, "history": history.history}

@@ -28,12 +28,24 @@ def draw_skeleton(image, joints, present, skeleton, radius=None, thickness=None)
     limb_colours = _colours(len(skeleton.limbs))
     for (a, b), colour in zip(skeleton.limbs, limb_colours):
         if present[a] and present[b]:
-            cv2.line(out, tuple(np.round(joints[a]).astype(int)), tuple(np.round(joints[b]).astype(int)), colour,
-                     thickness, cv2.LINE_AA)  # fmt: skip
+            cv2.line(
+                out,
+                tuple(np.round(joints[a]).astype(int)),
+                tuple(np.round(joints[b]).astype(int)),
+                colour,
+                thickness,
+                cv2.LINE_AA,
+            )
     for j, name in enumerate(skeleton.joints):
         if present[j]:
             side = name.split("_")[0]
-            colour = (255, 80, 40) if side in ("l", "left") else (40, 140, 255) if side in ("r", "right") else (255, 255, 255)
+            colour = (
+                (255, 80, 40)
+                if side in ("l", "left")
+                else (40, 140, 255)
+                if side in ("r", "right")
+                else (255, 255, 255)
+            )
             cv2.circle(out, tuple(np.round(joints[j]).astype(int)), radius, colour, -1, cv2.LINE_AA)
     return out
 

@@ -32,11 +32,20 @@ flags.DEFINE_integer("input_size", 256, "Input size of the pipeline and the mode
 flags.DEFINE_integer("filters", 256, "Model features.")
 flags.DEFINE_list("infer_stacks", None, "Stack counts timed for inference (default 2,8; quick 2).")
 flags.DEFINE_list("train_stacks", None, "Stack counts whose training step is timed (default 2,8; quick 2).")
-flags.DEFINE_list("backends", None, f"Inference backends, any of {','.join(benchmark.BACKENDS)} (default all; quick "
-                  f"{','.join(benchmark.QUICK_BACKENDS)}).")  # fmt: skip
-flags.DEFINE_list("train_variants", None, f"Training variants, any of {','.join(benchmark.TRAIN_VARIANTS)} "
-                  "(default all; quick plain).")  # fmt: skip
-flags.DEFINE_bool("allocator_comparison", None, "Also time the largest model with default allocators (default: unless quick).")
+flags.DEFINE_list(
+    "backends",
+    None,
+    f"Inference backends, any of {','.join(benchmark.BACKENDS)} (default all; quick "
+    f"{','.join(benchmark.QUICK_BACKENDS)}).",
+)
+flags.DEFINE_list(
+    "train_variants",
+    None,
+    f"Training variants, any of {','.join(benchmark.TRAIN_VARIANTS)} (default all; quick plain).",
+)
+flags.DEFINE_bool(
+    "allocator_comparison", None, "Also time the largest model with default allocators (default: unless quick)."
+)
 flags.DEFINE_string("shared_data", None, "Folder holding lspet/ (default: $HOURGLASS_SHARED/data or ../shared/data).")
 
 
@@ -51,11 +60,19 @@ def main(argv):
     def ints(values):
         return [int(v) for v in values] if values else None
 
-    results = benchmark.run(FLAGS.work_dir, shared, quick=FLAGS.quick, input_size=FLAGS.input_size,
-                            filters=FLAGS.filters, infer_stacks=ints(FLAGS.infer_stacks),
-                            train_stacks=ints(FLAGS.train_stacks), backends=FLAGS.backends,
-                            train_variants=FLAGS.train_variants, allocator_comparison=FLAGS.allocator_comparison,
-                            progress=True)  # fmt: skip
+    results = benchmark.run(
+        FLAGS.work_dir,
+        shared,
+        quick=FLAGS.quick,
+        input_size=FLAGS.input_size,
+        filters=FLAGS.filters,
+        infer_stacks=ints(FLAGS.infer_stacks),
+        train_stacks=ints(FLAGS.train_stacks),
+        backends=FLAGS.backends,
+        train_variants=FLAGS.train_variants,
+        allocator_comparison=FLAGS.allocator_comparison,
+        progress=True,
+    )
     json_path, md_path = benchmark.write(results, FLAGS.output_dir)
     print(benchmark.markdown(results))
     print(f"written: {json_path}, {md_path}")

@@ -59,13 +59,22 @@ def main(argv):
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "flags.txt").write_text(train_flags.flags_text(config))
-    print(f"[2/4] training ({config.epochs} epochs of {config.num_stacks} stacks x {config.filters} features, "
-          f"{config.input_size} px)")  # fmt: skip
+    print(
+        f"[2/4] training ({config.epochs} epochs of {config.num_stacks} stacks x {config.filters} features, "
+        f"{config.input_size} px)"
+    )
     trained = train(config)["summary"]
     print("[3/4] evaluating the best checkpoint on the validation split (flip test)")
     eval_dir = run_dir / "eval"
-    result = evaluation.evaluate_model(run_dir / "best.keras", "synthetic", "valid", data_dir=str(data_dir),
-                                       flip_test=True, output_dir=eval_dir, progress=False)  # fmt: skip
+    result = evaluation.evaluate_model(
+        run_dir / "best.keras",
+        "synthetic",
+        "valid",
+        data_dir=str(data_dir),
+        flip_test=True,
+        output_dir=eval_dir,
+        progress=False,
+    )
     print(metrics.format_table(result, "PCKh"))
     print("[4/4] pictures written")
     summary = {

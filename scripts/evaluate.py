@@ -23,7 +23,9 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("annotations", None, "Annotation file: evaluator .mat (pos_gt_src, ...) or original-code .h5.")
-flags.DEFINE_string("predictions", None, "Prediction file: .h5 'preds' / .mat 'preds' or 'pos_pred_src' (1-based), .npy (0-based).")
+flags.DEFINE_string(
+    "predictions", None, "Prediction file: .h5 'preds' / .mat 'preds' or 'pos_pred_src' (1-based), .npy (0-based)."
+)
 flags.DEFINE_string("output_json", None, "File mode: write the results as JSON here.")
 flags.DEFINE_string("plot", None, "File mode: write the PCK(h) curves as PNG here.")
 flags.DEFINE_string("skeleton", None, "File mode: joint set of an .h5 annotation file (mpii or flic).")
@@ -33,10 +35,19 @@ flags.DEFINE_string("data_dir", None, "Model mode: dataset root (raw files).")
 flags.DEFINE_string("tfrecord_dir", None, "Model mode: TFRecord shards instead of --data_dir.")
 flags.DEFINE_enum("split", "valid", ["train", "valid"], "Model mode: split to evaluate.")
 flags.DEFINE_bool("flip_test", True, "Model mode: average with the mirrored image (the paper's test procedure).")
-flags.DEFINE_enum("refine", "quarter", ["quarter", "dark"], "Model mode: sub-pixel step of the decoder: quarter "
-                  "(the paper: a quarter pixel toward the higher neighbour) or dark (Newton step on the log-heatmap).")
-flags.DEFINE_list("test_scales", ["1"], "Model mode: person box multipliers whose heatmaps are averaged "
-                  "(multi-scale testing, e.g. 0.9,1,1.1; the paper tests at 1 only).")
+flags.DEFINE_enum(
+    "refine",
+    "quarter",
+    ["quarter", "dark"],
+    "Model mode: sub-pixel step of the decoder: quarter "
+    "(the paper: a quarter pixel toward the higher neighbour) or dark (Newton step on the log-heatmap).",
+)
+flags.DEFINE_list(
+    "test_scales",
+    ["1"],
+    "Model mode: person box multipliers whose heatmaps are averaged "
+    "(multi-scale testing, e.g. 0.9,1,1.1; the paper tests at 1 only).",
+)
 flags.DEFINE_string("output_dir", "runs/eval", "Model mode: where predictions, metrics and pictures go.")
 flags.DEFINE_integer("batch_size", 16, "Model mode: batch size.")
 flags.DEFINE_integer("max_samples", 0, "Model mode: evaluate the first this many people (0: all).")
@@ -67,18 +78,29 @@ def main(argv):
             return 0
         if FLAGS.dataset is None:
             raise app.UsageError("model mode needs --dataset")
-        result = evaluation.evaluate_model(FLAGS.checkpoint, FLAGS.dataset, FLAGS.split, FLAGS.data_dir,
-                                           FLAGS.tfrecord_dir, FLAGS.flip_test, FLAGS.output_dir, FLAGS.batch_size,
-                                           FLAGS.max_samples, refine=FLAGS.refine,
-                                           test_scales=FLAGS.test_scales)  # fmt: skip
+        result = evaluation.evaluate_model(
+            FLAGS.checkpoint,
+            FLAGS.dataset,
+            FLAGS.split,
+            FLAGS.data_dir,
+            FLAGS.tfrecord_dir,
+            FLAGS.flip_test,
+            FLAGS.output_dir,
+            FLAGS.batch_size,
+            FLAGS.max_samples,
+            refine=FLAGS.refine,
+            test_scales=FLAGS.test_scales,
+        )
     except (DataFileError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     name = "PCKh" if result["threshold"] == 0.5 else "PCK"
     print(metrics.format_table(result, name))
     print(f"mean over limb joints: {result['mean_limbs']:.2f}; AUC: {result['auc']:.2f}")
-    print(f"left/right swaps: {result['swapped']['limbs']:.2f} % of the scored limb joints miss onto the other "
-          "side's joint")
+    print(
+        f"left/right swaps: {result['swapped']['limbs']:.2f} % of the scored limb joints miss onto the other "
+        "side's joint"
+    )
     print("per stack: " + ", ".join(f"{i + 1}: {v:.2f}" for i, v in enumerate(result["stack_accuracy"])))
     occ = result["occlusion"]
 
@@ -86,8 +108,10 @@ def main(argv):
         summary = occ[name]["summary"]
         return f"{summary['Mean']:.2f} ({occ[name]['joints']} joints)" if summary else "n/a (no such joint annotated)"
 
-    print(f"visible joints {part('visible')}, occluded {part('occluded')}; presence AP from heatmap max "
-          f"{occ['presence']['max']['average_precision']:.1f}, mean {occ['presence']['mean']['average_precision']:.1f}")  # fmt: skip
+    print(
+        f"visible joints {part('visible')}, occluded {part('occluded')}; presence AP from heatmap max "
+        f"{occ['presence']['max']['average_precision']:.1f}, mean {occ['presence']['mean']['average_precision']:.1f}"
+    )
     print(f"{result['people']} people; results in {FLAGS.output_dir}")
     return 0
 

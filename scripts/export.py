@@ -33,8 +33,12 @@ flags.DEFINE_bool("calibration_tfrecords", False, "int8: --calibration_data is a
 flags.DEFINE_integer("calibration_samples", 64, "int8: validation crops used for calibration.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
 flags.DEFINE_integer("version", 1, "SavedModel version folder (TF Serving serves the highest).")
-flags.DEFINE_string("skeleton", None, "Joint set (mpii, lsp, flic, coco) of a model that carries no description; "
-                    "a model saved by this package knows its own.")
+flags.DEFINE_string(
+    "skeleton",
+    None,
+    "Joint set (mpii, lsp, flic, coco) of a model that carries no description; "
+    "a model saved by this package knows its own.",
+)
 flags.mark_flags_as_required(["model", "output"])
 
 
@@ -63,10 +67,25 @@ def main(argv):
         if FLAGS.quantize == "int8":
             if FLAGS.calibration_data is None:
                 raise app.UsageError("--quantize=int8 needs --calibration_data (a representative data split)")
-            calibration = calibration_crops(FLAGS.calibration_dataset, FLAGS.calibration_data, FLAGS.calibration_tfrecords,
-                                            FLAGS.calibration_samples, info.input_size[0])  # fmt: skip
-        paths = export_model(model, FLAGS.output, FLAGS.formats, FLAGS.num_stacks, FLAGS.flip_test, FLAGS.quantize,
-                             calibration, FLAGS.overwrite, FLAGS.version, info=info)  # fmt: skip
+            calibration = calibration_crops(
+                FLAGS.calibration_dataset,
+                FLAGS.calibration_data,
+                FLAGS.calibration_tfrecords,
+                FLAGS.calibration_samples,
+                info.input_size[0],
+            )
+        paths = export_model(
+            model,
+            FLAGS.output,
+            FLAGS.formats,
+            FLAGS.num_stacks,
+            FLAGS.flip_test,
+            FLAGS.quantize,
+            calibration,
+            FLAGS.overwrite,
+            FLAGS.version,
+            info=info,
+        )
     except (DataFileError, ExportError, FileExistsError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,13 +28,25 @@ flags.DEFINE_list("center", None, "Person centre x,y in pixels (with --scale).")
 flags.DEFINE_float("scale", None, "Person scale: box side / 200 px (with --center).")
 flags.DEFINE_float("min_score", 0.2, "Joints whose heatmap maximum is below this are not drawn.")
 flags.DEFINE_bool("flip_test", True, "Average with the mirrored image (the paper's test procedure).")
-flags.DEFINE_enum("refine", "quarter", ["quarter", "dark"], "Sub-pixel step of the decoder: quarter (the paper) or "
-                  "dark (Newton step on the log-heatmap).")
-flags.DEFINE_list("test_scales", ["1"], "person box multipliers whose heatmaps are averaged "
-                  "(multi-scale testing, e.g. 0.9,1,1.1; the paper tests at 1 only).")
+flags.DEFINE_enum(
+    "refine",
+    "quarter",
+    ["quarter", "dark"],
+    "Sub-pixel step of the decoder: quarter (the paper) or dark (Newton step on the log-heatmap).",
+)
+flags.DEFINE_list(
+    "test_scales",
+    ["1"],
+    "person box multipliers whose heatmaps are averaged "
+    "(multi-scale testing, e.g. 0.9,1,1.1; the paper tests at 1 only).",
+)
 flags.DEFINE_string("output_dir", "runs/predict", "Where JSON and pictures are written.")
-flags.DEFINE_string("skeleton", None, "Joint set (mpii, lsp, flic, coco) of a model that carries no description; "
-                    "a model saved by this package knows its own.")
+flags.DEFINE_string(
+    "skeleton",
+    None,
+    "Joint set (mpii, lsp, flic, coco) of a model that carries no description; "
+    "a model saved by this package knows its own.",
+)
 flags.mark_flag_as_required("model")
 
 
@@ -62,8 +74,13 @@ def main(argv):
     from hourglass_tf.predict import predict_inputs
 
     try:
-        predictor = Predictor.from_file(FLAGS.model, skeleton=FLAGS.skeleton, flip_test=FLAGS.flip_test, refine=FLAGS.refine,
-                                         scales=FLAGS.test_scales)
+        predictor = Predictor.from_file(
+            FLAGS.model,
+            skeleton=FLAGS.skeleton,
+            flip_test=FLAGS.flip_test,
+            refine=FLAGS.refine,
+            scales=FLAGS.test_scales,
+        )
     except (ValueError, OSError) as err:
         print(f"error: {FLAGS.model}: {err}", file=sys.stderr)
         return 2

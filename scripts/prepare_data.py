@@ -44,23 +44,36 @@ def main(argv):
         print(f"generating the synthetic dataset in {FLAGS.source}")
         synthetic.generate(FLAGS.source, FLAGS.synthetic_train, FLAGS.synthetic_valid, seed=FLAGS.seed)
     skeleton = readers.skeleton_of(FLAGS.dataset)
-    meta = {"dataset": FLAGS.dataset, "skeleton": skeleton.name, "num_joints": skeleton.num_joints,
-            "input_size": FLAGS.input_size, "region": tfrecords.region_bounds(FLAGS.input_size),
-            "source": os.path.abspath(FLAGS.source), "splits": {}}  # fmt: skip
+    meta = {
+        "dataset": FLAGS.dataset,
+        "skeleton": skeleton.name,
+        "num_joints": skeleton.num_joints,
+        "input_size": FLAGS.input_size,
+        "region": tfrecords.region_bounds(FLAGS.input_size),
+        "source": os.path.abspath(FLAGS.source),
+        "splits": {},
+    }
     try:
         for split in FLAGS.splits:
             samples = readers.load_dataset(FLAGS.dataset, FLAGS.source, split)
             print(f"{split}: {len(samples)} samples")
-            report = tfrecords.write_shards(samples, FLAGS.source, FLAGS.output, split, FLAGS.input_size,
-                                            FLAGS.samples_per_shard)  # fmt: skip
+            report = tfrecords.write_shards(
+                samples, FLAGS.source, FLAGS.output, split, FLAGS.input_size, FLAGS.samples_per_shard
+            )
             print(f"{split}: {report.summary()}")
             meta["splits"][split] = report.as_dict()
     except (DataFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     tfrecords.write_meta(FLAGS.output, meta)
-    print(json.dumps({split: {"written": v["kept"], "skipped": sum(v["skipped"].values())}
-                      for split, v in meta["splits"].items()}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                split: {"written": v["kept"], "skipped": sum(v["skipped"].values())}
+                for split, v in meta["splits"].items()
+            }
+        )
+    )
     print(f"shards and meta.json in {FLAGS.output}")
     return 0
 

@@ -37,11 +37,17 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     out = pathlib.Path(FLAGS.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    step = profiling.trace_train_step(out / "trace", FLAGS.num_stacks, FLAGS.filters, FLAGS.input_size,
-                                      FLAGS.batch_size, FLAGS.steps)  # fmt: skip
+    step = profiling.trace_train_step(
+        out / "trace", FLAGS.num_stacks, FLAGS.filters, FLAGS.input_size, FLAGS.batch_size, FLAGS.steps
+    )
     breakdown = profiling.op_breakdown(out / "trace")
-    breakdown.update(step, num_stacks=FLAGS.num_stacks, filters=FLAGS.filters, input_size=FLAGS.input_size,
-                     batch_size=FLAGS.batch_size)  # fmt: skip
+    breakdown.update(
+        step,
+        num_stacks=FLAGS.num_stacks,
+        filters=FLAGS.filters,
+        input_size=FLAGS.input_size,
+        batch_size=FLAGS.batch_size,
+    )
     (out / "breakdown.json").write_text(json.dumps(breakdown, indent=2))
     table = profiling.markdown(breakdown, step["step_seconds"], step["steps"])
     (out / "breakdown.md").write_text(table)

@@ -32,18 +32,27 @@ def main(argv):
             payload = serving.image_request(f.read(), FLAGS.box)
         if FLAGS.grpc:
             result = serving.predict_grpc(FLAGS.grpc, FLAGS.model_name, payload)
-            description = serving.description(serving.predict_grpc(FLAGS.grpc, FLAGS.model_name,
-                                                                   serving.metadata_request()))
+            description = serving.description(
+                serving.predict_grpc(FLAGS.grpc, FLAGS.model_name, serving.metadata_request())
+            )
         else:
             result = serving.predict_rest(FLAGS.server, FLAGS.model_name, payload)
-            description = serving.description(serving.predict_rest(FLAGS.server, FLAGS.model_name,
-                                                                   serving.metadata_request()))
+            description = serving.description(
+                serving.predict_rest(FLAGS.server, FLAGS.model_name, serving.metadata_request())
+            )
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     joints = description["skeleton"]["joints"]
-    print(json.dumps([{"joint": j, "x": float(x), "y": float(y), "score": float(s)}
-                      for j, (x, y), s in zip(joints, result["keypoints"], result["scores"])], indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            [
+                {"joint": j, "x": float(x), "y": float(y), "score": float(s)}
+                for j, (x, y), s in zip(joints, result["keypoints"], result["scores"])
+            ],
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -1,7 +1,7 @@
 """Writes a PNG grid of augmented training samples: skeleton drawn, heatmaps overlaid.
 
-    python scripts/show_data.py --dataset=lspet --data_dir=../shared/data/lspet --output=runs/lspet_samples.png
-    python scripts/show_data.py --dataset=synthetic --tfrecord_dir=data/synthetic_tfr --output=runs/syn.png
+python scripts/show_data.py --dataset=lspet --data_dir=../shared/data/lspet --output=runs/lspet_samples.png
+python scripts/show_data.py --dataset=synthetic --tfrecord_dir=data/synthetic_tfr --output=runs/syn.png
 """
 
 import os
@@ -42,21 +42,33 @@ def main(argv):
     from hourglass_tf.data.sample import DataFileError
 
     try:
-        source, skeleton, report, count = sources.load_source(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.tfrecord_dir)
+        source, skeleton, report, count = sources.load_source(
+            FLAGS.dataset, FLAGS.split, FLAGS.data_dir, FLAGS.tfrecord_dir
+        )
     except (DataFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if report.total_skipped:
         print(report.summary())
-    dataset = pipeline.make_dataset(source, skeleton, 1, FLAGS.num, input_size=FLAGS.input_size, seed=FLAGS.seed,
-                                    training=FLAGS.augment, with_meta=True, drop_remainder=False)  # fmt: skip
+    dataset = pipeline.make_dataset(
+        source,
+        skeleton,
+        1,
+        FLAGS.num,
+        input_size=FLAGS.input_size,
+        seed=FLAGS.seed,
+        training=FLAGS.augment,
+        with_meta=True,
+        drop_remainder=False,
+    )
     crops, targets, meta = next(iter(dataset))
     tiles = []
     for i in range(crops.shape[0]):
         image = (255 * crops[i].numpy()).astype(np.uint8)
         image = visualize.heatmap_overlay(image, targets["stack_1"][i].numpy())
-        tiles.append(visualize.draw_skeleton(image, meta["crop_joints"][i].numpy(), meta["crop_present"][i].numpy(),
-                                             skeleton))  # fmt: skip
+        tiles.append(
+            visualize.draw_skeleton(image, meta["crop_joints"][i].numpy(), meta["crop_present"][i].numpy(), skeleton)
+        )
     output = pathlib.Path(FLAGS.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     visualize.save_png(output, visualize.grid(tiles, FLAGS.columns))

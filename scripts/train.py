@@ -47,8 +47,10 @@ def main(argv):
         print(f"error: {err}", file=sys.stderr)
         return 2
     summary = result["summary"]
-    print(f"done: {summary['epochs_run']} epoch(s) in {summary['train_seconds']:.0f} s; "
-          f"{config.metric_name} = {summary[config.metric_name]}; run directory {run_dir}")  # fmt: skip
+    print(
+        f"done: {summary['epochs_run']} epoch(s) in {summary['train_seconds']:.0f} s; "
+        f"{config.metric_name} = {summary[config.metric_name]}; run directory {run_dir}"
+    )
     if summary["stopped_because"]:
         print(f"stopped early: {summary['stopped_because']}")
         return 3

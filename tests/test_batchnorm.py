@@ -119,8 +119,12 @@ def test_training_steps_of_a_fused_model_match_the_stock_model():
     for model in (exact, stock, fused):
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss={n: "mse" for n in output_names(model)})
         cast = np.float64 if model is exact else np.float32
-        losses.append([float(model.train_on_batch(x.astype(cast), {k: v.astype(cast) for k, v in y.items()})[0])
-                       for _ in range(3)])
+        losses.append(
+            [
+                float(model.train_on_batch(x.astype(cast), {k: v.astype(cast) for k, v in y.items()})[0])
+                for _ in range(3)
+            ]
+        )
         steps.append(np.concatenate([w.astype(np.float64).ravel() for w in model.get_weights()]) - start)
     np.testing.assert_allclose(losses[2], losses[0], rtol=1e-4)
     assert losses[0][2] != losses[0][0]  # the steps changed the weights
@@ -135,16 +139,16 @@ def test_fused_layers_keep_their_class_and_config_and_are_switched_once():
     first = batchnorm.use_fused_batch_norm(model)
     assert batchnorm.use_fused_batch_norm(model) == first
     assert json.dumps(model.get_config(), sort_keys=True) == before
-    assert all(type(layer) is keras.layers.BatchNormalization
-               for layer in model.layers if "_bn" in layer.name)  # fmt: skip
+    assert all(type(layer) is keras.layers.BatchNormalization for layer in model.layers if "_bn" in layer.name)
     with pytest.raises(ValueError, match="needs a Keras model, received int"):
         batchnorm.use_fused_batch_norm(3)
 
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_training_config_switches_the_kernel(fused):
-    config = TrainConfig(dataset="synthetic", data_dir="unused", num_stacks=1, filters=16, depth=1, input_size=32,
-                         fused_batch_norm=fused)  # fmt: skip
+    config = TrainConfig(
+        dataset="synthetic", data_dir="unused", num_stacks=1, filters=16, depth=1, input_size=32, fused_batch_norm=fused
+    )
     model = build_compiled_model(config)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(batchnorm.is_fused(layer) == fused for layer in norms)

@@ -11,8 +11,9 @@ from benchmarks import benchmark
 
 
 def test_quick_benchmark_reports_every_field(tmp_path):
-    results = benchmark.run(tmp_path / "work", shared_data=None, quick=True, input_size=64, filters=16,
-                            infer_stacks=(1,), train_stacks=(1,))  # fmt: skip
+    results = benchmark.run(
+        tmp_path / "work", shared_data=None, quick=True, input_size=64, filters=16, infer_stacks=(1,), train_stacks=(1,)
+    )
     json_path, md_path = benchmark.write(results, tmp_path / "out")
     loaded = json.loads(json_path.read_text())
     assert loaded["gemm"]["gflops"] > 0
@@ -31,8 +32,15 @@ def test_quick_benchmark_reports_every_field(tmp_path):
                 assert batch[field] > 0, (key, field)
     step = loaded["train_step"]["1 stacks, plain"]
     assert "error" not in step, step
-    for key in ("images_per_s", "seconds", "first_step_seconds", "pipeline_margin", "gflops_per_s", "utilisation",
-                "peak_rss_mb"):  # fmt: skip
+    for key in (
+        "images_per_s",
+        "seconds",
+        "first_step_seconds",
+        "pipeline_margin",
+        "gflops_per_s",
+        "utilisation",
+        "peak_rss_mb",
+    ):
         assert step[key] > 0, key
     names = [t["name"] for t in loaded["targets"]]
     assert any("fraction of the GEMM rate" in n and "training" in n for n in names)
@@ -41,7 +49,15 @@ def test_quick_benchmark_reports_every_field(tmp_path):
     for target in loaded["targets"]:
         assert isinstance(target["met"], bool) and target["measured"] > 0
     table = md_path.read_text()
-    for fragment in ("input pipeline", "ONNX Runtime", "TFLite fp32", "Keras eager", "of GEMM", "peak RSS", "| target |"):
+    for fragment in (
+        "input pipeline",
+        "ONNX Runtime",
+        "TFLite fp32",
+        "Keras eager",
+        "of GEMM",
+        "peak RSS",
+        "| target |",
+    ):
         assert fragment in table, fragment
 
 
@@ -60,8 +76,10 @@ def _import_env(**overrides):
     """What ``runtime.tune_allocators()`` (the call every script makes) sets, in a fresh process."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPU_ALLOCATOR_USE_BFC", "HOURGLASS_TF_TUNE_ALLOCATORS")}
     env.update(overrides)
-    code = ("import json, os; from hourglass_tf import runtime; runtime.tune_allocators(); "
-            "print(json.dumps([os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'), runtime.applied]))")  # fmt: skip
+    code = (
+        "import json, os; from hourglass_tf import runtime; runtime.tune_allocators(); "
+        "print(json.dumps([os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'), runtime.applied]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -82,7 +100,9 @@ def test_allocator_options_can_be_switched_off_and_explicit_values_are_kept():
 def test_profiler_breakdown_attributes_the_step_to_op_types(tmp_path):
     from benchmarks import profiling
 
-    step = profiling.trace_train_step(tmp_path / "trace", num_stacks=1, filters=16, input_size=64, batch_size=2, steps=1)
+    step = profiling.trace_train_step(
+        tmp_path / "trace", num_stacks=1, filters=16, input_size=64, batch_size=2, steps=1
+    )
     assert step["step_seconds"] > 0
     breakdown = profiling.op_breakdown(tmp_path / "trace")
     ops = breakdown["ops"]

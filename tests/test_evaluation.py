@@ -30,8 +30,14 @@ def back_project(keypoints, matrices):
 
 
 def script(name, *args):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)], capture_output=True,
-                          text=True, timeout=600, cwd=REPO, env=os.environ.copy())  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=os.environ.copy(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +107,9 @@ def test_zooming_heatmaps_by_s_moves_their_peaks_about_the_centre(scale):
     heatmaps = zoom_about_centre(codec.encode(codec.heatmap_to_input(joints), np.ones(2, bool))[None], scale)
     maps = heatmaps.numpy()[0]
     y, x = np.mgrid[0:32, 0:32]
-    centroids = np.stack([(maps * x[..., None]).sum((0, 1)), (maps * y[..., None]).sum((0, 1))], -1) / maps.sum((0, 1))[:, None]
+    centroids = (
+        np.stack([(maps * x[..., None]).sum((0, 1)), (maps * y[..., None]).sum((0, 1))], -1) / maps.sum((0, 1))[:, None]
+    )
     np.testing.assert_allclose(centroids, 15.5 + scale * (joints - 15.5), atol=0.02)
 
 
@@ -130,7 +138,9 @@ def test_multi_scale_testing_maps_every_scale_back_to_the_reference_frame():
     single = Predictor(PooledRunner(), skeleton=skeleton.LSP, flip_test=False).predict_crops(crops)["heatmaps"]
     np.testing.assert_allclose(heatmap_centroids(single, 4)[0, :3], blobs, atol=0.05)
     for scales in ((1.25,), (0.8,), (0.8, 1.0, 1.25)):
-        multi = Predictor(PooledRunner(), skeleton=skeleton.LSP, flip_test=False, scales=scales).predict_crops(crops)["heatmaps"]
+        multi = Predictor(PooledRunner(), skeleton=skeleton.LSP, flip_test=False, scales=scales).predict_crops(crops)[
+            "heatmaps"
+        ]
         assert not np.allclose(multi, single, atol=1e-3)  # the zoomed passes ran
         # Not mapped back, the 1.25 pass would put the first blob 2.3 px closer to the centre.
         np.testing.assert_allclose(heatmap_centroids(multi, 4), heatmap_centroids(single, 4), atol=0.1)
@@ -169,7 +179,9 @@ def test_predict_image_returns_keypoints_in_original_pixels(tiny_model_file):
     image = np.random.default_rng(3).integers(0, 255, (90, 120, 3), dtype=np.uint8)
     result = predictor.predict_image(image, box=(20, 10, 60, 70))
     matrix = crop_matrix(result["center"], result["scale"], 64).numpy()
-    np.testing.assert_allclose(back_project(result["crop_keypoints"][None], matrix[None])[0], result["keypoints"], atol=1e-3)
+    np.testing.assert_allclose(
+        back_project(result["crop_keypoints"][None], matrix[None])[0], result["keypoints"], atol=1e-3
+    )
     with pytest.raises(ValueError, match="outside the 120x90 image"):
         predictor.predict_image(image, box=(500, 10, 60, 70))
 
@@ -185,8 +197,10 @@ def annotation_files(tmp_path):
     missing = np.zeros((5, 16), bool)
     missing[0, 3] = True
     boxes = np.stack([gt0[:, 9] - 20, gt0[:, 9] + 20], axis=0).transpose(0, 2, 1)  # (2, 2, N)
-    scipy.io.savemat(tmp_path / "annot.mat", {"pos_gt_src": (gt0 + 1).transpose(1, 2, 0), "headboxes_src": boxes,
-                                              "jnt_missing": missing.T.astype(np.uint8)})  # fmt: skip
+    scipy.io.savemat(
+        tmp_path / "annot.mat",
+        {"pos_gt_src": (gt0 + 1).transpose(1, 2, 0), "headboxes_src": boxes, "jnt_missing": missing.T.astype(np.uint8)},
+    )
     head = 0.6 * np.linalg.norm(boxes[1] - boxes[0], axis=0)
     with h5py.File(tmp_path / "annot.h5", "w") as f:
         f["part"] = np.where(missing[..., None], 0.0, gt0 + 1)
@@ -203,8 +217,11 @@ def annotation_files(tmp_path):
 
 
 def test_every_prediction_format_gives_the_same_result(annotation_files):
-    results = [evaluation.evaluate_files(annotation_files / a, annotation_files / p, "mpii")["summary"]
-               for a in ("annot.mat", "annot.h5") for p in ("pred.h5", "pred.mat", "pred_src.mat", "pred.npy")]  # fmt: skip
+    results = [
+        evaluation.evaluate_files(annotation_files / a, annotation_files / p, "mpii")["summary"]
+        for a in ("annot.mat", "annot.h5")
+        for p in ("pred.h5", "pred.mat", "pred_src.mat", "pred.npy")
+    ]
     for r in results[1:]:
         assert r == pytest.approx(results[0])
     assert 0 < results[0]["Mean"] < 100
@@ -212,21 +229,43 @@ def test_every_prediction_format_gives_the_same_result(annotation_files):
 
 def test_evaluate_cli_file_mode_writes_json_and_plot(annotation_files):
     out = annotation_files
-    result = script("evaluate.py", f"--annotations={out / 'annot.mat'}", f"--predictions={out / 'pred.h5'}",
-                    f"--output_json={out / 'm.json'}", f"--plot={out / 'p.png'}")  # fmt: skip
+    result = script(
+        "evaluate.py",
+        f"--annotations={out / 'annot.mat'}",
+        f"--predictions={out / 'pred.h5'}",
+        f"--output_json={out / 'm.json'}",
+        f"--plot={out / 'p.png'}",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "PCKh@0.5" in result.stdout and "Mean_unweighted" in result.stdout
     data = json.loads((out / "m.json").read_text())
-    assert list(data["summary"]) == ["Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "Mean", "Mean_unweighted"]
+    assert list(data["summary"]) == [
+        "Head",
+        "Shoulder",
+        "Elbow",
+        "Wrist",
+        "Hip",
+        "Knee",
+        "Ankle",
+        "Mean",
+        "Mean_unweighted",
+    ]
     assert len(data["per_joint"]) == 16
     assert cv2.imread(str(out / "p.png")) is not None
 
 
-@pytest.mark.parametrize("pred, fragment", [("short.npy", "holds 4 people but the annotations have 5"),
-                                            ("lsp.npy", "holds 14 joints per person but the annotations have 16"),
-                                            ("nothing.h5", "nothing.h5: file not found")])  # fmt: skip
+@pytest.mark.parametrize(
+    "pred, fragment",
+    [
+        ("short.npy", "holds 4 people but the annotations have 5"),
+        ("lsp.npy", "holds 14 joints per person but the annotations have 16"),
+        ("nothing.h5", "nothing.h5: file not found"),
+    ],
+)
 def test_evaluate_cli_refuses_mismatched_predictions(annotation_files, pred, fragment):
-    result = script("evaluate.py", f"--annotations={annotation_files / 'annot.mat'}", f"--predictions={annotation_files / pred}")
+    result = script(
+        "evaluate.py", f"--annotations={annotation_files / 'annot.mat'}", f"--predictions={annotation_files / pred}"
+    )
     assert result.returncode == 2
     assert fragment in result.stderr and pred in result.stderr
 
@@ -249,8 +288,16 @@ def synthetic_dir(tmp_path_factory):
 
 
 def test_model_driven_evaluation_writes_every_result(tiny_model_file, synthetic_dir, tmp_path):
-    result = script("evaluate.py", f"--checkpoint={tiny_model_file}", "--dataset=synthetic", f"--data_dir={synthetic_dir}",
-                    f"--output_dir={tmp_path}", "--batch_size=4", "--refine=dark", "--test_scales=1,1.25")  # fmt: skip
+    result = script(
+        "evaluate.py",
+        f"--checkpoint={tiny_model_file}",
+        "--dataset=synthetic",
+        f"--data_dir={synthetic_dir}",
+        f"--output_dir={tmp_path}",
+        "--batch_size=4",
+        "--refine=dark",
+        "--test_scales=1,1.25",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "per stack: 1:" in result.stdout and "presence AP" in result.stdout
     metrics_json = json.loads((tmp_path / "metrics.json").read_text())
@@ -283,14 +330,22 @@ def test_predict_cli_writes_json_and_png_and_reports_bad_inputs(tiny_model_file,
         data = json.loads((out / f"{name}.json").read_text())
         assert len(data["keypoints"]) == 16 and data["keypoints"][0]["joint"] == "r_ankle"
         assert cv2.imread(str(out / f"{name}.png")).shape == (80, 100, 3)
-    outside = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--bbox=500,500,10,10",
-                     inputs / "a.jpg")  # fmt: skip
+    outside = script(
+        "predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--bbox=500,500,10,10", inputs / "a.jpg"
+    )
     assert outside.returncode == 1 and "outside the 100x80 image" in outside.stdout
-    good = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--center=50,40", "--scale=0.4",
-                  inputs / "a.jpg")  # fmt: skip
+    good = script(
+        "predict.py",
+        f"--model={tiny_model_file}",
+        f"--output_dir={out}",
+        "--center=50,40",
+        "--scale=0.4",
+        inputs / "a.jpg",
+    )
     assert good.returncode == 0, good.stderr[-2000:]
-    bad_scale = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--test_scales=1,0",
-                       inputs / "a.jpg")  # fmt: skip
+    bad_scale = script(
+        "predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--test_scales=1,0", inputs / "a.jpg"
+    )
     assert bad_scale.returncode == 2 and "test scales must be one or more positive numbers" in bad_scale.stderr
 
 
@@ -314,8 +369,9 @@ def test_training_log_is_read_and_plotted_and_bad_logs_are_named(tmp_path):
     from hourglass_tf.evaluation import plot_training_log, read_training_log
 
     log = tmp_path / "log.csv"
-    log.write_text("epoch,loss,val_pck,learning_rate,elapsed_seconds,val_loss\n"
-                   "0,0.02,31.0,0.002,60,NA\n1,0.015,45.0,0.002,121,\n")
+    log.write_text(
+        "epoch,loss,val_pck,learning_rate,elapsed_seconds,val_loss\n0,0.02,31.0,0.002,60,NA\n1,0.015,45.0,0.002,121,\n"
+    )
     columns = read_training_log(log)
     np.testing.assert_allclose(columns["val_pck"], [31.0, 45.0])
     assert np.isnan(columns["val_loss"]).all()  # CSVLogger's NA and empty cells
@@ -334,8 +390,15 @@ def test_occlusion_analysis_says_when_no_joint_is_marked_occluded():
     joints = rng.uniform(20, 80, (5, 14, 2))
     present = np.ones((5, 14), bool)
     present[0, :3] = False
-    pred = {"keypoints": joints + 1.0, "joints": joints, "present": present, "visible": present.copy(),
-            "normalizer": np.full(5, 30.0), "heatmap_max": rng.random((5, 14)), "heatmap_mean": rng.random((5, 14))}  # fmt: skip
+    pred = {
+        "keypoints": joints + 1.0,
+        "joints": joints,
+        "present": present,
+        "visible": present.copy(),
+        "normalizer": np.full(5, 30.0),
+        "heatmap_max": rng.random((5, 14)),
+        "heatmap_mean": rng.random((5, 14)),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         out = evaluation.occlusion_analysis(pred, skeleton.LSP, 0.2)

@@ -28,7 +28,9 @@ def tiny(tmp_path_factory):
     # Non-trivial heads so decoded keypoints are meaningful to compare.
     for name in ("stack_1", "stack_2"):
         kernel, bias = model.get_layer(name).get_weights()
-        model.get_layer(name).set_weights([np.random.default_rng(0).normal(0, 0.3, kernel.shape).astype(np.float32), bias])
+        model.get_layer(name).set_weights(
+            [np.random.default_rng(0).normal(0, 0.3, kernel.shape).astype(np.float32), bias]
+        )
     crops = np.random.default_rng(1).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     expected = model.predict_on_batch(crops.astype(np.float32) / 255.0)["stack_2"]
     return model, crops, expected, tmp_path_factory.mktemp("export")
@@ -61,7 +63,9 @@ def test_predict_image_signature_matches_the_predictor_and_refuses_bad_boxes(tin
     with pytest.raises(tf.errors.InvalidArgumentError, match="outside the image"):
         loaded.signatures["predict_image"](image_bytes=png, box=tf.constant([500.0, 10.0, 60.0, 70.0]))
     with pytest.raises(tf.errors.InvalidArgumentError):
-        loaded.signatures["predict_image"](image_bytes=tf.constant(b"not an image"), box=tf.constant([0.0, 0.0, 9.0, 9.0]))
+        loaded.signatures["predict_image"](
+            image_bytes=tf.constant(b"not an image"), box=tf.constant([0.0, 0.0, 9.0, 9.0])
+        )
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
         loaded.signatures["serving_default"](images=tf.constant(crops.astype(np.float32)))  # wrong dtype
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match=r"\(N, 64, 64, 3\)"):
@@ -103,8 +107,9 @@ def test_tflite_matches_keras(tiny, quantize, tolerance):
 def test_tflite_int8_reports_keypoint_agreement(tiny):
     model, crops, expected, root = tiny
     calibration = np.random.default_rng(4).random((8, 64, 64, 3), dtype=np.float32)
-    path = export(model, root / "tfl_int8", formats=("tflite",), quantize="int8",
-                        calibration_images=calibration)["tflite"]  # fmt: skip
+    path = export(model, root / "tfl_int8", formats=("tflite",), quantize="int8", calibration_images=calibration)[
+        "tflite"
+    ]
     heatmaps = _tflite_heatmaps(path, crops)  # uint8 pixel values in
     codec = HeatmapCodec(64, 16)
     agree = np.linalg.norm(codec.decode(heatmaps)[0].numpy() - codec.decode(expected)[0].numpy(), axis=-1) < 4.0
@@ -161,12 +166,27 @@ def test_predict_cli_accepts_every_exported_format(tiny, tmp_path):
     image = np.random.default_rng(6).integers(0, 256, (80, 100, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), image)
     keypoints = {}
-    for name, model_path in [("keras", paths["keras"]), ("saved_model", export_dir), ("tflite", paths["tflite"]),
-                             ("onnx", paths["onnx"])]:  # fmt: skip
+    for name, model_path in [
+        ("keras", paths["keras"]),
+        ("saved_model", export_dir),
+        ("tflite", paths["tflite"]),
+        ("onnx", paths["onnx"]),
+    ]:
         out = tmp_path / f"out_{name}"
-        result = subprocess.run([sys.executable, str(REPO / "scripts" / "predict.py"), f"--model={model_path}",
-                                 f"--output_dir={out}", "--bbox=10,5,70,60", str(tmp_path / "a.png")],
-                                capture_output=True, text=True, timeout=600, env=os.environ.copy())  # fmt: skip
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "predict.py"),
+                f"--model={model_path}",
+                f"--output_dir={out}",
+                "--bbox=10,5,70,60",
+                str(tmp_path / "a.png"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=os.environ.copy(),
+        )
         assert result.returncode == 0, (name, result.stderr[-2000:])
         data = json.loads((out / "a.json").read_text())
         keypoints[name] = np.array([[k["x"], k["y"]] for k in data["keypoints"]])

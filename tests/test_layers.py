@@ -1,7 +1,6 @@
 """Dependencies point one way: skeleton/geometry/codec/model/metadata <- data <- training, inference, evaluation <- export."""
 
 import ast
-import pathlib
 
 from conftest import REPO
 
@@ -49,8 +48,9 @@ def test_no_module_imports_a_higher_layer():
         for module in _imports(path):
             target = _top(module)
             if target in LAYER_OF and LAYER_OF[target] > LAYER_OF[own]:
-                offences.append(f"{path.relative_to(REPO)} (layer {LAYER_OF[own]}) imports {module} "
-                                f"(layer {LAYER_OF[target]})")
+                offences.append(
+                    f"{path.relative_to(REPO)} (layer {LAYER_OF[own]}) imports {module} (layer {LAYER_OF[target]})"
+                )
     assert not offences, "\n".join(offences)
 
 

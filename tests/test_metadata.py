@@ -20,8 +20,9 @@ from hourglass_tf.model import build_model, float32_copy
 
 LSP_TINY = {**TINY, "num_joints": 14}
 # A 16-joint set that is not MPII: a joint count names no skeleton.
-HAND16 = skeleton.Skeleton("hand16", tuple(f"{side}_finger{i}" for side in ("left", "right") for i in range(8)),
-                           ((0, 1), (8, 9)))
+HAND16 = skeleton.Skeleton(
+    "hand16", tuple(f"{side}_finger{i}" for side in ("left", "right") for i in range(8)), ((0, 1), (8, 9))
+)
 
 
 def _saved(tmp_path, kwargs, skel, name="m.keras"):
@@ -55,11 +56,18 @@ def test_a_keras_file_with_its_description_loads_without_the_package(tmp_path):
     assert metadata.FILENAME in zipfile.ZipFile(path).namelist()
     x = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
-    code = ("import sys, numpy as np, tensorflow as tf; m = tf.keras.models.load_model(sys.argv[1]); "
-            "np.save(sys.argv[2], m(np.load(sys.argv[3]))['stack_2']); "
-            "assert not [k for k in sys.modules if k.startswith('hourglass_tf')]")
-    result = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    code = (
+        "import sys, numpy as np, tensorflow as tf; m = tf.keras.models.load_model(sys.argv[1]); "
+        "np.save(sys.argv[2], m(np.load(sys.argv[3]))['stack_2']); "
+        "assert not [k for k in sys.modules if k.startswith('hourglass_tf')]"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model(x)["stack_2"], atol=1e-6)
 
@@ -112,9 +120,11 @@ def test_the_serving_client_prints_the_served_joint_names(tmp_path, monkeypatch)
         import serving_client
     finally:
         sys.path.pop(0)
-    monkeypatch.setattr(serving, "predict_rest",
-                        lambda server, name, payload: serving.parse_response(serving.serve_in_process(saved_model,
-                                                                                                       payload)))
+    monkeypatch.setattr(
+        serving,
+        "predict_rest",
+        lambda server, name, payload: serving.parse_response(serving.serve_in_process(saved_model, payload)),
+    )
     from absl import flags
 
     flags.FLAGS(["serving_client", f"--image={tmp_path / 'a.png'}", "--box=5,5,60,70"])
@@ -150,12 +160,17 @@ def test_a_mixed_precision_model_exports_float32_to_every_format(tmp_path, polic
     paths = {}
     for quantize in ("none", "float16", "int8"):
         formats = ("keras", "saved_model", "tflite", "onnx") if quantize == "none" else ("tflite",)
-        written = export_model(model, tmp_path / quantize, formats=formats, quantize=quantize, info=info,
-                               calibration_images=calibration)
+        written = export_model(
+            model, tmp_path / quantize, formats=formats, quantize=quantize, info=info, calibration_images=calibration
+        )
         paths.update({(fmt if quantize == "none" else f"tflite_{quantize}"): p for fmt, p in written.items()})
     report = json.loads((tmp_path / "none" / "export.json").read_text())
     assert report["trained_precision"] == policy and set(report["max_heatmap_deviation"]) == {
-        "keras", "saved_model", "tflite", "onnx"}
+        "keras",
+        "saved_model",
+        "tflite",
+        "onnx",
+    }
     exported = keras.models.load_model(paths["keras"])
     assert {layer.compute_dtype for layer in exported.layers} == {"float32"}
     assert metadata.read_info(paths["keras"]).precision == policy
@@ -206,8 +221,13 @@ def test_int8_runner_reads_the_quantization_from_the_file(tmp_path):
 
     _, path = _saved(tmp_path, TINY, skeleton.MPII)
     rng = np.random.default_rng(2)
-    written = export_model(path, tmp_path / "q", formats=("tflite",), quantize="int8",
-                           calibration_images=rng.random((8, 64, 64, 3), dtype=np.float32) * 0.5)["tflite"]
+    written = export_model(
+        path,
+        tmp_path / "q",
+        formats=("tflite",),
+        quantize="int8",
+        calibration_images=rng.random((8, 64, 64, 3), dtype=np.float32) * 0.5,
+    )["tflite"]
     runner = TFLiteRunner(written)
     scale, zero = runner.input_quantization
     assert runner.input_dtype == np.uint8 and scale > 0
@@ -219,11 +239,14 @@ def test_int8_runner_reads_the_quantization_from_the_file(tmp_path):
 
 
 def test_importing_the_package_changes_nothing_in_the_process():
-    code = ("import os, hourglass_tf, hourglass_tf.metrics, hourglass_tf.train; "
-            "print(os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'))")
+    code = (
+        "import os, hourglass_tf, hourglass_tf.metrics, hourglass_tf.train; "
+        "print(os.environ.get('TF_CPU_ALLOCATOR_USE_BFC'))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
-                            env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO, env=env
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "None"
 
@@ -246,6 +269,7 @@ with multi_worker_fit_fixes(model, tf.distribute.get_strategy()):
 print("OK")
 """
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
-                            env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO, env=env
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]

@@ -21,8 +21,9 @@ def test_correct_means_strictly_below_the_threshold_and_missing_joints_are_exclu
 
 
 def test_people_without_a_usable_normaliser_are_excluded():
-    errors, valid = metrics.normalized_errors(np.zeros((3, 1, 2)), np.zeros((3, 1, 2)), np.ones((3, 1), bool),
-                                              np.array([np.nan, 0.0, 2.0]))  # fmt: skip
+    errors, valid = metrics.normalized_errors(
+        np.zeros((3, 1, 2)), np.zeros((3, 1, 2)), np.ones((3, 1), bool), np.array([np.nan, 0.0, 2.0])
+    )
     np.testing.assert_array_equal(valid[:, 0], [False, False, True])
 
 
@@ -54,8 +55,9 @@ def test_curve_and_auc_on_a_known_error_distribution():
     pred = np.zeros((n, 1, 2))
     pred[:, 0, 0] = np.linspace(0.0, 0.99, n)  # normalised errors uniform on [0, 1)
     lsp_like = skeleton.Skeleton("one", ("r_wrist",), ())
-    result = metrics.evaluate(pred, gt, np.ones((n, 1), bool), np.ones(n), lsp_like, threshold=0.2,
-                              thresholds=np.linspace(0, 1, 101))  # fmt: skip
+    result = metrics.evaluate(
+        pred, gt, np.ones((n, 1), bool), np.ones(n), lsp_like, threshold=0.2, thresholds=np.linspace(0, 1, 101)
+    )
     curve = np.array(result["curve"]["mean"])
     assert curve[0] == 0.0 and curve[-1] == 100.0 and np.all(np.diff(curve) >= 0)
     assert result["per_joint"]["r_wrist"] == pytest.approx(20.0)
@@ -75,8 +77,12 @@ def test_lsp_limb_mean_leaves_out_head_and_neck():
 
 @pytest.mark.parametrize(
     "pred_shape, present_shape, norm_shape, fragment",
-    [((2, 16), (2, 16), (2,), r"\(N, K, 2\)"), ((2, 16, 2), (2, 15), (2,), "present"), ((2, 16, 2), (2, 16), (3,), "normalizer")],
-)  # fmt: skip
+    [
+        ((2, 16), (2, 16), (2,), r"\(N, K, 2\)"),
+        ((2, 16, 2), (2, 15), (2,), "present"),
+        ((2, 16, 2), (2, 16), (3,), "normalizer"),
+    ],
+)
 def test_bad_shapes_raise_value_error(pred_shape, present_shape, norm_shape, fragment):
     gt = np.zeros(pred_shape)
     with pytest.raises(ValueError, match=fragment):
@@ -114,4 +120,6 @@ def test_left_right_swaps_count_misses_that_land_on_the_mirror_joint():
     limb_count = sum(result["counts"][sk.joints[i]] for i in metrics.limb_joints(sk))
     assert result["swapped"]["limbs"] == pytest.approx(100.0 / limb_count)
     with pytest.raises(ValueError, match="14 joints, the predictions 16"):
-        metrics.left_right_swaps(np.zeros((1, 16, 2)), np.zeros((1, 16, 2)), np.ones((1, 16), bool), np.ones(1), sk, 0.2)
+        metrics.left_right_swaps(
+            np.zeros((1, 16, 2)), np.zeros((1, 16, 2)), np.ones((1, 16), bool), np.ones(1), sk, 0.2
+        )

@@ -49,8 +49,16 @@ def test_paper_model_outputs(paper_model):
 
 
 def test_paper_model_uses_only_stock_layers(paper_model):
-    stock = {"InputLayer", "ZeroPadding2D", "Conv2D", "BatchNormalization", "ReLU",
-             "MaxPooling2D", "UpSampling2D", "Add"}  # fmt: skip
+    stock = {
+        "InputLayer",
+        "ZeroPadding2D",
+        "Conv2D",
+        "BatchNormalization",
+        "ReLU",
+        "MaxPooling2D",
+        "UpSampling2D",
+        "Add",
+    }
     used = {type(layer).__name__ for layer in paper_model.layers}
     assert used <= stock, used - stock
     for layer in paper_model.layers:
@@ -84,8 +92,13 @@ def test_num_blocks_ablation_has_equal_module_counts():
     modules, counts = [], []
     for s, b in ((2, 4), (4, 2), (8, 1)):
         model = build_model(num_stacks=s, num_blocks=b, filters=32, depth=4, input_size=64)
-        modules.append(sum(1 for layer in model.layers if layer.name.startswith("hg") and layer.name.endswith("_add")
-                           and "_res" in layer.name))  # fmt: skip
+        modules.append(
+            sum(
+                1
+                for layer in model.layers
+                if layer.name.startswith("hg") and layer.name.endswith("_add") and "_res" in layer.name
+            )
+        )
         counts.append(trainable_count(model))
     assert modules == [112, 112, 112]
     assert max(counts) / min(counts) < 1.1, counts
@@ -207,8 +220,11 @@ def test_keras_file_loads_in_a_process_that_never_imports_hourglass_tf(tmp_path,
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path / "tiny.keras"), str(tmp_path / "x.npy"), str(tmp_path / "y.npz")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"hourglass_tf_imported": False}
     loaded = np.load(tmp_path / "y.npz")

@@ -82,8 +82,9 @@ def test_dark_refinement_modulates_then_falls_back_to_the_quarter_rule_on_the_bo
     np.testing.assert_allclose(modulated.max(axis=(1, 2)), maps.max(axis=(1, 2)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs", [dict(input_size=0), dict(input_size=64, heatmap_size=24), dict(sigma=0),
-                                    dict(refine="soft")])
+@pytest.mark.parametrize(
+    "kwargs", [dict(input_size=0), dict(input_size=64, heatmap_size=24), dict(sigma=0), dict(refine="soft")]
+)
 def test_codec_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[-1]):
         HeatmapCodec(**kwargs)
@@ -144,8 +145,16 @@ def test_augmented_heatmap_peaks_land_on_their_markers_and_flips_swap_sides():
     source = source_from_arrays(images, joints, center=[60.0, 48.0], scale=0.45)
     flips = 0
     for seed in range(4):
-        dataset = pipeline.make_dataset(source, skeleton.MPII, 1, 16, input_size=64, seed=seed,
-                                        augmentation=pipeline.Augmentation(color=0.0), with_meta=True)  # fmt: skip
+        dataset = pipeline.make_dataset(
+            source,
+            skeleton.MPII,
+            1,
+            16,
+            input_size=64,
+            seed=seed,
+            augmentation=pipeline.Augmentation(color=0.0),
+            with_meta=True,
+        )
         crops, targets, meta = next(iter(dataset))
         perm = skeleton.MPII.flip_permutation
         for i in range(16):
@@ -245,8 +254,9 @@ def test_validation_meta_back_projects_to_the_original_joints(synthetic_root):
 
 def test_tfrecord_shards_match_the_direct_pipeline(tmp_path, synthetic_root):
     samples = readers.load_dataset("synthetic", synthetic_root, "valid")
-    report = tfrecords.write_shards(samples, synthetic_root, tmp_path, "valid", input_size=64,
-                                    samples_per_shard=3, progress=False)  # fmt: skip
+    report = tfrecords.write_shards(
+        samples, synthetic_root, tmp_path, "valid", input_size=64, samples_per_shard=3, progress=False
+    )
     assert report.kept == 8 and report.total_skipped == 0
     assert len(list(tmp_path.glob("valid-*-of-00003.tfrecord"))) == 3
     direct = pipeline.samples_to_dataset(samples, synthetic_root)
@@ -270,8 +280,17 @@ def test_tfrecord_shards_match_the_direct_pipeline(tmp_path, synthetic_root):
 
 
 def _sample(path, **overrides):
-    fields = dict(image_path=path, joints=np.full((16, 2), 30.0), present=np.ones(16, bool), visible=np.ones(16, bool),
-                  center=[32.0, 32.0], scale=0.3, normalizer=10.0, sample_id=path, dataset="mpii")  # fmt: skip
+    fields = dict(
+        image_path=path,
+        joints=np.full((16, 2), 30.0),
+        present=np.ones(16, bool),
+        visible=np.ones(16, bool),
+        center=[32.0, 32.0],
+        scale=0.3,
+        normalizer=10.0,
+        sample_id=path,
+        dataset="mpii",
+    )
     fields.update(overrides)
     return PoseSample(**fields)
 
@@ -432,8 +451,11 @@ def test_a_validation_sample_that_fails_is_named_not_dropped(tmp_path, synthetic
     kept, broken = _copy_with_a_broken_image(synthetic_root, tmp_path / "data", "valid", 5)
     source = pipeline.samples_to_dataset(kept, tmp_path / "data")
     dataset = pipeline.make_dataset(source, skeleton.MPII, 1, 3, input_size=64, training=False, with_meta=True)
-    predictor = Predictor(build_model(num_stacks=1, filters=16, depth=2, num_joints=16, input_size=64),
-                          skeleton=skeleton.MPII, flip_test=False)
+    predictor = Predictor(
+        build_model(num_stacks=1, filters=16, depth=2, num_joints=16, input_size=64),
+        skeleton=skeleton.MPII,
+        flip_test=False,
+    )
     with pytest.raises(MissingSamplesError, match=f"1 of 8 evaluation samples failed .*{broken}"):
         predict_dataset(predictor, dataset, progress=False, total=len(kept), source=source)
     intact = pipeline.samples_to_dataset(kept[:5], tmp_path / "data")  # the samples before it are fine

@@ -77,10 +77,14 @@ def _mpii_mat(path, names, train_flags):
     annolist = np.empty(len(names), dtype=object)
     for i, name in enumerate(names):
         rect = {
-            "x1": 10.0, "y1": 10.0, "x2": 40.0, "y2": 50.0, "scale": 2.0,
+            "x1": 10.0,
+            "y1": 10.0,
+            "x2": 40.0,
+            "y2": 50.0,
+            "scale": 2.0,
             "objpos": {"x": 101.0, "y": 151.0},
             "annopoints": {"point": np.array([point(0, 11.0, 21.0, 1), point(9, 31.0, 41.0, "0")], dtype=object)},
-        }  # fmt: skip
+        }
         annolist[i] = {"image": {"name": name}, "annorect": np.array([rect], dtype=object)}
     scipy.io.savemat(path, {"RELEASE": {"annolist": annolist, "img_train": np.array(train_flags)}})
 
@@ -150,10 +154,12 @@ def test_flic_examples_mat(tmp_path):
     for slot in readers.FLIC_SLOTS:
         coords[:, slot] = [slot + 11.0, slot + 21.0]
     examples = np.array(
-        [{"coords": coords, "filepath": "f1.jpg", "istrain": 1, "istest": 0},
-         {"coords": coords, "filepath": "f2.jpg", "istrain": 0, "istest": 1}],
+        [
+            {"coords": coords, "filepath": "f1.jpg", "istrain": 1, "istest": 0},
+            {"coords": coords, "filepath": "f2.jpg", "istrain": 0, "istest": 1},
+        ],
         dtype=object,
-    )  # fmt: skip
+    )
     scipy.io.savemat(tmp_path / "examples.mat", {"examples": examples})
     train = readers.read_flic_mat(tmp_path / "examples.mat", "train")
     valid = readers.read_flic_mat(tmp_path / "examples.mat", "valid")

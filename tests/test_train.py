@@ -32,12 +32,22 @@ from hourglass_tf.train import (
     SafeBackupAndRestore,
     TimeBudget,
     TrainConfig,
-    spent_budget_seconds,  # fmt: skip
+    spent_budget_seconds,
     train,
 )
 
-TINY_FLAGS = ["--dataset=synthetic", "--num_stacks=1", "--filters=16", "--depth=2", "--input_size=64",
-              "--batch_size=4", "--val_batch_size=8", "--image_summaries=2", "--verbose=0", "--learning_rate=1e-3"]  # fmt: skip
+TINY_FLAGS = [
+    "--dataset=synthetic",
+    "--num_stacks=1",
+    "--filters=16",
+    "--depth=2",
+    "--input_size=64",
+    "--batch_size=4",
+    "--val_batch_size=8",
+    "--image_summaries=2",
+    "--verbose=0",
+    "--learning_rate=1e-3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +58,22 @@ def data_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir, run_dir, **overrides):
-    fields = dict(dataset="synthetic", data_dir=str(data_dir), num_stacks=2, filters=16, depth=2, input_size=64,
-                  batch_size=4, epochs=3, steps_per_epoch=6, learning_rate=1e-3, val_batch_size=8, run_dir=str(run_dir),
-                  image_summaries=2, verbose=0)  # fmt: skip
+    fields = dict(
+        dataset="synthetic",
+        data_dir=str(data_dir),
+        num_stacks=2,
+        filters=16,
+        depth=2,
+        input_size=64,
+        batch_size=4,
+        epochs=3,
+        steps_per_epoch=6,
+        learning_rate=1e-3,
+        val_batch_size=8,
+        run_dir=str(run_dir),
+        image_summaries=2,
+        verbose=0,
+    )
     fields.update(overrides)
     return TrainConfig(**fields)
 
@@ -61,8 +84,14 @@ def read_log(run_dir):
 
 
 def run_script(args, env=None, timeout=600):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
 
 
 def test_fit_lowers_the_loss_and_logs_per_stack_losses_and_validation_pckh(data_dir, tmp_path):
@@ -97,7 +126,11 @@ def test_fixed_learning_rate_drops_apply_once_per_listed_epoch():
 def test_cosine_schedule_sets_every_step_from_the_optimizer_step_count():
     schedule = CosineDecay(1e-2, 1e-4, total_steps=8)
     rates = [schedule.rate(t) for t in range(9)]
-    assert rates[0] == pytest.approx(1e-2) and rates[4] == pytest.approx((1e-2 + 1e-4) / 2) and rates[8] == pytest.approx(1e-4)
+    assert (
+        rates[0] == pytest.approx(1e-2)
+        and rates[4] == pytest.approx((1e-2 + 1e-4) / 2)
+        and rates[8] == pytest.approx(1e-4)
+    )
     assert np.all(np.diff(rates) < 0) and schedule.rate(50) == pytest.approx(1e-4)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(1.0), loss="mse")
@@ -194,8 +227,15 @@ def test_epoch_ends_see_the_moving_average_and_training_continues_from_the_train
     steps, averaged, trained = Weights("step"), Weights("epoch"), Weights("epoch")
     swap_in = AverageWeightsIn()
     x = np.random.default_rng(0).random((12, 3), dtype=np.float32)
-    model.fit(x, 2 * x[:, :2] - 1, batch_size=4, epochs=2, shuffle=False, verbose=0,
-              callbacks=[steps, swap_in, averaged, AverageWeightsOut(swap_in), trained])  # fmt: skip
+    model.fit(
+        x,
+        2 * x[:, :2] - 1,
+        batch_size=4,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[steps, swap_in, averaged, AverageWeightsOut(swap_in), trained],
+    )
     assert len(steps.seen) == 6
     average = steps.seen[0]  # the optimizer's average starts at the weights after the first step
     expected = []
@@ -228,19 +268,25 @@ def test_train_with_the_cosine_schedule_logs_the_decayed_rate(data_dir, tmp_path
     np.testing.assert_allclose(result["history"]["learning_rate"], expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(lr_schedule="linear"), "lr_schedule='linear'"),
-    (dict(lr_schedule="cosine", lr_drop_epochs="3"), "lr_drop_epochs='3' applies"),
-    (dict(min_learning_rate=1.0), "min_learning_rate must be"),
-    (dict(data_dir=None, tfrecord_dir="shards", drop_side_conflicts=True), "drop_side_conflicts needs data_dir"),
-    (dict(lr_drop_fractions="0.8"), "lr_drop_fractions='0.8' needs time_budget_minutes > 0"),
-    (dict(time_budget_minutes=60, lr_drop_fractions="0.5,1.0"), "fractions of the time budget in \\(0, 1\\)"),
-    (dict(time_budget_minutes=60, lr_drop_fractions="half"), "received 'half'"),
-    (dict(time_budget_minutes=-1.0), "time_budget_minutes must be a non-negative number"),
-    (dict(time_budget_minutes=60, lr_schedule="cosine", lr_drop_fractions="0.8"), "lr_drop_fractions='0.8' applies"),
-    (dict(ema_momentum=1.0), "ema_momentum must be in \\[0, 1\\) \\(0: off\\), received ema_momentum=1.0"),
-    (dict(ema_momentum=-0.5), "received ema_momentum=-0.5"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(lr_schedule="linear"), "lr_schedule='linear'"),
+        (dict(lr_schedule="cosine", lr_drop_epochs="3"), "lr_drop_epochs='3' applies"),
+        (dict(min_learning_rate=1.0), "min_learning_rate must be"),
+        (dict(data_dir=None, tfrecord_dir="shards", drop_side_conflicts=True), "drop_side_conflicts needs data_dir"),
+        (dict(lr_drop_fractions="0.8"), "lr_drop_fractions='0.8' needs time_budget_minutes > 0"),
+        (dict(time_budget_minutes=60, lr_drop_fractions="0.5,1.0"), "fractions of the time budget in \\(0, 1\\)"),
+        (dict(time_budget_minutes=60, lr_drop_fractions="half"), "received 'half'"),
+        (dict(time_budget_minutes=-1.0), "time_budget_minutes must be a non-negative number"),
+        (
+            dict(time_budget_minutes=60, lr_schedule="cosine", lr_drop_fractions="0.8"),
+            "lr_drop_fractions='0.8' applies",
+        ),
+        (dict(ema_momentum=1.0), "ema_momentum must be in \\[0, 1\\) \\(0: off\\), received ema_momentum=1.0"),
+        (dict(ema_momentum=-0.5), "received ema_momentum=-0.5"),
+    ],
+)
 def test_inconsistent_schedule_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{"dataset": "synthetic", "data_dir": "x", **overrides}).validate()
@@ -297,8 +343,9 @@ def test_a_killed_run_resumes_from_its_backup(data_dir, tmp_path):
     run_dir = tmp_path / "run"
     args = [*TINY_FLAGS, f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--epochs=40", "--steps_per_epoch=12"]
     stderr = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe: TF's logging must never block the child
-    process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *args], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr
+    )
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if (run_dir / "log.csv").exists() and len(read_log(run_dir)) >= 3:
@@ -342,8 +389,14 @@ print("RESULT " + json.dumps({"replicas": result["summary"]["replicas"], "global
 
 
 def _strategy_run(config, env=None):
-    return subprocess.Popen([sys.executable, "-c", WEIGHTS_SCRIPT, json.dumps(config)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", WEIGHTS_SCRIPT, json.dumps(config)],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _result(process, timeout=600):
@@ -354,9 +407,22 @@ def _result(process, timeout=600):
 
 
 def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
-    config = dict(dataset="synthetic", data_dir=str(data_dir), num_stacks=1, filters=16, depth=2, input_size=64,
-                  batch_size=2, epochs=1, steps_per_epoch=3, run_dir=str(tmp_path / "run"), image_summaries=0,
-                  verbose=0, strategy="mirrored", cpu_replicas=2)  # fmt: skip
+    config = dict(
+        dataset="synthetic",
+        data_dir=str(data_dir),
+        num_stacks=1,
+        filters=16,
+        depth=2,
+        input_size=64,
+        batch_size=2,
+        epochs=1,
+        steps_per_epoch=3,
+        run_dir=str(tmp_path / "run"),
+        image_summaries=0,
+        verbose=0,
+        strategy="mirrored",
+        cpu_replicas=2,
+    )
     result = _result(_strategy_run(config))
     assert result["replicas"] == 2 and result["global_batch"] == 4 and result["epochs"] == 1
     assert np.isfinite(result["checksum"])
@@ -377,9 +443,21 @@ def test_multi_worker_strategy_two_processes_agree_on_the_trainable_weights(data
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     processes = []
     for index in range(2):
-        config = dict(dataset="synthetic", data_dir=str(data_dir), num_stacks=1, filters=16, depth=2, input_size=64,
-                      batch_size=2, epochs=1, steps_per_epoch=3, run_dir=str(tmp_path / "run"), image_summaries=0,
-                      verbose=0, strategy="multi_worker")  # fmt: skip
+        config = dict(
+            dataset="synthetic",
+            data_dir=str(data_dir),
+            num_stacks=1,
+            filters=16,
+            depth=2,
+            input_size=64,
+            batch_size=2,
+            epochs=1,
+            steps_per_epoch=3,
+            run_dir=str(tmp_path / "run"),
+            image_summaries=0,
+            verbose=0,
+            strategy="multi_worker",
+        )
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(_strategy_run(config, env={"TF_CONFIG": tf_config}))
     results = [_result(p) for p in processes]
@@ -400,8 +478,14 @@ def test_mixed_precision_training_keeps_float32_outputs_and_loss(data_dir, tmp_p
 
 
 def _script(name, *args, timeout=900):
-    return subprocess.run([sys.executable, str(REPO / "scripts" / name), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=os.environ.copy(), cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+        cwd=REPO,
+    )
 
 
 def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, tmp_path):
@@ -409,13 +493,22 @@ def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, 
     from hourglass_tf import metadata, serving
 
     shards = tmp_path / "shards"
-    done = _script("prepare_data.py", "--dataset=synthetic", f"--source={data_dir}", f"--output={shards}",
-                   "--input_size=64")
+    done = _script(
+        "prepare_data.py", "--dataset=synthetic", f"--source={data_dir}", f"--output={shards}", "--input_size=64"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((shards / "meta.json").read_text())["region"]["input_size"] == 64
     run = tmp_path / "run"
-    common = [f"--tfrecord_dir={shards}", *TINY_FLAGS[1:], "--num_stacks=2", "--epochs=2", "--steps_per_epoch=4",
-              "--mixed_precision=true", "--fused_batch_norm=true", f"--run_dir={run}"]
+    common = [
+        f"--tfrecord_dir={shards}",
+        *TINY_FLAGS[1:],
+        "--num_stacks=2",
+        "--epochs=2",
+        "--steps_per_epoch=4",
+        "--mixed_precision=true",
+        "--fused_batch_norm=true",
+        f"--run_dir={run}",
+    ]
     done = run_script(["--dataset=synthetic", *common])
     assert done.returncode == 0, done.stderr[-3000:]
     info = metadata.read_info(run / "best.keras")
@@ -426,20 +519,31 @@ def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, 
     refused = run_script(["--dataset=synthetic", *common, "--rotation=40", f"--run_dir={tmp_path / 'other'}"])
     assert refused.returncode == 2 and "meta.json" in refused.stderr and "rotation=40 > 30" in refused.stderr
 
-    done = _script("evaluate.py", f"--checkpoint={run / 'best.keras'}", "--dataset=synthetic",
-                   f"--tfrecord_dir={shards}", f"--output_dir={tmp_path / 'eval'}")
+    done = _script(
+        "evaluate.py",
+        f"--checkpoint={run / 'best.keras'}",
+        "--dataset=synthetic",
+        f"--tfrecord_dir={shards}",
+        f"--output_dir={tmp_path / 'eval'}",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     keras_pck = json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"]["Mean"]
     out = tmp_path / "exported"
-    done = _script("export.py", f"--model={run / 'best.keras'}", f"--output={out}",
-                   "--formats=keras,saved_model,tflite,onnx")
+    done = _script(
+        "export.py", f"--model={run / 'best.keras'}", f"--output={out}", "--formats=keras,saved_model,tflite,onnx"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "export.json").read_text())
     assert set(report["max_heatmap_deviation"]) == {"keras", "saved_model", "tflite", "onnx"}
     assert report["trained_precision"] == "mixed_bfloat16"
     for model in (out / "model.keras", out, out / "model.tflite", out / "model.onnx"):
-        done = _script("evaluate.py", f"--checkpoint={model}", "--dataset=synthetic", f"--tfrecord_dir={shards}",
-                       f"--output_dir={tmp_path / 'eval_fmt'}")
+        done = _script(
+            "evaluate.py",
+            f"--checkpoint={model}",
+            "--dataset=synthetic",
+            f"--tfrecord_dir={shards}",
+            f"--output_dir={tmp_path / 'eval_fmt'}",
+        )
         assert done.returncode == 0, (model, done.stderr[-2000:])
         pck = json.loads((tmp_path / "eval_fmt" / "metrics.json").read_text())["summary"]["Mean"]
         assert abs(pck - keras_pck) < 1.0, (model, pck, keras_pck)
@@ -448,6 +552,7 @@ def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, 
     saved_model = out / "saved_model" / "1"
     reply = serving.parse_response(serving.serve_in_process(saved_model, serving.image_request(png, (8, 4, 60, 70))))
     assert reply["keypoints"].shape == (16, 2) and np.isfinite(reply["keypoints"]).all()
-    names = serving.description(serving.parse_response(serving.serve_in_process(saved_model,
-                                                                                 serving.metadata_request())))
+    names = serving.description(
+        serving.parse_response(serving.serve_in_process(saved_model, serving.metadata_request()))
+    )
     assert names["skeleton"]["joints"] == list(skeleton_of("synthetic").joints)

@@ -138,7 +138,8 @@ def read_mpii_json(path, image_prefix="images", dataset="mpii"):
         present = np.asarray(row["joints_vis"]) > 0
         if joints.shape != (skeleton.MPII.num_joints, 2) or present.shape != (skeleton.MPII.num_joints,):
             raise DataFileError(
-                path, f"person {i}: 'joints' must be (16, 2) and 'joints_vis' (16,), found {joints.shape}, {present.shape}"
+                path,
+                f"person {i}: 'joints' must be (16, 2) and 'joints_vis' (16,), found {joints.shape}, {present.shape}",
             )
         center, scale = _mpii_adjust(row["center"], float(row["scale"]))
         samples.append(
@@ -189,7 +190,9 @@ def read_mpii_mat(path, split="train", valid_images=None, image_prefix="images")
         raise ValueError(f"split must be 'train', 'valid' or 'all', received split={split!r}")
     mat = _loadmat(path)
     if "RELEASE" not in mat:
-        raise DataFileError(path, f"expected the variable 'RELEASE', found {sorted(k for k in mat if not k.startswith('__'))}")
+        raise DataFileError(
+            path, f"expected the variable 'RELEASE', found {sorted(k for k in mat if not k.startswith('__'))}"
+        )
     release = mat["RELEASE"]
     try:
         annolist = _as_list(release.annolist)
@@ -259,7 +262,9 @@ def read_lsp(root, indices=None, dataset="lsp"):
     path = root / "joints.mat"
     mat = _loadmat(path)
     if "joints" not in mat:
-        raise DataFileError(path, f"expected the variable 'joints', found {sorted(k for k in mat if not k.startswith('__'))}")
+        raise DataFileError(
+            path, f"expected the variable 'joints', found {sorted(k for k in mat if not k.startswith('__'))}"
+        )
     joints = np.asarray(mat["joints"], np.float64)
     if joints.ndim == 2:
         joints = joints[..., None]
@@ -274,7 +279,9 @@ def read_lsp(root, indices=None, dataset="lsp"):
         visible = flag == 0
         pattern = "im%04d.jpg"
     else:
-        raise DataFileError(path, f"'joints' must be 14x3xN (LSPET) or 3x14xN (LSP), found {'x'.join(map(str, joints.shape))}")
+        raise DataFileError(
+            path, f"'joints' must be 14x3xN (LSPET) or 3x14xN (LSP), found {'x'.join(map(str, joints.shape))}"
+        )
     n = len(xy)
     if not (root / "images" / (pattern % 1)).exists() and (root / "images" / ("im%05d.jpg" % 1)).exists():
         pattern = "im%05d.jpg"
@@ -310,7 +317,9 @@ def read_flic_mat(path, split="train", image_prefix="images"):
         raise ValueError(f"split must be 'train' or 'valid', received split={split!r}")
     mat = _loadmat(path)
     if "examples" not in mat:
-        raise DataFileError(path, f"expected the variable 'examples', found {sorted(k for k in mat if not k.startswith('__'))}")
+        raise DataFileError(
+            path, f"expected the variable 'examples', found {sorted(k for k in mat if not k.startswith('__'))}"
+        )
     samples = []
     for i, example in enumerate(_as_list(mat["examples"])):
         coords = np.asarray(example.coords, np.float64)
@@ -432,7 +441,9 @@ def load_dataset(dataset, root, split):
         mat = root / "mpii_human_pose_v1_u12_1.mat"
         if mat.exists():
             return read_mpii_mat(mat, split, valid_images=annot / "valid_images.txt")
-        raise DataFileError(root, f"no MPII annotations: expected annot/{split}.h5, annot/{split}.json or mpii_human_pose_v1_u12_1.mat")
+        raise DataFileError(
+            root, f"no MPII annotations: expected annot/{split}.h5, annot/{split}.json or mpii_human_pose_v1_u12_1.mat"
+        )
     if dataset in ("lsp", "lspet"):
         samples = read_lsp(root, dataset=dataset)
         count = len(samples)
@@ -444,4 +455,3 @@ def load_dataset(dataset, root, split):
         return read_flic_mat(root / "examples.mat", split)
     coco_split = {"train": "train2017", "valid": "val2017"}[split]
     return read_coco(root / "annotations" / f"person_keypoints_{coco_split}.json", coco_split)
-

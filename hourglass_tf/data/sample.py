@@ -195,8 +195,9 @@ def sides_disagree(sample, skel):
     if shoulders is None or hips is None:
         return False
     if sample.num_joints != skel.num_joints:
-        raise ValueError(f"sample {sample.sample_id} has {sample.num_joints} joints, the {skel.name} skeleton "
-                         f"{skel.num_joints}")  # fmt: skip
+        raise ValueError(
+            f"sample {sample.sample_id} has {sample.num_joints} joints, the {skel.name} skeleton {skel.num_joints}"
+        )
     if not all(sample.present[i] for i in shoulders + hips):
         return False
     shoulder_vector = sample.joints[shoulders[1]] - sample.joints[shoulders[0]]

@@ -6,8 +6,16 @@ from hourglass_tf.data.sample import SkipReport, sides_disagree
 SIDE_CONFLICT = "shoulders and hips face opposite ways"
 
 
-def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=True, drop_side_conflicts=False,
-                augmentation=None, input_size=None):
+def load_source(
+    dataset,
+    split,
+    data_dir=None,
+    tfrecord_dir=None,
+    decode_check=True,
+    drop_side_conflicts=False,
+    augmentation=None,
+    input_size=None,
+):
     """Per-sample source for ``pipeline.make_dataset``.
 
     With ``tfrecord_dir``, ``augmentation`` and ``input_size`` (the settings the source will be
@@ -29,8 +37,10 @@ def load_source(dataset, split, data_dir=None, tfrecord_dir=None, decode_check=T
     skeleton = readers.skeleton_of(dataset)
     if tfrecord_dir is not None:
         if drop_side_conflicts:
-            raise ValueError(f"{tfrecord_dir}: drop_side_conflicts needs the raw annotations (data_dir); "
-                             "TFRecord shards are read as written")  # fmt: skip
+            raise ValueError(
+                f"{tfrecord_dir}: drop_side_conflicts needs the raw annotations (data_dir); "
+                "TFRecord shards are read as written"
+            )
         meta = tfrecords.read_meta(tfrecord_dir)
         if meta["num_joints"] != skeleton.num_joints:
             raise ValueError(

@@ -112,7 +112,9 @@ def _background(rng, size):
         kind = rng.integers(3)
         x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
         if kind == 0:
-            cv2.rectangle(image, (x, y), (x + int(rng.integers(5, w // 2)), y + int(rng.integers(5, h // 2))), colour, -1)
+            cv2.rectangle(
+                image, (x, y), (x + int(rng.integers(5, w // 2)), y + int(rng.integers(5, h // 2))), colour, -1
+            )
         elif kind == 1:
             cv2.circle(image, (x, y), int(rng.integers(3, w // 6)), colour, -1)
         else:
@@ -130,17 +132,28 @@ def _draw_figure(image, rng, joints, height):
         [J["l_hip"], J["r_hip"], J["r_shoulder"], J["l_shoulder"]],  # torso polygon
     ]
     limbs = [
-        ("r_hip", "r_knee", 0.55), ("r_knee", "r_ankle", 0.45), ("l_hip", "l_knee", 0.55), ("l_knee", "l_ankle", 0.45),
-        ("r_shoulder", "r_elbow", 0.42), ("r_elbow", "r_wrist", 0.35), ("l_shoulder", "l_elbow", 0.42),
-        ("l_elbow", "l_wrist", 0.35), ("thorax", "upper_neck", 0.3),
-    ]  # fmt: skip
+        ("r_hip", "r_knee", 0.55),
+        ("r_knee", "r_ankle", 0.45),
+        ("l_hip", "l_knee", 0.55),
+        ("l_knee", "l_ankle", 0.45),
+        ("r_shoulder", "r_elbow", 0.42),
+        ("r_elbow", "r_wrist", 0.35),
+        ("l_shoulder", "l_elbow", 0.42),
+        ("l_elbow", "l_wrist", 0.35),
+        ("thorax", "upper_neck", 0.3),
+    ]
     order = rng.permutation(len(limbs) + 2)
     for item in order:
         mask = np.zeros((h, w), np.uint8)
         if item < len(limbs):
             a, b, width = limbs[item]
-            cv2.line(mask, tuple(np.round(joints[J[a]]).astype(int)), tuple(np.round(joints[J[b]]).astype(int)),
-                     1, max(2, int(width * u)))  # fmt: skip
+            cv2.line(
+                mask,
+                tuple(np.round(joints[J[a]]).astype(int)),
+                tuple(np.round(joints[J[b]]).astype(int)),
+                1,
+                max(2, int(width * u)),
+            )
         elif item == len(limbs):
             cv2.fillPoly(mask, [np.round(joints[parts[0]]).astype(np.int32)], 1)
         else:

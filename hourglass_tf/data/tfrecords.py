@@ -168,11 +168,15 @@ def check_compatible(meta, shard_dir, augmentation=None, input_size=None):
     path = pathlib.Path(shard_dir) / "meta.json"
     bounds = meta.get("region")
     if bounds is None:
-        raise DataFileError(path, "written before shards recorded the augmentation they hold; regenerate them with "
-                                  "scripts/prepare_data.py")
+        raise DataFileError(
+            path,
+            "written before shards recorded the augmentation they hold; regenerate them with scripts/prepare_data.py",
+        )
     problems = []
     if input_size is not None and input_size > bounds["input_size"]:
-        problems.append(f"input_size={input_size} > the {bounds['input_size']} px they were written for (blurred crops)")
+        problems.append(
+            f"input_size={input_size} > the {bounds['input_size']} px they were written for (blurred crops)"
+        )
     if augmentation is not None:
         if augmentation.rotation > bounds["max_rotation"]:
             problems.append(f"rotation={augmentation.rotation:g} > {bounds['max_rotation']:g} degrees (black borders)")
@@ -181,9 +185,13 @@ def check_compatible(meta, shard_dir, augmentation=None, input_size=None):
         if augmentation.scale_min < bounds["min_scale"]:
             problems.append(f"scale_min={augmentation.scale_min:g} < {bounds['min_scale']:g} (blurred crops)")
     if problems:
-        raise DataFileError(path, "the shards do not serve these settings: " + "; ".join(problems) +
-                            f". Regenerate them with scripts/prepare_data.py --input_size={max(input_size or 0, bounds['input_size'])}"
-                            " (its region allows rotation <= 30 and scale 0.75-1.25), or train from --data_dir")
+        raise DataFileError(
+            path,
+            "the shards do not serve these settings: "
+            + "; ".join(problems)
+            + f". Regenerate them with scripts/prepare_data.py --input_size={max(input_size or 0, bounds['input_size'])}"
+            " (its region allows rotation <= 30 and scale 0.75-1.25), or train from --data_dir",
+        )
 
 
 def read_shards(shard_dir, split, num_joints, shuffle_files=False, seed=0):
@@ -215,6 +223,9 @@ def read_shards(shard_dir, split, num_joints, shuffle_files=False, seed=0):
     if shuffle_files:
         dataset = dataset.shuffle(len(files), seed=seed)
     dataset = dataset.interleave(
-        tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, len(files)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     return dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE)

@@ -40,7 +40,10 @@ def occlusion_analysis(pred, skeleton, threshold):
       annotated" ranked by the heatmap's max or mean}.
     """
     out = {}
-    for name, mask in (("visible", pred["present"] & pred["visible"]), ("occluded", pred["present"] & ~pred["visible"])):
+    for name, mask in (
+        ("visible", pred["present"] & pred["visible"]),
+        ("occluded", pred["present"] & ~pred["visible"]),
+    ):
         if not mask.any():
             out[name] = {"summary": None, "joints": 0}
             continue
@@ -57,7 +60,9 @@ def occlusion_analysis(pred, skeleton, threshold):
 def stack_accuracy(pred, skeleton, threshold):
     """Paper Fig. 9: the summary mean of every intermediate stack's predictions."""
     return [
-        metrics.evaluate(keypoints, pred["joints"], pred["present"], pred["normalizer"], skeleton, threshold)["summary"]["Mean"]
+        metrics.evaluate(keypoints, pred["joints"], pred["present"], pred["normalizer"], skeleton, threshold)[
+            "summary"
+        ]["Mean"]
         for keypoints in pred["stack_keypoints"]
     ]
 

@@ -46,8 +46,11 @@ def load_annotations(path, skeleton=None):
         boxes = np.asarray(mat["headboxes_src"], np.float64)
         present = np.asarray(mat["jnt_missing"]).T == 0
         if boxes.shape != (2, 2, len(gt)) or present.shape != gt.shape[:2]:
-            raise DataFileError(path, f"inconsistent sizes: pos_gt_src {mat['pos_gt_src'].shape}, headboxes_src "
-                                      f"{boxes.shape}, jnt_missing {mat['jnt_missing'].shape}")  # fmt: skip
+            raise DataFileError(
+                path,
+                f"inconsistent sizes: pos_gt_src {mat['pos_gt_src'].shape}, headboxes_src "
+                f"{boxes.shape}, jnt_missing {mat['jnt_missing'].shape}",
+            )
         normalizer = metrics.HEAD_SIZE_FACTOR * np.linalg.norm(boxes[1] - boxes[0], axis=0)
         visible = present
         if skeleton is not None and skeleton.joints != MPII.joints:
@@ -60,22 +63,32 @@ def load_annotations(path, skeleton=None):
             raise DataFileError(path, f"missing dataset(s) {missing}; found {sorted(data)}")
         part = np.asarray(data["part"], np.float64)
         if part.ndim != 3 or part.shape[2] != 2 or len(data["normalize"]) != len(part):
-            raise DataFileError(path, f"'part' must be (N, K, 2) with N = len(normalize); found {part.shape} and "
-                                      f"{len(data['normalize'])}")  # fmt: skip
+            raise DataFileError(
+                path,
+                f"'part' must be (N, K, 2) with N = len(normalize); found {part.shape} and {len(data['normalize'])}",
+            )
         present = np.all(part > 0, axis=2)
         gt = part - 1.0
         normalizer = np.asarray(data["normalize"], np.float64)
         visible = present & (np.asarray(data["visible"]) > 0) if "visible" in data else present
         if skeleton is None:
-            raise DataFileError(path, "an .h5 annotation file does not say its joint set: name it (--skeleton=mpii "
-                                      "or flic)")
+            raise DataFileError(
+                path, "an .h5 annotation file does not say its joint set: name it (--skeleton=mpii or flic)"
+            )
     else:
         raise DataFileError(path, f"unsupported annotation file type {path.suffix!r}; expected .mat or .h5")
     if skeleton.num_joints != gt.shape[1]:
-        raise DataFileError(path, f"holds {gt.shape[1]} joints per person, but {skeleton.name} has "
-                                  f"{skeleton.num_joints}")
-    return {"gt": gt, "present": present, "visible": visible, "normalizer": normalizer, "skeleton": skeleton,
-            "threshold": metrics.pck_threshold(skeleton.name)}  # fmt: skip
+        raise DataFileError(
+            path, f"holds {gt.shape[1]} joints per person, but {skeleton.name} has {skeleton.num_joints}"
+        )
+    return {
+        "gt": gt,
+        "present": present,
+        "visible": visible,
+        "normalizer": normalizer,
+        "skeleton": skeleton,
+        "threshold": metrics.pck_threshold(skeleton.name),
+    }
 
 
 def load_predictions(path, num_people=None, num_joints=None):
@@ -115,8 +128,14 @@ def evaluate_files(annotations_path, predictions_path, skeleton=None):
     """PCKh (MPII) or PCK@0.2 of a prediction file against an annotation file (``skeleton``: see ``load_annotations``)."""
     annotations = load_annotations(annotations_path, skeleton)
     preds = load_predictions(predictions_path, len(annotations["gt"]), annotations["gt"].shape[1])
-    return metrics.evaluate(preds, annotations["gt"], annotations["present"], annotations["normalizer"],
-                            annotations["skeleton"], threshold=annotations["threshold"])  # fmt: skip
+    return metrics.evaluate(
+        preds,
+        annotations["gt"],
+        annotations["present"],
+        annotations["normalizer"],
+        annotations["skeleton"],
+        threshold=annotations["threshold"],
+    )
 
 
 def write_predictions(preds, output_dir, stem="predictions"):

@@ -111,8 +111,11 @@ def example_grid(pred, dataset_dir, image_paths, skeleton, path, per_group=4, si
     if not order:
         raise ValueError("no person with an annotated joint to draw")
     mid = len(order) // 2
-    groups = [order[:per_group], order[max(0, mid - per_group // 2) : mid - per_group // 2 + per_group],
-              order[-per_group:][::-1]]  # fmt: skip
+    groups = [
+        order[:per_group],
+        order[max(0, mid - per_group // 2) : mid - per_group // 2 + per_group],
+        order[-per_group:][::-1],
+    ]
     tiles = []
     for group in groups:
         for i in group:

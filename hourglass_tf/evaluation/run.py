@@ -10,9 +10,20 @@ from hourglass_tf.evaluation.files import write_json, write_predictions
 from hourglass_tf.evaluation.plots import example_grid, plot_curves, plot_presence
 
 
-def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_dir=None, flip_test=True,
-                   output_dir="runs/eval", batch_size=16, max_samples=0, progress=True, refine="quarter",
-                   test_scales=(1.0,)):  # fmt: skip
+def evaluate_model(
+    model_path,
+    dataset,
+    split="valid",
+    data_dir=None,
+    tfrecord_dir=None,
+    flip_test=True,
+    output_dir="runs/eval",
+    batch_size=16,
+    max_samples=0,
+    progress=True,
+    refine="quarter",
+    test_scales=(1.0,),
+):
     """Predicts a split with a ``.keras`` model and writes every result to ``output_dir``.
 
     Writes: ``predictions.h5`` / ``predictions.mat`` (1-based, original layout and MPII
@@ -32,25 +43,35 @@ def evaluate_model(model_path, dataset, split="valid", data_dir=None, tfrecord_d
     from hourglass_tf.inference import Predictor, predict_dataset
 
     # A model without a description is taken to predict the dataset's joints; one with a description must.
-    predictor = Predictor.from_file(model_path, skeleton=readers.skeleton_of(dataset), flip_test=flip_test,
-                                    refine=refine, scales=test_scales)
-    source, skeleton, report, count = sources.load_source(dataset, split, data_dir, tfrecord_dir,
-                                                          input_size=predictor.input_size)
+    predictor = Predictor.from_file(
+        model_path, skeleton=readers.skeleton_of(dataset), flip_test=flip_test, refine=refine, scales=test_scales
+    )
+    source, skeleton, report, count = sources.load_source(
+        dataset, split, data_dir, tfrecord_dir, input_size=predictor.input_size
+    )
     if max_samples:
         source = source.take(max_samples)
         count = min(count, max_samples)
-    data = pipeline.make_dataset(source, skeleton, 1, batch_size, input_size=predictor.input_size, training=False,
-                                 with_meta=True)  # fmt: skip
+    data = pipeline.make_dataset(
+        source, skeleton, 1, batch_size, input_size=predictor.input_size, training=False, with_meta=True
+    )
     pred = predict_dataset(predictor, data, all_stacks=True, progress=progress, total=count, source=source)
     threshold = metrics.pck_threshold(dataset)
-    result = metrics.evaluate(pred["keypoints"], pred["joints"], pred["present"], pred["normalizer"], skeleton, threshold)
+    result = metrics.evaluate(
+        pred["keypoints"], pred["joints"], pred["present"], pred["normalizer"], skeleton, threshold
+    )
     result.update(
-        dataset=dataset, split=split, model=str(model_path), flip_test=flip_test, refine=refine,
+        dataset=dataset,
+        split=split,
+        model=str(model_path),
+        flip_test=flip_test,
+        refine=refine,
         test_scales=list(predictor.scales),
         people=int(len(pred["keypoints"])),
-        skipped=report.as_dict(), stack_accuracy=stack_accuracy(pred, skeleton, threshold),
+        skipped=report.as_dict(),
+        stack_accuracy=stack_accuracy(pred, skeleton, threshold),
         occlusion=occlusion_analysis(pred, skeleton, threshold),
-    )  # fmt: skip
+    )
     output_dir = pathlib.Path(output_dir)
     write_predictions(pred["keypoints"], output_dir)
     np.save(output_dir / "predictions.npy", pred["keypoints"])
