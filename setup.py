@@ -28,7 +28,11 @@ setup(
     ],
     extras_require={
         "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"],
-        "dev": ["pytest>=8,<10", "ai-edge-litert>=2.0,<3", "ruff==0.17.6"],  # LiteRT runs the TFLite exports in the tests
+        "dev": [
+            "pytest>=8,<10",
+            "ai-edge-litert>=2.0,<3",
+            "ruff==0.17.6",
+        ],  # LiteRT runs the TFLite exports in the tests
     },
     classifiers=[
         "Programming Language :: Python :: 3",
