@@ -8,29 +8,46 @@ import tensorflow as tf
 from hourglass_tf.config import STRATEGIES
 
 
-def make_strategy(name, cpu_replicas=0):
-    """The ``tf.distribute`` strategy called ``name`` (see ``STRATEGIES``).
+def strategy_plan(name, num_gpus, cpu_replicas=0, tf_config=None):
+    """What ``make_strategy`` builds, decided from the device count alone (unit-tested without devices).
 
-    ``auto`` is MirroredStrategy when more than one GPU is visible, else the default
-    strategy. ``cpu_replicas > 1`` splits the CPU into that many logical devices and
-    mirrors over them (to test data parallelism without GPUs).
+    Returns one of ``"cpu_mirrored"`` (``cpu_replicas`` > 1 logical CPUs), ``"mirrored"``, ``"default"``,
+    ``"one_device_gpu"``, ``"one_device_cpu"``, ``"multi_worker"`` or ``"tpu"``: ``auto`` mirrors over
+    two or more GPUs and otherwise keeps the default strategy (one GPU or the CPU, no replication).
     """
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, received strategy={name!r}")
-    gpus = tf.config.list_physical_devices("GPU")
     if cpu_replicas > 1:
+        return "cpu_mirrored"
+    if name == "auto":
+        return "mirrored" if num_gpus > 1 else "default"
+    if name == "one_device":
+        return "one_device_gpu" if num_gpus else "one_device_cpu"
+    if name == "multi_worker" and not tf_config:
+        raise ValueError("strategy=multi_worker needs the TF_CONFIG environment variable (see docs/training.md)")
+    return name
+
+
+def make_strategy(name, cpu_replicas=0):
+    """The ``tf.distribute`` strategy called ``name`` (see ``STRATEGIES`` and ``strategy_plan``).
+
+    ``auto`` is MirroredStrategy (NCCL all-reduce on GPUs) when more than one GPU is visible, else the
+    default strategy. ``cpu_replicas > 1`` splits the CPU into that many logical devices and mirrors over
+    them (to test data parallelism without GPUs).
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    plan = strategy_plan(name, len(gpus), cpu_replicas, os.environ.get("TF_CONFIG"))
+    if plan == "cpu_mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])
-    if name == "auto":
-        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-    if name == "mirrored":
+    if plan == "default":
+        return tf.distribute.get_strategy()
+    if plan.startswith("one_device"):
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if plan == "one_device_gpu" else "/cpu:0")
+    if plan == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ValueError("strategy=multi_worker needs the TF_CONFIG environment variable (see the README)")
+    if plan == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
     tf.config.experimental_connect_to_cluster(resolver)
@@ -118,3 +135,29 @@ def mixed_precision_policy(gpus=None):
     """
     gpus = tf.config.list_physical_devices("GPU") if gpus is None else gpus
     return "mixed_float16" if gpus else "mixed_bfloat16"
+
+
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU feature flags the kernel reports (an empty set where there is no /proc/cpuinfo)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def mixed_precision_pays(gpus=None, flags=None):
+    """Whether ``--mixed_precision`` speeds training here: on a GPU (float16), or a CPU with bfloat16 arithmetic.
+
+    Without hardware bfloat16 a CPU emulates it and is slower than float32, so there the answer is no.
+    ``gpus`` and ``flags`` default to this machine's (``tf.config`` GPU list, ``cpu_flags()``).
+    """
+    gpus = tf.config.list_physical_devices("GPU") if gpus is None else gpus
+    flags = cpu_flags() if flags is None else flags
+    return bool(gpus) or any(flag in flags for flag in BFLOAT16_CPU_FLAGS)

@@ -1,0 +1,50 @@
+"""The strategy and precision decisions for 0, 1 and several GPUs, and CPUs with and without bfloat16 (mocked)."""
+
+import pytest
+
+from hourglass_tf import distribute
+
+GPU = object()  # stands for a tf.config.PhysicalDevice: only the list's length and truth matter
+
+
+@pytest.mark.parametrize(
+    "name, gpus, replicas, expected",
+    [
+        ("auto", 0, 0, "default"),
+        ("auto", 1, 0, "default"),
+        ("auto", 4, 0, "mirrored"),
+        ("one_device", 0, 0, "one_device_cpu"),
+        ("one_device", 1, 0, "one_device_gpu"),
+        ("mirrored", 0, 0, "mirrored"),
+        ("mirrored", 8, 0, "mirrored"),
+        ("auto", 0, 2, "cpu_mirrored"),
+        ("mirrored", 2, 3, "cpu_mirrored"),
+    ],
+)
+def test_strategy_plan_for_each_device_count(name, gpus, replicas, expected):
+    assert distribute.strategy_plan(name, gpus, replicas) == expected
+
+
+def test_multi_worker_needs_a_cluster_and_unknown_strategies_are_refused():
+    assert distribute.strategy_plan("multi_worker", 2, tf_config='{"cluster": {}}') == "multi_worker"
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        distribute.strategy_plan("multi_worker", 2)
+    with pytest.raises(ValueError, match="strategy='horovod'"):
+        distribute.strategy_plan("horovod", 1)
+
+
+def test_precision_policy_and_whether_it_pays():
+    assert distribute.mixed_precision_policy(gpus=[]) == "mixed_bfloat16"
+    assert distribute.mixed_precision_policy(gpus=[GPU]) == "mixed_float16"
+    assert distribute.mixed_precision_policy(gpus=[GPU, GPU]) == "mixed_float16"
+    assert distribute.mixed_precision_pays(gpus=[GPU], flags=set())  # float16 on any GPU
+    assert distribute.mixed_precision_pays(gpus=[], flags={"avx2", "avx512_bf16"})
+    assert distribute.mixed_precision_pays(gpus=[], flags={"amx_bf16"})
+    assert not distribute.mixed_precision_pays(gpus=[], flags={"avx2", "avx512f"})  # bfloat16 emulated: slower
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16 avx512f\nbugs\t: none\n")
+    assert distribute.cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512_bf16", "avx512f"}
+    assert distribute.cpu_flags(tmp_path / "absent") == set()
