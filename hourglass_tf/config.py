@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import pathlib
 
 from hourglass_tf import metrics
 from hourglass_tf.data import pipeline, readers
@@ -50,6 +51,7 @@ class TrainConfig:
     jit_compile: bool = False
     fused_batch_norm: bool = True  # train batch norm with TF's fused kernel (same layers, same saved model)
     run_dir: str = "runs/train"
+    init_weights: str = None  # a .keras model whose weights start the run (heads that do not fit start afresh)
     seed: int = 0
     validation_freq: int = 1
     val_batch_size: int = 16
@@ -151,6 +153,8 @@ class TrainConfig:
             self.augmentation()
         except ValueError as err:
             problems.append(str(err))
+        if self.init_weights and not pathlib.Path(self.init_weights).is_file():
+            problems.append(f"init_weights={self.init_weights!r} is not a file")
         if problems:
             raise ValueError("invalid training configuration:\n  " + "\n  ".join(problems))
 

@@ -48,6 +48,9 @@ HELP = {
     "fused_batch_norm": "Train batch norm with TensorFlow's fused kernel (about 30 % faster steps on CPU); the layers "
     "and saved models stay stock Keras.",
     "run_dir": "Run directory: checkpoints, logs, backup (resume) and the resolved flags.",
+    "init_weights": "Start from this .keras model's weights (a converted published model, or any saved one): "
+    "layers of the same name and shape are loaded; heads whose joint count differs start afresh. The stem variant "
+    "and input mean are the model's.",
     "seed": "Seed of weights, shuffling and augmentation.",
     "validation_freq": "Validate (PCK/PCKh) every this many epochs.",
     "val_batch_size": "Validation batch size.",

@@ -172,9 +172,8 @@ def describe(
     precision="float32",
     provenance=None,
     preprocessing=(),
-    variant="hg.lua",
 ):
-    """``ModelInfo`` for a Keras model built by ``build_model`` (architecture read from it).
+    """``ModelInfo`` for a Keras model built by ``build_model`` (architecture and variant read from it).
 
     ``skeleton``: a ``Skeleton`` or a skeleton name.
     """
@@ -192,7 +191,7 @@ def describe(
         stride=height // int(heatmap),
         sigma=float(sigma),
         decoding=decoding,
-        architecture={**arch, "variant": variant},
+        architecture=arch,
         precision=precision,
         preprocessing=tuple(preprocessing),
         provenance=dict(provenance or {}),

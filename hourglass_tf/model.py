@@ -102,10 +102,17 @@ def hourglass(x, depth, filters, num_blocks, name):
     return layers.Add(name=f"{level}_add")([up1, up2])
 
 
-def stem(image, filters):
+VARIANTS = ("hg.lua", "pytorch_pose")
+PYTORCH_POSE_STEM = 256  # pytorch-pose: layer2 = bottleneck(planes = its 128 input channels) -> 2 x 128
+
+
+def stem(image, filters, variant="hg.lua"):
     """7x7/2 conv (64) -> BN -> ReLU -> res(128) -> pool -> res(128) -> res(filters).
 
-    (N, H, W, 3) -> (N, H/4, W/4, filters).
+    (N, H, W, 3) -> (N, H/4, W/4, filters). ``variant="pytorch_pose"`` is bearpaw/pytorch-pose's stem:
+    its second residual takes its bottleneck width from the 128 channels it receives, so it widens to
+    256 (a bottleneck of 128 with a projection); the third goes to ``filters`` (256 in every published
+    model, where it keeps the width).
     """
     x = layers.ZeroPadding2D(3, name="stem_pad")(image)
     x = layers.Conv2D(STEM_FILTERS, 7, strides=2, padding="valid", name="stem_conv")(x)
@@ -113,7 +120,7 @@ def stem(image, filters):
     x = layers.ReLU(name="stem_relu")(x)
     x = residual(x, 128, "stem_res1")
     x = layers.MaxPooling2D(2, 2, name="stem_pool")(x)
-    x = residual(x, 128, "stem_res2")
+    x = residual(x, PYTORCH_POSE_STEM if variant == "pytorch_pose" else 128, "stem_res2")
     return residual(x, filters, "stem_res3")
 
 
@@ -139,6 +146,8 @@ def build_model(
     num_joints=16,
     input_size=256,
     name="stacked_hourglass",
+    variant="hg.lua",
+    input_mean=None,
 ):
     """Builds the stacked hourglass network as a functional ``keras.Model``.
 
@@ -152,6 +161,11 @@ def build_model(
       input_size: int or (height, width); each must be divisible by
         4 * 2**depth (256 in the paper).
       name: model name.
+      variant: ``"hg.lua"`` (the original Torch code, the paper's network) or ``"pytorch_pose"``
+        (bearpaw/pytorch-pose's stem, 160,512 more parameters at 256 features; see ``stem``),
+        so that published weights of either layout load without loss.
+      input_mean: per-channel (R, G, B) values subtracted from the [0, 1] input inside the model, by a
+        stock ``Normalization`` layer (pytorch-pose's models expect the MPII mean subtracted); None: none.
 
     Returns:
       ``keras.Model`` with input ``image`` (N, H, W, 3) float32 RGB in [0, 1]
@@ -172,6 +186,8 @@ def build_model(
         _check_positive_int(arg, value)
     if filters % 2:
         raise ValueError(f"`filters` must be even (the bottleneck uses filters / 2), received filters={filters}")
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}, received variant={variant!r}")
     height, width = _input_hw(input_size)
     multiple = 4 * 2**depth
     if height % multiple or width % multiple:
@@ -181,7 +197,10 @@ def build_model(
         )
 
     image = keras.Input(shape=(height, width, 3), name="image", dtype="float32")
-    inter = stem(image, filters)
+    x = image
+    if input_mean is not None:
+        x = layers.Normalization(axis=-1, mean=list(input_mean), variance=[1.0] * 3, name="input_mean")(x)
+    inter = stem(x, filters, variant)
     outputs = {}
     for s in range(1, num_stacks + 1):
         prefix = f"hg{s}"
@@ -261,10 +280,10 @@ def conv_flops(model):
 
 
 def architecture_of(model):
-    """The ``build_model`` arguments of a model it built (or one loaded from its file), read from layer names.
+    """The ``build_model`` arguments of a model it built (or one loaded from its file), read from its layers.
 
     Returns:
-      dict ``num_stacks``, ``num_blocks``, ``filters``, ``depth``, ``num_joints``, ``input_size``
+      dict ``variant``, ``num_stacks``, ``num_blocks``, ``filters``, ``depth``, ``num_joints``, ``input_size``
       ((height, width)); ValueError when the model is not a stacked hourglass of this package's layout.
     """
     names = {layer.name for layer in model.layers}
@@ -273,10 +292,13 @@ def architecture_of(model):
         raise ValueError(f"model {model.name!r} is not a stacked hourglass (no stem_conv / stack_i layers)")
     depth = sum(1 for n in names if n.startswith("hg1_d") and n.endswith("_pool"))
     num_blocks = sum(1 for n in names if n.startswith(f"hg1_d{depth}_skip_res") and n.endswith("_add"))
+    filters = int(model.get_layer("stem_res3_add").output.shape[-1])
+    widened = int(model.get_layer("stem_res2_add").output.shape[-1]) == PYTORCH_POSE_STEM
     return {
+        "variant": "pytorch_pose" if widened else "hg.lua",
         "num_stacks": len(stacks),
         "num_blocks": num_blocks,
-        "filters": int(model.get_layer("stem_res3_add").output.shape[-1]),
+        "filters": filters,
         "depth": depth,
         "num_joints": int(model.get_layer(stacks[-1]).output.shape[-1]),
         "input_size": [int(model.inputs[0].shape[1]), int(model.inputs[0].shape[2])],

@@ -60,8 +60,8 @@ from hourglass_tf.distribute import (
     mixed_precision_policy,
     multi_worker_fit_fixes,
 )
-from hourglass_tf.metadata import describe
-from hourglass_tf.model import build_model, output_names
+from hourglass_tf.metadata import describe, load_keras_model
+from hourglass_tf.model import architecture_of, build_model, output_names
 
 __all__ = [
     "AtomicCheckpoint",
@@ -95,6 +95,12 @@ def build_compiled_model(config):
     With ``config.fused_batch_norm`` its batch-norm layers train with TensorFlow's fused kernel
     (``hourglass_tf.batchnorm``); they stay stock layers, so checkpoints are unchanged.
     """
+    source = load_keras_model(config.init_weights) if config.init_weights else None
+    variant, input_mean = "hg.lua", None
+    if source is not None:  # the converted model's stem and input normalisation, so its weights mean the same
+        variant = architecture_of(source)["variant"]
+        if "input_mean" in {layer.name for layer in source.layers}:
+            input_mean = source.get_layer("input_mean").get_config()["mean"]
     model = build_model(
         num_stacks=config.num_stacks,
         num_blocks=config.num_blocks,
@@ -102,7 +108,15 @@ def build_compiled_model(config):
         depth=config.depth,
         num_joints=readers.skeleton_of(config.dataset).num_joints,
         input_size=config.input_size,
+        variant=variant,
+        input_mean=input_mean,
     )
+    if source is not None:
+        loaded, fresh = load_matching_weights(model, source)
+        print(
+            f"init_weights {config.init_weights}: {len(loaded)} layers loaded"
+            + (f"; started afresh (no layer of that name and shape there): {', '.join(fresh)}" if fresh else "")
+        )
     if config.fused_batch_norm:
         batchnorm.use_fused_batch_norm(model)
     ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum)
@@ -114,6 +128,26 @@ def build_compiled_model(config):
         optimizer=optimizer, loss={name: "mse" for name in output_names(model)}, jit_compile=config.jit_compile
     )
     return model
+
+
+def load_matching_weights(model, source):
+    """Copies into ``model`` the weights of every ``source`` layer with the same name and weight shapes.
+
+    Returns (names loaded, names left as initialised). A new dataset's joint count changes the heads
+    (``stack_i``, ``hgX_heatmaps_back``): those start afresh; everything else fine-tunes.
+    """
+    loaded, fresh = [], []
+    names = {layer.name for layer in source.layers}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        other = source.get_layer(layer.name) if layer.name in names else None
+        if other is not None and [w.shape for w in other.weights] == [w.shape for w in layer.weights]:
+            layer.set_weights(other.get_weights())
+            loaded.append(layer.name)
+        else:
+            fresh.append(layer.name)
+    return loaded, fresh
 
 
 def train(config):

@@ -252,3 +252,16 @@ def test_keras_file_loads_in_a_process_that_never_imports_hourglass_tf(tmp_path,
 def test_invalid_arguments_raise_value_error_naming_them(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         build_model(**kwargs)
+
+
+def test_the_pytorch_pose_variant_has_its_published_parameter_count():
+    """bearpaw/pytorch-pose's stem widens one residual earlier: 160,512 more parameters at 8 stacks x 256."""
+    from hourglass_tf.model import architecture_of
+
+    model = build_model(num_stacks=8, variant="pytorch_pose")
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == 25_594_624 == 25_434_112 + 160_512
+    assert architecture_of(model)["variant"] == "pytorch_pose"
+    assert architecture_of(build_model(num_stacks=1, filters=16, depth=2, input_size=64))["variant"] == "hg.lua"
+    with pytest.raises(ValueError, match="variant='umich'"):
+        build_model(num_stacks=1, variant="umich")
