@@ -22,8 +22,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install
-	$(PY) -m pytest -q tests
+test: lint
+	$(PY) -m pytest -q --durations=12 tests
 
 demo: install
 	$(PY) scripts/demo.py --flagfile=demo.flags
