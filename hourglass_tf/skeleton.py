@@ -110,171 +110,84 @@ class Skeleton:
         return self.joints.index(joint_name)
 
 
-def _limbs(joints, names):
-    return tuple((joints.index(a), joints.index(b)) for a, b in names)
+def _limbs(joints, pairs):
+    """Limb index pairs from ``"a:b c:d ..."`` joint-name pairs."""
+    return tuple((joints.index(a), joints.index(b)) for a, b in (pair.split(":") for pair in pairs.split()))
 
 
-_MPII_JOINTS = (
-    "r_ankle",
-    "r_knee",
-    "r_hip",
-    "l_hip",
-    "l_knee",
-    "l_ankle",
-    "pelvis",
-    "thorax",
-    "upper_neck",
-    "head_top",
-    "r_wrist",
-    "r_elbow",
-    "r_shoulder",
-    "l_shoulder",
-    "l_elbow",
-    "l_wrist",
+_MPII_JOINTS = tuple(
+    """
+    r_ankle r_knee r_hip l_hip l_knee l_ankle pelvis thorax upper_neck head_top r_wrist r_elbow r_shoulder
+    l_shoulder l_elbow l_wrist
+    """.split()
 )
 MPII = Skeleton(
     "mpii",
     _MPII_JOINTS,
     _limbs(
         _MPII_JOINTS,
-        [
-            ("r_ankle", "r_knee"),
-            ("r_knee", "r_hip"),
-            ("r_hip", "pelvis"),
-            ("l_ankle", "l_knee"),
-            ("l_knee", "l_hip"),
-            ("l_hip", "pelvis"),
-            ("pelvis", "thorax"),
-            ("thorax", "upper_neck"),
-            ("upper_neck", "head_top"),
-            ("r_wrist", "r_elbow"),
-            ("r_elbow", "r_shoulder"),
-            ("r_shoulder", "thorax"),
-            ("l_wrist", "l_elbow"),
-            ("l_elbow", "l_shoulder"),
-            ("l_shoulder", "thorax"),
-        ],
+        """
+        r_ankle:r_knee r_knee:r_hip r_hip:pelvis l_ankle:l_knee l_knee:l_hip l_hip:pelvis pelvis:thorax
+        thorax:upper_neck upper_neck:head_top r_wrist:r_elbow r_elbow:r_shoulder r_shoulder:thorax
+        l_wrist:l_elbow l_elbow:l_shoulder l_shoulder:thorax
+        """,
     ),
 )
 
-_LSP_JOINTS = (
-    "r_ankle",
-    "r_knee",
-    "r_hip",
-    "l_hip",
-    "l_knee",
-    "l_ankle",
-    "r_wrist",
-    "r_elbow",
-    "r_shoulder",
-    "l_shoulder",
-    "l_elbow",
-    "l_wrist",
-    "neck",
-    "head_top",
+_LSP_JOINTS = tuple(
+    """
+    r_ankle r_knee r_hip l_hip l_knee l_ankle r_wrist r_elbow r_shoulder l_shoulder l_elbow l_wrist neck
+    head_top
+    """.split()
 )
 LSP = Skeleton(
     "lsp",
     _LSP_JOINTS,
     _limbs(
         _LSP_JOINTS,
-        [
-            ("r_ankle", "r_knee"),
-            ("r_knee", "r_hip"),
-            ("l_ankle", "l_knee"),
-            ("l_knee", "l_hip"),
-            ("r_hip", "l_hip"),
-            ("r_hip", "r_shoulder"),
-            ("l_hip", "l_shoulder"),
-            ("r_wrist", "r_elbow"),
-            ("r_elbow", "r_shoulder"),
-            ("r_shoulder", "neck"),
-            ("l_wrist", "l_elbow"),
-            ("l_elbow", "l_shoulder"),
-            ("l_shoulder", "neck"),
-            ("neck", "head_top"),
-        ],
+        """
+        r_ankle:r_knee r_knee:r_hip l_ankle:l_knee l_knee:l_hip r_hip:l_hip r_hip:r_shoulder l_hip:l_shoulder
+        r_wrist:r_elbow r_elbow:r_shoulder r_shoulder:neck l_wrist:l_elbow l_elbow:l_shoulder l_shoulder:neck
+        neck:head_top
+        """,
     ),
 )
 
-_FLIC_JOINTS = (
-    "l_shoulder",
-    "l_elbow",
-    "l_wrist",
-    "r_shoulder",
-    "r_elbow",
-    "r_wrist",
-    "l_hip",
-    "r_hip",
-    "l_eye",
-    "r_eye",
-    "nose",
+_FLIC_JOINTS = tuple(
+    """
+    l_shoulder l_elbow l_wrist r_shoulder r_elbow r_wrist l_hip r_hip l_eye r_eye nose
+    """.split()
 )
 FLIC = Skeleton(
     "flic",
     _FLIC_JOINTS,
     _limbs(
         _FLIC_JOINTS,
-        [
-            ("l_wrist", "l_elbow"),
-            ("l_elbow", "l_shoulder"),
-            ("r_wrist", "r_elbow"),
-            ("r_elbow", "r_shoulder"),
-            ("l_shoulder", "r_shoulder"),
-            ("l_shoulder", "l_hip"),
-            ("r_shoulder", "r_hip"),
-            ("l_hip", "r_hip"),
-            ("l_eye", "nose"),
-            ("r_eye", "nose"),
-        ],
+        """
+        l_wrist:l_elbow l_elbow:l_shoulder r_wrist:r_elbow r_elbow:r_shoulder l_shoulder:r_shoulder
+        l_shoulder:l_hip r_shoulder:r_hip l_hip:r_hip l_eye:nose r_eye:nose
+        """,
     ),
 )
 
-_COCO_JOINTS = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
+_COCO_JOINTS = tuple(
+    """
+    nose left_eye right_eye left_ear right_ear left_shoulder right_shoulder left_elbow right_elbow left_wrist
+    right_wrist left_hip right_hip left_knee right_knee left_ankle right_ankle
+    """.split()
 )
 COCO = Skeleton(
     "coco",
     _COCO_JOINTS,
     _limbs(
         _COCO_JOINTS,
-        [
-            ("left_ankle", "left_knee"),
-            ("left_knee", "left_hip"),
-            ("right_ankle", "right_knee"),
-            ("right_knee", "right_hip"),
-            ("left_hip", "right_hip"),
-            ("left_shoulder", "left_hip"),
-            ("right_shoulder", "right_hip"),
-            ("left_shoulder", "right_shoulder"),
-            ("left_shoulder", "left_elbow"),
-            ("right_shoulder", "right_elbow"),
-            ("left_elbow", "left_wrist"),
-            ("right_elbow", "right_wrist"),
-            ("left_eye", "right_eye"),
-            ("nose", "left_eye"),
-            ("nose", "right_eye"),
-            ("left_eye", "left_ear"),
-            ("right_eye", "right_ear"),
-            ("left_ear", "left_shoulder"),
-            ("right_ear", "right_shoulder"),
-        ],
+        """
+        left_ankle:left_knee left_knee:left_hip right_ankle:right_knee right_knee:right_hip left_hip:right_hip
+        left_shoulder:left_hip right_shoulder:right_hip left_shoulder:right_shoulder left_shoulder:left_elbow
+        right_shoulder:right_elbow left_elbow:left_wrist right_elbow:right_wrist left_eye:right_eye
+        nose:left_eye nose:right_eye left_eye:left_ear right_eye:right_ear left_ear:left_shoulder
+        right_ear:right_shoulder
+        """,
     ),
 )
 

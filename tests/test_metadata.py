@@ -88,18 +88,22 @@ def test_prediction_takes_the_joint_names_from_the_model_not_the_joint_count(tmp
         Predictor.from_file(plain, skeleton="lsp")
 
 
-@pytest.mark.parametrize("kwargs, skel", [(TINY, skeleton.MPII), (LSP_TINY, skeleton.LSP)])
-def test_exported_and_served_models_name_their_joints_without_a_flag(tmp_path, kwargs, skel):
+@pytest.mark.parametrize(
+    "kwargs, skel, formats",
+    [(TINY, skeleton.MPII, ("keras", "saved_model", "tflite", "onnx")), (LSP_TINY, skeleton.LSP, ("saved_model",))],
+)
+def test_exported_and_served_models_name_their_joints_without_a_flag(tmp_path, kwargs, skel, formats):
     _, path = _saved(tmp_path, kwargs, skel)
     out = tmp_path / "exported"
-    paths = export_model(path, out, formats=("keras", "saved_model", "tflite", "onnx"))
-    for target in (paths["keras"], paths["saved_model"], out, paths["tflite"], paths["onnx"]):
+    paths = export_model(path, out, formats=formats)
+    for target in [*paths.values(), out]:
         runner, info = load_model_file(target)
         assert info.skeleton == skel, target
-    import onnx
+    if "onnx" in paths:
+        import onnx
 
-    props = {p.key: p.value for p in onnx.load(str(paths["onnx"])).metadata_props}
-    assert json.loads(props[metadata.ONNX_KEY])["skeleton"]["joints"] == list(skel.joints)
+        props = {p.key: p.value for p in onnx.load(str(paths["onnx"])).metadata_props}
+        assert json.loads(props[metadata.ONNX_KEY])["skeleton"]["joints"] == list(skel.joints)
     payload = json.loads(json.dumps(serving.metadata_request()))  # what goes over the wire
     reply = serving.parse_response(json.dumps(serving.serve_in_process(paths["saved_model"], payload)))
     assert serving.description(reply)["skeleton"]["joints"] == list(skel.joints)

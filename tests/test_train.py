@@ -406,8 +406,8 @@ def _result(process, timeout=600):
     return json.loads(line[len("RESULT ") :])
 
 
-def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
-    config = dict(
+def _strategy_config(data_dir, run_dir, strategy, **extra):
+    return dict(
         dataset="synthetic",
         data_dir=str(data_dir),
         num_stacks=1,
@@ -417,12 +417,16 @@ def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
         batch_size=2,
         epochs=1,
         steps_per_epoch=3,
-        run_dir=str(tmp_path / "run"),
+        run_dir=str(run_dir),
         image_summaries=0,
         verbose=0,
-        strategy="mirrored",
-        cpu_replicas=2,
+        strategy=strategy,
+        **extra,
     )
+
+
+def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
+    config = _strategy_config(data_dir, tmp_path / "run", "mirrored", cpu_replicas=2)
     result = _result(_strategy_run(config))
     assert result["replicas"] == 2 and result["global_batch"] == 4 and result["epochs"] == 1
     assert np.isfinite(result["checksum"])
@@ -443,21 +447,7 @@ def test_multi_worker_strategy_two_processes_agree_on_the_trainable_weights(data
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     processes = []
     for index in range(2):
-        config = dict(
-            dataset="synthetic",
-            data_dir=str(data_dir),
-            num_stacks=1,
-            filters=16,
-            depth=2,
-            input_size=64,
-            batch_size=2,
-            epochs=1,
-            steps_per_epoch=3,
-            run_dir=str(tmp_path / "run"),
-            image_summaries=0,
-            verbose=0,
-            strategy="multi_worker",
-        )
+        config = _strategy_config(data_dir, tmp_path / "run", "multi_worker")
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         processes.append(_strategy_run(config, env={"TF_CONFIG": tf_config}))
     results = [_result(p) for p in processes]
