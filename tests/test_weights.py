@@ -218,3 +218,17 @@ def test_heads_whose_joint_count_differs_start_afresh(tmp_path):
     target = build_model(num_stacks=2, filters=16, depth=2, num_joints=14, input_size=64)
     loaded, fresh = load_matching_weights(target, source)
     assert set(fresh) == {"stack_1", "stack_2", "hg1_heatmaps_back"} and "hg1_features_back" in loaded
+
+
+def test_a_storage_claiming_more_bytes_than_the_file_is_refused_before_allocating(monkeypatch):
+    """A forged element count (here 2**40 for every storage) is refused before memory is allocated or read."""
+
+    class Forged(torch_files._Unpickler):
+        def persistent_load(self, pid):
+            return super().persistent_load((*pid[:4], 2**40, *pid[5:]))
+
+    monkeypatch.setattr(torch_files, "_Unpickler", Forged)
+    with pytest.raises(torch_files.CheckpointError, match="claims .* bytes, more than the file has"):
+        torch_files.load(FIXTURES / "psh_1stack_legacy.pt")
+    with pytest.raises(torch_files.CheckpointError, match="holds .* bytes, expected"):
+        torch_files.load(FIXTURES / "psh_2stack_zip.pt")

@@ -164,10 +164,16 @@ def _load_zip(path, archive):
     prefix = pickles[0][: -len("data.pkl")]
 
     def storage(key, storage_type, numel):
+        name = f"{prefix}data/{key}"
         try:
-            return archive.read(f"{prefix}data/{key}")
+            size = archive.getinfo(name).file_size
         except KeyError:
             raise CheckpointError(f"{path}: storage {key} is missing from the archive (truncated file?)") from None
+        if size != numel * storage_type.dtype.itemsize:  # checked before reading: no zip bomb is inflated
+            raise CheckpointError(
+                f"{path}: storage {key} holds {size} bytes, expected {numel * storage_type.dtype.itemsize}"
+            )
+        return archive.read(name)
 
     return _Unpickler(io.BytesIO(archive.read(pickles[0])), storage, path).load()
 
@@ -190,6 +196,8 @@ def _load_legacy(path, data):
 
         def zeros(key, storage_type, numel):
             sizes[key] = (numel, numel * storage_type.dtype.itemsize)
+            if sizes[key][1] > len(data):  # never allocate more than the file could hold
+                raise CheckpointError(f"{path}: storage {key} claims {sizes[key][1]} bytes, more than the file has")
             return bytes(sizes[key][1])
 
         _Unpickler(stream, zeros, path).load()
