@@ -5,6 +5,7 @@ are built under strategies in one process.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -407,22 +408,21 @@ def _result(process, timeout=600):
 
 
 def _strategy_config(data_dir, run_dir, strategy, **extra):
-    return dict(
-        dataset="synthetic",
-        data_dir=str(data_dir),
+    """``tiny_config`` as the JSON a strategy subprocess takes: 1 stack, batch 2 per replica, one 3-step epoch."""
+    config = tiny_config(
+        data_dir,
+        run_dir,
         num_stacks=1,
-        filters=16,
-        depth=2,
-        input_size=64,
         batch_size=2,
         epochs=1,
         steps_per_epoch=3,
-        run_dir=str(run_dir),
+        learning_rate=2.5e-4,
+        val_batch_size=16,
         image_summaries=0,
-        verbose=0,
         strategy=strategy,
         **extra,
     )
+    return dataclasses.asdict(config)
 
 
 def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
