@@ -19,7 +19,7 @@ parameter counts match it exactly:
   pre-pooled resolution, max-pool, ``num_blocks`` residuals, recursion (or
   ``num_blocks`` residuals at the bottom), ``num_blocks`` residuals,
   nearest-neighbour x2 upsampling, element-wise add;
-* after each hourglass: ``num_blocks`` residuals, 1x1 conv-BN-ReLU, 1x1 conv to
+* after each hourglass: ``num_blocks`` residuals (none in ``variant="umich_t7"``), 1x1 conv-BN-ReLU, 1x1 conv to
   ``num_joints`` heatmaps (the output ``stack_i``); between stacks 1x1 convs map
   the features and the heatmaps back to ``filters`` channels and both are added
   to the stack's input.
@@ -102,7 +102,7 @@ def hourglass(x, depth, filters, num_blocks, name):
     return layers.Add(name=f"{level}_add")([up1, up2])
 
 
-VARIANTS = ("hg.lua", "pytorch_pose")
+VARIANTS = ("hg.lua", "pytorch_pose", "umich_t7")
 PYTORCH_POSE_STEM = 256  # pytorch-pose: layer2 = bottleneck(planes = its 128 input channels) -> 2 x 128
 
 
@@ -161,9 +161,11 @@ def build_model(
       input_size: int or (height, width); each must be divisible by
         4 * 2**depth (256 in the paper).
       name: model name.
-      variant: ``"hg.lua"`` (the original Torch code, the paper's network) or ``"pytorch_pose"``
-        (bearpaw/pytorch-pose's stem, 160,512 more parameters at 256 features; see ``stem``),
-        so that published weights of either layout load without loss.
+      variant: ``"hg.lua"`` (the original Torch code, the paper's network), ``"pytorch_pose"``
+        (bearpaw/pytorch-pose's stem, 160,512 more parameters at 256 features; see ``stem``) or
+        ``"umich_t7"`` (the authors' released ``umich-stacked-hourglass.t7``: an earlier ``hg.lua``
+        revision with no residual modules between each hourglass and its 1x1 linear layer, 1,716,224
+        fewer parameters at 8 x 256), so that published weights of every layout load without loss.
       input_mean: per-channel (R, G, B) values subtracted from the [0, 1] input inside the model, by a
         stock ``Normalization`` layer (pytorch-pose's models expect the MPII mean subtracted); None: none.
 
@@ -205,7 +207,8 @@ def build_model(
     for s in range(1, num_stacks + 1):
         prefix = f"hg{s}"
         x = hourglass(inter, depth, filters, num_blocks, prefix)
-        x = residual_sequence(x, filters, num_blocks, f"{prefix}_out")
+        if variant != "umich_t7":
+            x = residual_sequence(x, filters, num_blocks, f"{prefix}_out")
         x = conv_bn_relu(x, filters, 1, f"{prefix}_lin")
         # Heatmaps stay float32 under a mixed-precision policy. The head starts near zero output
         # (N(0, 0.001) weights, as mmpose/HRNet heads do), so training does not first spend
@@ -294,8 +297,9 @@ def architecture_of(model):
     num_blocks = sum(1 for n in names if n.startswith(f"hg1_d{depth}_skip_res") and n.endswith("_add"))
     filters = int(model.get_layer("stem_res3_add").output.shape[-1])
     widened = int(model.get_layer("stem_res2_add").output.shape[-1]) == PYTORCH_POSE_STEM
+    variant = "pytorch_pose" if widened else "hg.lua" if "hg1_out_res1_add" in names else "umich_t7"
     return {
-        "variant": "pytorch_pose" if widened else "hg.lua",
+        "variant": variant,
         "num_stacks": len(stacks),
         "num_blocks": num_blocks,
         "filters": filters,

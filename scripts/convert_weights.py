@@ -1,11 +1,12 @@
 """Converts published stacked-hourglass weights into this package's Keras model, exactly.
 
+    python scripts/convert_weights.py --input=umich-stacked-hourglass.t7 --output=runs/umich8.keras
     python scripts/convert_weights.py --input=checkpoint.pt --output=runs/psh8.keras
     python scripts/convert_weights.py --from=pytorch_pose --input=model_best.pth.tar --output=runs/hg8.keras
 
---from is one of pytorch_stacked_hourglass, pytorch_pose; without it the layout is recognised from the file.
-Stacks, blocks, features, depth and joints are read from the weights. The file is read without PyTorch and
-without running code from it (a pickle naming anything but tensors and containers is refused). The output
+--from is one of torch7, pytorch_stacked_hourglass, pytorch_pose; without it the layout is recognised from the
+file. Stacks, blocks, features, depth and joints are read from the weights. The file is read without Lua or
+PyTorch and without running code from it (a pickle naming anything but tensors and containers is refused). The output
 is a float32 .keras file with the model's description inside; predict, evaluate, export and fine-tune it as
 any other model of the package.
 """
@@ -23,7 +24,7 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum(
-    "from", None, ["pytorch_stacked_hourglass", "pytorch_pose"], "Layout of --input (default: recognised)."
+    "from", None, ["torch7", "pytorch_stacked_hourglass", "pytorch_pose"], "Layout of --input (default: recognised)."
 )
 flags.DEFINE_string("input", None, "The published weights file.")
 flags.DEFINE_string("output", None, "The .keras file to write.")

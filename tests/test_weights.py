@@ -232,3 +232,106 @@ def test_a_storage_claiming_more_bytes_than_the_file_is_refused_before_allocatin
         torch_files.load(FIXTURES / "psh_1stack_legacy.pt")
     with pytest.raises(torch_files.CheckpointError, match="holds .* bytes, expected"):
         torch_files.load(FIXTURES / "psh_2stack_zip.pt")
+
+
+# --- Torch7 (.t7): fixtures written by tests/t7_reference.py, references by its NumPy forward pass -------------
+
+T7_CASES = [("hg_t7_2stack.t7", 2, "hg.lua", 4), ("hg_t7_1stack_umich.t7", 1, "umich_t7", 2)]
+
+
+@pytest.mark.parametrize("name, stacks, variant, depth", T7_CASES)
+def test_a_torch7_model_converts_to_the_reference_heatmaps_of_every_stack(name, stacks, variant, depth):
+    """The .t7 layout (nn.gModule of hg.lua's modules) maps onto build_model exactly, with or without a residual
+    after each hourglass; cudnn modules, CUDA tensors and old batch norm's running_std are read too."""
+    model, info, report = convert.convert(FIXTURES / name, input_size=64)
+    reference = np.load(FIXTURES / name.replace(".t7", ".npz"))
+    outputs = model(reference["image"], training=False)
+    heatmaps = np.stack([np.asarray(outputs[f"stack_{s}"]) for s in range(1, stacks + 1)])
+    scale = max(1.0, float(np.abs(reference["heatmaps"]).max()))
+    assert np.abs(heatmaps - reference["heatmaps"]).max() <= 1e-4 * scale
+    assert report["format"] == "torch7" and (report["num_stacks"], report["depth"]) == (stacks, depth)
+    assert info.architecture["variant"] == variant and info.provenance["format"] == "torch7"
+    assert info.skeleton == skeleton.MPII and not info.preprocessing  # RGB in [0, 1], as pose-hg-demo feeds it
+
+
+def test_the_umich_t7_variant_has_no_residual_after_each_hourglass():
+    """8 x 256: 25,434,112 (hg.lua) less eight 256-channel residual modules of 214,528 parameters each."""
+    from hourglass_tf.model import architecture_of, build_model
+
+    model = build_model(variant="umich_t7")
+    assert model.count_params() - sum(int(np.prod(w.shape)) for w in model.non_trainable_weights) == 23_717_888
+    assert 25_434_112 - 23_717_888 == 8 * 214_528
+    assert architecture_of(model)["variant"] == "umich_t7"
+    assert "hg1_out_res1_add" not in {layer.name for layer in model.layers}
+
+
+def test_the_cli_recognises_a_t7_file_and_the_result_fine_tunes_and_serves_with_its_joint_names(tmp_path):
+    from hourglass_tf import export, serving
+    from hourglass_tf.model import architecture_of
+    from hourglass_tf.train import TrainConfig, build_compiled_model
+
+    out = tmp_path / "umich.keras"
+    run = [sys.executable, str(REPO / "scripts" / "convert_weights.py"), f"--output={out}", "--input_size=64"]
+    done = subprocess.run(
+        [*run, f"--input={FIXTURES / 'hg_t7_1stack_umich.t7'}"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = metadata.read_info(out)
+    assert info.provenance["format"] == "torch7" and info.architecture["variant"] == "umich_t7"
+    wrong = subprocess.run(
+        [*run, "--from=torch7", f"--input={FIXTURES / 'psh_1stack_legacy.pt'}", "--overwrite"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert wrong.returncode == 2 and "--from=torch7, but the file is not a binary Torch7 file" in wrong.stderr
+
+    config = TrainConfig(
+        dataset="synthetic", data_dir="x", num_stacks=1, filters=16, depth=2, input_size=64, init_weights=str(out)
+    )
+    tuned = build_compiled_model(config)
+    assert architecture_of(tuned)["variant"] == "umich_t7"  # the run keeps the file's layout, all layers loaded
+    converted = metadata.load_keras_model(out)
+    x = np.random.default_rng(1).random((1, 64, 64, 3), dtype=np.float32)
+    np.testing.assert_allclose(tuned(x)["stack_1"], converted(x)["stack_1"], atol=1e-5)
+
+    paths = export.export_model(str(out), tmp_path / "exported", formats=("saved_model", "tflite", "onnx"))
+    reply = serving.parse_response(serving.serve_in_process(paths["saved_model"], serving.metadata_request()))
+    assert serving.description(reply)["skeleton"]["joints"] == list(skeleton.MPII.joints)
+    assert json.loads((paths["onnx"].parent / "hourglass_tf.json").read_text())["architecture"]["variant"] == "umich_t7"
+
+
+def test_broken_and_foreign_t7_files_are_refused_by_name(tmp_path):
+    from hourglass_tf.weights import torch7
+
+    data = (FIXTURES / "hg_t7_1stack_umich.t7").read_bytes()
+    for cut in (len(data) // 3, len(data) - 5):
+        (tmp_path / "cut.t7").write_bytes(data[:cut])
+        with pytest.raises(
+            torch7.Torch7Error, match=r"cut.t7: (truncated|.*more than the file holds \(truncated or forged\))"
+        ):
+            convert.convert(tmp_path / "cut.t7")
+    # a storage claiming 2**40 floats: refused before anything is allocated
+    forged = bytearray(data)
+    at = data.index(b"torch.CudaStorage") + len(b"torch.CudaStorage")
+    forged[at : at + 8] = (2**40).to_bytes(8, "little")
+    (tmp_path / "forged.t7").write_bytes(bytes(forged))
+    with pytest.raises(torch7.Torch7Error, match="forged.t7: a torch.CudaStorage claims 1099511627776 elements"):
+        torch7.load(tmp_path / "forged.t7")
+    # another network: an nn.Sequential, or a graph that is not hg.lua's
+    import t7_reference
+
+    writer = t7_reference.Writer()
+    writer.write(t7_reference.sequential(t7_reference.conv(3, 8, 3, 1, 1)))
+    (tmp_path / "seq.t7").write_bytes(bytes(writer.out))
+    with pytest.raises(convert.ConversionError, match="seq.t7: holds a nn.Sequential, expected the nn.gModule"):
+        convert.convert(tmp_path / "seq.t7")
+    gmodule, nodes = t7_reference.hg_graph(num_stacks=1, filters=8, depth=1)
+    nodes[2].module.typename = "nn.SpatialFullConvolution"  # the stem is not a 7x7 convolution any more
+    writer = t7_reference.Writer()
+    writer.write(gmodule)
+    (tmp_path / "other.t7").write_bytes(bytes(writer.out))
+    with pytest.raises(convert.ConversionError, match="other.t7: expected one 7x7 convolution of the RGB input"):
+        convert.convert(tmp_path / "other.t7")
+    with pytest.raises(convert.ConversionError, match="--from=pytorch_pose, but the file is a Torch7"):
+        convert.convert(FIXTURES / "hg_t7_2stack.t7", fmt="pytorch_pose")
