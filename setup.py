@@ -25,6 +25,7 @@ setup(
         "scipy>=1.11,<2",
         "matplotlib>=3.8,<4",
         "tensorboard>=2.19,<3",  # TensorFlow 2.21 no longer installs it
+        "tensorflow-serving-api>=2.21,<2.22",  # PredictionLog protos of the SavedModel's warm-up file
     ],
     extras_require={
         "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"],

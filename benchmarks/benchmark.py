@@ -67,7 +67,9 @@ TARGETS = {
     "inference_utilisation": 0.85,  # every package inference path, batch 8
     "inference_peak_gb": 2.0,
     "pipeline_margin": 3.0,
+    "video_fps": 25.0,  # one tracked person, 640 x 480, the LSPET-size model with the flip test
 }
+LSPET_SIZE = {"num_stacks": 2, "num_blocks": 1, "filters": 128, "depth": 3, "input_size": 96, "num_joints": 14}
 
 
 # ---------------------------------------------------------------- measurement helpers
@@ -311,9 +313,61 @@ def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repea
     }
 
 
+def people_case(repeats=5, people_counts=(1, 4, 8), frames=200, frame_size=(480, 640)):
+    """The photo-to-poses path with the LSPET-size model (random weights, flip test): people per second for
+    1, 4 and 8 people in one 640 x 480 image (crop, network, decode, back-projection), and end-to-end video
+    frames per second for one tracked person (detector every 30 frames, One-Euro filter), with the process's
+    memory at frame 20 and at the end (flat: no growth per frame)."""
+    import numpy as np
+
+    from hourglass_tf import metadata, people, skeleton, tracking
+    from hourglass_tf.data.synthetic import render_video
+    from hourglass_tf.inference import Predictor
+    from hourglass_tf.model import build_model
+
+    model = build_model(**LSPET_SIZE)
+    predictor = Predictor(model, info=metadata.describe(model, skeleton.LSP))
+    estimator = people.PoseEstimator(predictor)
+    image = np.random.default_rng(0).integers(0, 256, (*frame_size, 3), dtype=np.uint8)
+    boxes = np.random.default_rng(1).uniform([0, 0, 60, 120], [500, 300, 140, 180], (max(people_counts), 4))
+    out = {"model": LSPET_SIZE, "people": {}}
+    for n in people_counts:
+        seconds = _median_seconds(lambda n=n: estimator.estimate(image, boxes[:n]), repeats)
+        out["people"][str(n)] = {"seconds": seconds, "people_per_s": n / seconds}
+    video, truth = render_video(seed=0, num_frames=frames, image_size=frame_size, num_people=1)
+    first = truth[0, 0]
+    box = np.array([*first.min(axis=0), *(first.max(axis=0) - first.min(axis=0))], np.float32)
+    detector = people.PoseEstimator(predictor, lambda frame: box[None])
+    tracker = tracking.Tracker(detector, detect_every=30, lost_score=0.0)  # random weights: never "lost"
+    for t in range(3):  # compile
+        tracker(video[t], t / 25)
+    tracker = tracking.Tracker(detector, detect_every=30, lost_score=0.0)
+    rss = {}
+    start = time.perf_counter()
+    for t in range(frames):
+        tracker(video[t], t / 25)
+        if t in (19, frames - 1):
+            rss[t + 1] = current_rss_mb()
+    seconds = time.perf_counter() - start
+    out["video"] = {
+        "frames": frames,
+        "frame_size": list(frame_size[::-1]),
+        "frames_per_second": frames / seconds,
+        "detector_runs": tracker.detector_runs,
+        "rss_mb_at_frame_20": rss.get(20),
+        "rss_mb_at_end": rss.get(frames),
+    }
+    return out
+
+
 def _case_main(case):
     kind = case.pop("kind")
-    function = {"prepare": prepare_models, "inference": inference_case, "train": train_step_case}[kind]
+    function = {
+        "prepare": prepare_models,
+        "inference": inference_case,
+        "train": train_step_case,
+        "people": people_case,
+    }[kind]
     result = function(**case)
     result["peak_rss_mb"] = peak_rss_mb()
     return result
@@ -489,6 +543,13 @@ def run(
             results["train_step"][key] = run_case(case, default_allocators=default_alloc)
             _log(progress, f"training {key}: {_short(results['train_step'][key])}")
 
+    results["people"] = run_case({"kind": "people", "repeats": repeats, "frames": 40 if quick else 300})
+    if "error" in results["people"]:
+        _log(progress, f"people: failed: {results['people']['error']}")
+    else:
+        video = results["people"]["video"]
+        _log(progress, f"people: video {video['frames_per_second']:.1f} frames/s")
+
     _derive(results)
     return results
 
@@ -552,6 +613,16 @@ def _derive(results):
             targets.append(
                 _target(f"{name}: peak memory (GB)", v["peak_rss_mb"] / 1000, TARGETS["inference_peak_gb"], "<=")
             )
+    video = results.get("people", {}).get("video")
+    if video:
+        targets.append(
+            _target(
+                "video, one tracked person, 640 x 480, LSPET-size model: frames/s",
+                video["frames_per_second"],
+                TARGETS["video_fps"],
+                ">=",
+            )
+        )
     results["targets"] = targets
 
 
@@ -618,6 +689,33 @@ def markdown(results):
                 f"| {stacks} | {variant} | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {r['gflops_per_s']:.0f} | "
                 f"{r['utilisation']:.0%} | {r['first_step_seconds']:.0f} s | {r['peak_rss_mb'] / 1000:.2f} GB | {margin} |"
             )
+    found = results.get("people", {})
+    if "people" in found:
+        model = found["model"]
+        lines += [
+            "",
+            f"Photo to poses (LSPET-size model: {model['num_stacks']} stacks x {model['filters']} at "
+            f"{model['input_size']} px, flip test; one 640 x 480 image, every person in one batch)",
+            "",
+            "| people in the image | time | people/s |",
+            "|---|---|---|",
+        ]
+        for n, r in found["people"].items():
+            lines.append(f"| {n} | {r['seconds'] * 1000:.1f} ms | {r['people_per_s']:.0f} |")
+        v = found["video"]
+        growth = (
+            f"{v['rss_mb_at_end'] - v['rss_mb_at_frame_20']:+.0f} MB from frame 20 to {v['frames']}"
+            if v.get("rss_mb_at_end") and v.get("rss_mb_at_frame_20")
+            else "n/a"
+        )
+        lines += [
+            "",
+            f"Video, one tracked person, {v['frame_size'][0]} x {v['frame_size'][1]}: **{v['frames_per_second']:.1f} "
+            f"frames/s** end to end ({v['frames']} frames, detector {v['detector_runs']} times, One-Euro filter); "
+            f"memory {growth}.",
+        ]
+    elif "error" in found:
+        lines += ["", f"Photo to poses: failed: {found['error'][:200]}"]
     if results.get("targets"):
         lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
         for t in results["targets"]:

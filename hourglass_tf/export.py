@@ -13,15 +13,21 @@ Layout of ``OUTPUT`` (written in a temporary folder beside it, then renamed):
 
 * ``model.keras``: the Keras model (float32; loads anywhere with ``tf.keras.models.load_model``),
   with its description inside (``metadata``).
-* ``saved_model/<version>/``: a SavedModel as TF Serving expects, with three signatures:
+* ``saved_model/<version>/``: a SavedModel as TF Serving expects, with four signatures:
   - ``serving_default``: ``images`` uint8 (N, R, R, 3) RGB person crops ->
     ``heatmaps`` float32 (N, R/4, R/4, K), ``keypoints`` float32 (N, K, 2) in crop pixels
     (0-based, after the quarter-pixel shift), ``scores`` float32 (N, K).
   - ``predict_image``: ``image_bytes`` (a JPEG/PNG string) and ``box`` float32 (4,) as
     x, y, w, h in image pixels -> ``keypoints`` (K, 2) in original image pixels, ``scores`` (K,).
+  - ``predict_images``: whole photos with up to M people each, in one network batch (TF Serving's
+    batching can work on it): ``image_bytes`` (N,) strings, ``boxes`` float32 (N, M, 4) as x, y, w, h,
+    ``box_count`` int32 (N,) -> ``keypoints`` (N, M, K, 3) as x, y in original pixels and score (zeros
+    past each image's count), ``valid`` (N, M).
   - ``metadata``: ``request`` (any string, ignored: TF Serving needs an input) -> ``description``,
     the model's description as a JSON string
     (joint names, flip pairs, input size, ...), also stored as ``assets.extra/hourglass_tf.json``.
+  ``assets.extra/tf_serving_warmup_requests`` holds one warm-up request per signature
+  (``serving.write_warmup``), so TF Serving compiles every signature at load time.
   Preprocessing, the optional flip test and decoding run inside the graph.
 * ``model.tflite`` (``model_float16.tflite``, ``model_int8.tflite``): the network, input
   ``image`` float32 (N, R, R, 3) in [0, 1] (int8: uint8, with the scale and zero point in the
@@ -38,14 +44,22 @@ import pathlib
 import shutil
 import sys
 import tempfile
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import metadata
+from hourglass_tf import metadata, serving
 from hourglass_tf.codec import HeatmapCodec
-from hourglass_tf.geometry import average_with_mirror, back_project, box_to_center_scale, crop_matrix, warp_image
+from hourglass_tf.geometry import (
+    average_with_mirror,
+    back_project,
+    box_to_center_scale,
+    crop_boxes,
+    crop_matrix,
+    warp_image,
+)
 from hourglass_tf.model import float32_copy, output_names, truncate
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
@@ -57,6 +71,16 @@ def heatmap_model(model):
     """(N, R, R, 3) float32 -> the last stack's heatmaps, as a single-output Keras model."""
     last = output_names(model)[-1]
     return keras.Model(model.inputs[0], model.get_layer(last).output, name=f"{model.name}_heatmaps")
+
+
+def decode_photo(data):
+    """JPEG/PNG/BMP/GIF bytes -> (H, W, 3) uint8 RGB. JPEGs use the accurate integer IDCT, which decodes exactly
+    as OpenCV (the Python path) does; TensorFlow's default fast IDCT differs by up to 15 levels."""
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
+    )
 
 
 class ServingModule(tf.Module):
@@ -92,7 +116,7 @@ class ServingModule(tf.Module):
         return {"heatmaps": heatmaps, "keypoints": keypoints, "scores": scores}
 
     def serve_image(self, image_bytes, box):
-        image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+        image = decode_photo(image_bytes)
         shape = tf.cast(tf.shape(image), tf.float32)
         height, width = shape[0], shape[1]
         x, y, w, h = box[0], box[1], box[2], box[3]
@@ -113,6 +137,64 @@ class ServingModule(tf.Module):
         original = tf.cast(back_project(keypoints, matrix[None])[0], tf.float32)
         return {"keypoints": original, "scores": scores[0]}
 
+    def serve_images(self, image_bytes, boxes, box_count):
+        """Whole images, up to M people each, in one network batch (the flip test inside when enabled).
+
+        Args:
+          image_bytes: (N,) encoded JPEG/PNG strings (over REST, ``{"b64": ...}`` each).
+          boxes: (N, M, 4) float32 person boxes x, y, w, h in each image's pixels; rows past ``box_count`` ignored.
+          box_count: (N,) int32, how many of each image's M boxes are people.
+
+        Returns:
+          ``keypoints`` (N, M, K, 3): x, y in original pixels (0-based) and the joint's score, zeros for unused
+          rows; ``valid`` (N, M) bool.
+        """
+        size = self.input_size
+        n, m = tf.shape(boxes)[0], tf.shape(boxes)[1]
+        valid = tf.range(m)[None, :] < box_count[:, None]
+        checks = [
+            tf.debugging.assert_positive(tf.size(image_bytes), message="the batch holds no image"),
+            tf.debugging.assert_equal(tf.shape(image_bytes)[0], n, message="one row of boxes per image"),
+            tf.debugging.assert_equal(tf.shape(box_count)[0], n, message="one box_count per image"),
+            tf.debugging.assert_non_negative(box_count, message="box_count must be >= 0"),
+            tf.debugging.assert_less_equal(box_count, m, message="box_count exceeds the boxes given"),
+            tf.debugging.assert_equal(
+                tf.reduce_all(tf.logical_or(~valid, tf.reduce_all(boxes[..., 2:] > 0.0, axis=-1))),
+                True,
+                message="box width and height must be positive",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            safe = tf.where(valid[..., None], boxes, tf.constant([0.0, 0.0, 1.0, 1.0]))
+
+        def one_image(args):
+            data, image_boxes, image_valid = args
+            image = decode_photo(data)
+            shape = tf.cast(tf.shape(image), tf.float32)
+            x, y, w, h = tf.unstack(image_boxes, axis=-1)
+            inside = (x < shape[1]) & (y < shape[0]) & (x + w > 0.0) & (y + h > 0.0)
+            check = tf.debugging.assert_equal(
+                tf.reduce_all(inside | ~image_valid), True, message="a box lies outside its image"
+            )
+            with tf.control_dependencies([check]):
+                return crop_boxes(tf.cast(image, tf.float32) / 255.0, image_boxes, size)
+
+        crops, matrices = tf.map_fn(
+            one_image,
+            (image_bytes, safe, valid),
+            fn_output_signature=(
+                tf.TensorSpec([None, size, size, 3], tf.float32),
+                tf.TensorSpec([None, 3, 3], tf.float32),
+            ),
+        )
+        heatmaps = self.heatmaps(tf.reshape(crops, [-1, size, size, 3]))
+        keypoints, scores = self.codec.decode(heatmaps)
+        original = tf.cast(back_project(keypoints, tf.reshape(matrices, [-1, 3, 3])), tf.float32)
+        joints = tf.shape(scores)[-1]
+        people = tf.reshape(tf.concat([original, scores[..., None]], axis=-1), [n, m, joints, 3])
+        people = tf.where(valid[:, :, None, None], people, 0.0)
+        return {"keypoints": people, "valid": valid}
+
 
 def _export_saved_model(model, path, info_json, flip_test, info):
     module = ServingModule(model, info, flip_test)
@@ -129,6 +211,15 @@ def _export_saved_model(model, path, info_json, flip_test, info):
         module.serve_image,
         input_signature=[tf.TensorSpec([], tf.string, name="image_bytes"), tf.TensorSpec([4], tf.float32, name="box")],
     )
+    archive.add_endpoint(
+        "predict_images",
+        module.serve_images,
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name="image_bytes"),
+            tf.TensorSpec([None, None, 4], tf.float32, name="boxes"),
+            tf.TensorSpec([None], tf.int32, name="box_count"),
+        ],
+    )
     # TF Serving refuses a signature without inputs (tensorflow/serving#1676): ``request`` is read and ignored.
     archive.add_endpoint(
         "metadata",
@@ -139,6 +230,7 @@ def _export_saved_model(model, path, info_json, flip_test, info):
     extra = pathlib.Path(path) / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / metadata.FILENAME).write_text(info_json)
+    serving.write_warmup(extra / serving.WARMUP_FILENAME, serving.warmup_payloads(size))
     return path
 
 
@@ -288,6 +380,11 @@ def export_model(
         if skeleton is None:
             raise ValueError("exporting a Keras model object needs its description (info) or its skeleton")
         info = metadata.describe(model, skeleton)
+    if flip_test and not info.skeleton.flip_pairs:
+        warnings.warn(
+            f"the joint set {info.skeleton.name!r} has no mirror pairs: exporting without the flip test", stacklevel=2
+        )
+        flip_test = False
     model = float32_copy(model)
     if num_stacks is not None:
         model = truncate(model, num_stacks)

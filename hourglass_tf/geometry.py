@@ -40,6 +40,12 @@ def box_to_center_scale(boxes):
     return center, BOX_PAD * tf.maximum(w, h) / PERSON_BOX_UNIT
 
 
+def box_from_person(center, scale):
+    """The inverse of the box rule: the square box (x, y, w, h) whose person is ``center``, ``scale``."""
+    side = float(scale) * PERSON_BOX_UNIT / BOX_PAD
+    return np.array([center[0] - side / 2, center[1] - side / 2, side, side], np.float32)
+
+
 def person_from_box(box):
     """One box (x, y, w, h) -> (centre (2,) float32 NumPy, scale float); ValueError for a box without area."""
     values = tuple(float(v) for v in np.asarray(box, np.float64).ravel())
@@ -140,6 +146,39 @@ def warp_images(images, matrix, output_size):
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
     )
+
+
+def crop_boxes(image, boxes, output_size):
+    """The crops of several person boxes of one image, in one op.
+
+    Args:
+      image: (H, W, 3) image, float32 in [0, 1] (or any float values: the crops keep them).
+      boxes: (M, 4) person boxes x, y, w, h in image pixels, each of positive width and height (the
+        ``box_to_center_scale`` rule makes each a person).
+      output_size: crop side R.
+
+    Returns:
+      crops (M, R, R, 3) float32 (bilinear, zeros outside, as ``warp_image``) and the original->crop
+      matrices (M, 3, 3) float32 (``crop_matrix`` of each box's centre and scale).
+    """
+    centers, scales = box_to_center_scale(tf.reshape(boxes, [-1, 4]))
+    matrices = tf.map_fn(
+        lambda person: crop_matrix(person[0], person[1], output_size),
+        (centers, scales),
+        fn_output_signature=tf.TensorSpec([3, 3], tf.float32),
+    )
+    inverse = tf.linalg.inv(matrices)
+    inverse = inverse / inverse[:, 2:3, 2:3]
+    count = tf.shape(matrices)[0]
+    crops = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.repeat(tf.cast(image, tf.float32)[None], count, axis=0),
+        transforms=tf.reshape(inverse, [-1, 9])[:, :8],
+        output_shape=tf.constant([output_size, output_size], tf.int32),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+    return crops, matrices
 
 
 def flip_back(heatmaps, flip_permutation):

@@ -1,18 +1,23 @@
-"""Prediction on image files, folders and videos: JSON keypoints and skeleton overlays.
+"""Prediction on image files, folders and videos: every person's keypoints as JSON, overlays, COCO results.
 
-Each input gets ``NAME.json`` (keypoints in original pixels, 0-based, with scores and
-joint names) and ``NAME.png`` (``NAME.mp4`` for a video) with the skeleton drawn where
-the score reaches ``min_score``. A bad input (unreadable, not an image, box outside the
-image) is reported and skipped; the others are still processed.
+Each image gets ``NAME.json`` (``people``: box, score and keypoints in original pixels, 0-based, with scores
+and joint names) and ``NAME.png`` with every person's box and skeleton drawn where a joint's score reaches
+``min_score``. A video gets ``NAME.json`` (per frame, people with their ``track_id``) and ``NAME.mp4``: people
+are tracked from frame to frame and their keypoints smoothed (``tracking.Tracker``). ``coco_results`` collects
+every image's people in the COCO keypoint results layout (``pycocotools`` scores it). A bad input (unreadable,
+not an image) is reported and skipped; the others are still processed.
 """
 
 import json
 import pathlib
+import time
 
 import cv2
 import numpy as np
 
 from hourglass_tf import visualize
+from hourglass_tf.people import read_rgb, to_json
+from hourglass_tf.tracking import Tracker
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -29,96 +34,119 @@ def collect_inputs(paths):
     return out
 
 
-def _person(predictor, image, box, center, scale):
-    return predictor.predict_image(image, center=center, scale=scale, box=box)
-
-
-def _record(result, skeleton):
-    return {
-        "keypoints": [
-            {"joint": name, "x": float(x), "y": float(y), "score": float(s)}
-            for name, (x, y), s in zip(skeleton.joints, result["keypoints"], result["scores"])
-        ],
-        "center": [float(v) for v in result["center"]],
-        "scale": result["scale"],
-    }
-
-
-def _overlay(image, result, skeleton, min_score):
-    return visualize.draw_skeleton(image, result["keypoints"], result["scores"] >= min_score, skeleton)
-
-
 def read_image(path):
     """(H, W, 3) uint8 RGB; ValueError naming the file when it is not a readable image."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"{path}: not a readable image")
-    return image[..., ::-1].copy()
+    return read_rgb(path)
 
 
-def predict_file(predictor, path, output_dir, box=None, center=None, scale=None, min_score=0.2):
-    """Predicts one image or video; returns the paths written. Raises ValueError/OSError for a bad input."""
-    path = pathlib.Path(path)
-    output_dir = pathlib.Path(output_dir)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    skeleton = predictor.skeleton
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        capture = cv2.VideoCapture(str(path))
-        if not capture.isOpened():
-            raise ValueError(f"{path}: not a readable video")
-        fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-        frames, writer = [], None
-        video_path = output_dir / f"{path.stem}.mp4"
-        try:
-            while True:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                rgb = frame[..., ::-1].copy()
-                result = _person(predictor, rgb, box, center, scale)
-                frames.append(_record(result, skeleton))
-                drawn = _overlay(rgb, result, skeleton, min_score)[..., ::-1]
-                if writer is None:
-                    writer = cv2.VideoWriter(
-                        str(video_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0])
-                    )
-                writer.write(np.ascontiguousarray(drawn))
-        finally:
-            capture.release()
-            if writer is not None:
-                writer.release()
-        if not frames:
-            raise ValueError(f"{path}: not a readable video (no frame decoded)")
-        json_path = output_dir / f"{path.stem}.json"
-        json_path.write_text(
-            json.dumps({"input": str(path), "joints": list(skeleton.joints), "frames": frames}, indent=1)
-        )
-        return [json_path, video_path]
+def overlay(image, people, skeleton, min_score):
+    """Every person's box (with its track id) and skeleton drawn on a copy of ``image``."""
+    drawn = np.ascontiguousarray(image).copy()
+    for person in people:
+        x, y, w, h = (int(round(float(v))) for v in person["box"])
+        cv2.rectangle(drawn, (x, y), (x + w, y + h), (255, 255, 255), 1)
+        if "track_id" in person:
+            cv2.putText(
+                drawn, str(person["track_id"]), (x + 2, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1
+            )
+        keypoints = np.asarray(person["keypoints"])
+        drawn = visualize.draw_skeleton(drawn, keypoints[:, :2], keypoints[:, 2] >= min_score, skeleton)
+    return drawn
+
+
+def predict_image_file(estimator, path, output_dir, min_score=0.2, boxes=None):
+    """One image: returns (written paths, people)."""
     image = read_image(path)
-    result = _person(predictor, image, box, center, scale)
+    people = estimator(image, boxes=boxes, key=str(path))
     json_path = output_dir / f"{path.stem}.json"
-    json_path.write_text(
-        json.dumps(
-            {"input": str(path), "image_size": [image.shape[1], image.shape[0]], **_record(result, skeleton)}, indent=1
-        )
-    )
+    record = {
+        "input": str(path),
+        "image_size": [image.shape[1], image.shape[0]],
+        "joints": list(estimator.skeleton.joints),
+        "people": [to_json(p) for p in people],
+    }
+    json_path.write_text(json.dumps(record, indent=1))
     png_path = output_dir / f"{path.stem}.png"
-    visualize.save_png(png_path, _overlay(image, result, skeleton, min_score))
-    return [json_path, png_path]
+    visualize.save_png(png_path, overlay(image, people, estimator.skeleton, min_score))
+    return [json_path, png_path], people
 
 
-def predict_inputs(predictor, paths, output_dir, box=None, center=None, scale=None, min_score=0.2, log=print):
-    """Runs ``predict_file`` on every input; returns (written paths, {input: error message})."""
+def predict_video_file(estimator, path, output_dir, min_score=0.2, tracker_options=None):
+    """One video, tracked and smoothed: returns (written paths, frame count, seconds spent)."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"{path}: not a readable video")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    tracker = Tracker(estimator, **(tracker_options or {}))
+    frames, writer = [], None
+    video_path = output_dir / f"{path.stem}.mp4"
+    start = time.perf_counter()
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            rgb = frame[..., ::-1].copy()
+            people = tracker(rgb, len(frames) / fps)
+            frames.append({"frame": len(frames), "people": [to_json(p) for p in people]})
+            drawn = overlay(rgb, people, estimator.skeleton, min_score)[..., ::-1]
+            if writer is None:
+                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+                writer = cv2.VideoWriter(str(video_path), fourcc, fps, (drawn.shape[1], drawn.shape[0]))
+            writer.write(np.ascontiguousarray(drawn))
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    seconds = time.perf_counter() - start
+    if not frames:
+        raise ValueError(f"{path}: not a readable video (no frame decoded)")
+    json_path = output_dir / f"{path.stem}.json"
+    record = {
+        "input": str(path),
+        "fps": fps,
+        "joints": list(estimator.skeleton.joints),
+        "detector_runs": tracker.detector_runs,
+        "frames": frames,
+    }
+    json_path.write_text(json.dumps(record, indent=1))
+    return [json_path, video_path], len(frames), seconds
+
+
+def coco_image_id(path):
+    """The COCO image id of a file: its numeric stem (``000000397133.jpg`` -> 397133), else the stem."""
+    stem = pathlib.Path(path).stem
+    return int(stem) if stem.isdigit() else stem
+
+
+def predict_inputs(
+    estimator, paths, output_dir, min_score=0.2, boxes=None, tracker_options=None, image_ids=None, log=print
+):
+    """Runs every input; writes ``coco_results.json`` for the images; returns (written paths, {input: error}).
+
+    ``image_ids`` maps file names to COCO image ids (default: ``coco_image_id``).
+    """
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    written, failed = [], {}
+    written, failed, results = [], {}, []
     for path in collect_inputs(paths):
         try:
-            paths_out = predict_file(predictor, path, output_dir, box, center, scale, min_score)
+            if not path.is_file():
+                raise ValueError(f"{path}: no such file")
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                paths_out, count, seconds = predict_video_file(estimator, path, output_dir, min_score, tracker_options)
+                log(f"{path}: {count} frames, {count / seconds:.1f} frames/s: {', '.join(map(str, paths_out))}")
+            else:
+                paths_out, people = predict_image_file(estimator, path, output_dir, min_score, boxes)
+                image_id = (image_ids or {}).get(path.name, coco_image_id(path))
+                results.extend(to_json(p, image_id=image_id) for p in people)
+                log(f"{path}: {len(people)} people: {', '.join(map(str, paths_out))}")
             written.extend(paths_out)
-            log(f"{path}: {', '.join(str(p) for p in paths_out)}")
         except (ValueError, OSError) as err:
             failed[str(path)] = str(err)
             log(f"error: {err}")
+    if results or not failed:
+        coco_path = output_dir / "coco_results.json"
+        coco_path.write_text(json.dumps(results))
+        written.append(coco_path)
     return written, failed

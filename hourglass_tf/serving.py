@@ -5,6 +5,9 @@ REST (``POST {server}/v1/models/{name}:predict``), columnar format:
   (uint8 values) -> ``{"outputs": {"heatmaps": ..., "keypoints": ..., "scores": ...}}``.
 * photo:  ``{"signature_name": "predict_image", "inputs": {"image_bytes": {"b64": "..."},
   "box": [x, y, w, h]}}`` -> ``{"outputs": {"keypoints": [[x, y], ...], "scores": [...]}}``.
+* whole photos, several people each (TF Serving can batch these): ``{"signature_name": "predict_images",
+  "inputs": {"image_bytes": [{"b64": "..."}, ...], "boxes": [[[x, y, w, h], ...], ...], "box_count": [m, ...]}}``
+  -> ``{"outputs": {"keypoints": [[[[x, y, score], ...]]], "valid": [[true, ...]]}}`` (N, M, K, 3).
 * the model's description: ``{"signature_name": "metadata", "inputs": {"request": ""}}`` ->
   ``{"outputs": "<JSON text>"}`` (one output: TF Serving gives its value without the name);
   ``description(reply)`` reads the joint names and the rest from it.
@@ -12,6 +15,10 @@ REST (``POST {server}/v1/models/{name}:predict``), columnar format:
 ``serve_in_process`` evaluates such a payload with ``tf.saved_model.load`` the way the model
 server does (``{"b64": ...}`` -> bytes, lists -> tensors of the signature's dtypes), so the
 request building and response parsing are tested without a server.
+
+``write_warmup`` writes the SavedModel's ``assets.extra/tf_serving_warmup_requests``: one ``PredictionLog``
+record per signature (TFRecord file, the ``tensorflow-serving-api`` protos), which TF Serving replays at load
+time so that the first real request does not pay for graph compilation (tensorflow/serving#385, #1414).
 """
 
 import base64
@@ -37,6 +44,32 @@ def image_request(image_bytes, box):
     return {
         "signature_name": "predict_image",
         "inputs": {"image_bytes": {"b64": base64.b64encode(bytes(image_bytes)).decode("ascii")}, "box": box},
+    }
+
+
+def images_request(images_bytes, boxes):
+    """REST payload for ``predict_images``: encoded images and each image's person boxes (lists of x, y, w, h).
+
+    The boxes are padded to the longest list; ``box_count`` says how many of each row are people.
+    """
+    images_bytes = [bytes(b) for b in images_bytes]
+    if not images_bytes or len(boxes) != len(images_bytes):
+        raise ValueError(f"give one list of boxes per image, received {len(images_bytes)} images, {len(boxes)} lists")
+    counts = [len(b) for b in boxes]
+    width = max(max(counts), 1)
+    padded = []
+    for image_boxes in boxes:
+        rows = [[float(v) for v in box] for box in image_boxes]
+        if any(len(r) != 4 for r in rows):
+            raise ValueError(f"a box is x, y, w, h, received {image_boxes}")
+        padded.append(rows + [[0.0, 0.0, 0.0, 0.0]] * (width - len(rows)))
+    return {
+        "signature_name": "predict_images",
+        "inputs": {
+            "image_bytes": [{"b64": base64.b64encode(b).decode("ascii")} for b in images_bytes],
+            "boxes": padded,
+            "box_count": counts,
+        },
     }
 
 
@@ -113,6 +146,12 @@ def _payload_tensors(payload):
         return {"images": np.asarray(inputs["images"], np.uint8)}
     if payload["signature_name"] == "metadata":
         return {"request": str(inputs.get("request", ""))}
+    if payload["signature_name"] == "predict_images":
+        return {
+            "image_bytes": np.array([base64.b64decode(item["b64"]) for item in inputs["image_bytes"]], dtype=object),
+            "boxes": np.asarray(inputs["boxes"], np.float32).reshape(len(inputs["image_bytes"]), -1, 4),
+            "box_count": np.asarray(inputs["box_count"], np.int32),
+        }
     return {"image_bytes": base64.b64decode(inputs["image_bytes"]["b64"]), "box": np.asarray(inputs["box"], np.float32)}
 
 
@@ -131,3 +170,55 @@ def serve_in_process(saved_model_dir, payload):
         (only,) = values.values()
         return {"outputs": only}
     return {"outputs": values}
+
+
+WARMUP_FILENAME = "tf_serving_warmup_requests"
+
+
+def warmup_payloads(input_size):
+    """One small request per signature (a generated picture: no user data), as REST payloads."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (2 * input_size, 2 * input_size, 3), dtype=np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", picture)
+    if not ok:
+        raise RuntimeError("could not encode the warm-up picture")
+    jpeg = jpeg.tobytes()
+    side = float(input_size)
+    return [
+        crops_request(picture[None, :input_size, :input_size]),
+        image_request(jpeg, (0.0, 0.0, side, side)),
+        images_request([jpeg, jpeg], [[(0.0, 0.0, side, side), (side / 2, side / 2, side, side)], []]),
+        metadata_request(),
+    ]
+
+
+def write_warmup(path, payloads, model_name="hourglass"):
+    """Writes ``payloads`` as TF Serving warm-up records (TFRecord of ``PredictionLog``) at ``path``."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for payload in payloads:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=payload["signature_name"])
+            )
+            for name, value in _payload_tensors(payload).items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_warmup(path):
+    """The warm-up records of ``path`` as (signature name, {input name: NumPy array}) pairs."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    out = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        request = log.predict_log.request
+        out.append((request.model_spec.signature_name, {k: tf.make_ndarray(v) for k, v in request.inputs.items()}))
+    return out

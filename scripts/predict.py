@@ -1,13 +1,18 @@
-"""Predicts the pose of one person per image (or video frame) with a trained model.
+"""Every person's pose in photos, folders and videos, with a trained or converted model.
 
     python scripts/predict.py --model=runs/demo/best.keras --output_dir=runs/predict IMAGE_OR_FOLDER_OR_VIDEO...
-    python scripts/predict.py --model=exported/demo photo.jpg        # SavedModel; also .tflite / .onnx files
-    python scripts/predict.py --model=M.keras --bbox=x,y,w,h photo.jpg
-    python scripts/predict.py --model=M.keras --center=x,y --scale=s photo.jpg
+    python scripts/predict.py --model=exported/demo photo.jpg              # SavedModel; also .tflite / .onnx files
+    python scripts/predict.py --model=M.keras --detections=dets.json images/  # COCO-results person boxes
+    python scripts/predict.py --model=M.keras --boxes=boxes.json photo.jpg    # {"photo.jpg": [[x, y, w, h], ...]}
+    python scripts/predict.py --model=M.keras --bbox=x,y,w,h photo.jpg        # one box for every input
+    python scripts/predict.py --model=M.keras --detector=none photo.jpg       # the whole image as one person
 
-Without --bbox or --center/--scale the whole image is taken as one centred person. Writes NAME.json
-(keypoints in original pixels, 0-based, scores, joint names) and NAME.png (NAME.mp4 for videos). The exit
-status is 1 when any input failed (the others are still processed).
+People come from --bbox, --center/--scale, --boxes or --detections when given, otherwise from --detector (hog:
+OpenCV's HOG people detector; none: the whole image); when the detector finds nobody, the whole image is taken
+as one person. Writes NAME.json (people: box, score, keypoints in original pixels, 0-based, scores, joint
+names), NAME.png with every person drawn, and coco_results.json (the COCO keypoint results layout, for
+pycocotools). Videos are tracked and smoothed (One-Euro filter): NAME.json per frame with track ids, NAME.mp4.
+The exit status is 1 when any input failed (the others are still processed).
 """
 
 import os
@@ -26,6 +31,18 @@ flags.DEFINE_string("model", None, "Model: .keras, .tflite, .onnx, a SavedModel 
 flags.DEFINE_list("bbox", None, "Person box x,y,w,h in pixels.")
 flags.DEFINE_list("center", None, "Person centre x,y in pixels (with --scale).")
 flags.DEFINE_float("scale", None, "Person scale: box side / 200 px (with --center).")
+flags.DEFINE_string("boxes", None, "JSON file {image file name: [[x, y, w, h], ...]} of person boxes.")
+flags.DEFINE_string("detections", None, "Person detections in the COCO results layout (image_id, bbox, score).")
+flags.DEFINE_string("coco_annotations", None, "COCO annotation file mapping file names to image ids (optional).")
+flags.DEFINE_float("min_person_score", None, "Person boxes scoring below are dropped.")
+flags.DEFINE_integer("max_people", 20, "At most this many people per image (the best scoring).")
+flags.DEFINE_enum("detector", "hog", ["hog", "none"], "Person detector when no boxes are given.")
+flags.DEFINE_integer("detect_every", 30, "Videos: run the detector every this many frames (and when a track is lost).")
+flags.DEFINE_bool("smoothing", True, "Videos: smooth keypoints with the One-Euro filter.")
+flags.DEFINE_float(
+    "min_cutoff", None, "Videos: One-Euro cutoff at rest (Hz; default: tracking.ONE_EURO); lower steadies more."
+)
+flags.DEFINE_float("beta", None, "Videos: One-Euro speed coefficient (default: tracking.ONE_EURO); higher lags less.")
 flags.DEFINE_float("min_score", 0.2, "Joints whose heatmap maximum is below this are not drawn.")
 flags.DEFINE_bool("flip_test", True, "Average with the mirrored image (the paper's test procedure).")
 flags.DEFINE_enum(
@@ -68,12 +85,32 @@ def main(argv):
     center = _floats(FLAGS.center, 2, "center") if FLAGS.center else None
     if (center is None) != (FLAGS.scale is None):
         raise app.UsageError("--center and --scale go together")
-    if box is not None and center is not None:
-        raise app.UsageError("give --bbox or --center/--scale, not both")
+    given = [
+        name
+        for name, v in (("bbox", box), ("center", center), ("boxes", FLAGS.boxes), ("detections", FLAGS.detections))
+        if v
+    ]
+    if len(given) > 1:
+        raise app.UsageError(f"give one person source, received --{' and --'.join(given)}")
+    if FLAGS.scale is not None and not FLAGS.scale > 0:
+        raise app.UsageError(f"--scale must be positive, received {FLAGS.scale}")
+    from hourglass_tf import geometry, people
     from hourglass_tf.inference import Predictor
     from hourglass_tf.predict import predict_inputs
+    from hourglass_tf.tracking import ONE_EURO
 
     try:
+        image_ids = people.image_ids_from_coco(FLAGS.coco_annotations) if FLAGS.coco_annotations else None
+        if box is not None:
+            source = people.Boxes([box])
+        elif center is not None:
+            source = people.Boxes([geometry.box_from_person(center, FLAGS.scale)])
+        elif FLAGS.boxes:
+            source = people.Boxes(_read_boxes(FLAGS.boxes))
+        elif FLAGS.detections:
+            source = people.DetectionsFile(FLAGS.detections, image_ids=image_ids)
+        else:
+            source = people.person_source("hog" if FLAGS.detector == "hog" else "whole_image")
         predictor = Predictor.from_file(
             FLAGS.model,
             skeleton=FLAGS.skeleton,
@@ -82,11 +119,35 @@ def main(argv):
             scales=FLAGS.test_scales,
         )
     except (ValueError, OSError) as err:
-        print(f"error: {FLAGS.model}: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    written, failed = predict_inputs(predictor, inputs, FLAGS.output_dir, box, center, FLAGS.scale, FLAGS.min_score)
+    estimator = people.PoseEstimator(
+        predictor,
+        source,
+        min_person_score=FLAGS.min_person_score,
+        max_people=FLAGS.max_people,
+        fallback_whole_image=FLAGS.detector == "hog" and not given,
+    )
+    chosen = {"min_cutoff": FLAGS.min_cutoff, "beta": FLAGS.beta}
+    smoothing = {**ONE_EURO, **{k: v for k, v in chosen.items() if v is not None}} if FLAGS.smoothing else None
+    tracker_options = {"detect_every": FLAGS.detect_every, "smoothing": smoothing}
+    written, failed = predict_inputs(
+        estimator, inputs, FLAGS.output_dir, FLAGS.min_score, tracker_options=tracker_options, image_ids=image_ids
+    )
     print(f"{len(written)} file(s) written to {FLAGS.output_dir}; {len(failed)} input(s) failed")
     return 1 if failed else 0
+
+
+def _read_boxes(path):
+    import json
+
+    try:
+        table = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable JSON boxes file ({err})") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: a boxes file maps image file names to lists of [x, y, w, h]")
+    return table
 
 
 if __name__ == "__main__":

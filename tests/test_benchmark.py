@@ -42,10 +42,15 @@ def test_quick_benchmark_reports_every_field(tmp_path):
         "peak_rss_mb",
     ):
         assert step[key] > 0, key
+    found = loaded["people"]
+    assert "error" not in found, found
+    assert set(found["people"]) == {"1", "4", "8"} and all(r["people_per_s"] > 0 for r in found["people"].values())
+    assert found["video"]["frames_per_second"] > 0 and found["video"]["detector_runs"] == 2  # frames 0 and 30 of 40
     names = [t["name"] for t in loaded["targets"]]
     assert any("fraction of the GEMM rate" in n and "training" in n for n in names)
     assert any("peak memory" in n and "inference" in n for n in names)
     assert any("input pipeline" in n for n in names)
+    assert any("video, one tracked person" in n for n in names)
     for target in loaded["targets"]:
         assert isinstance(target["met"], bool) and target["measured"] > 0
     table = md_path.read_text()
@@ -57,6 +62,7 @@ def test_quick_benchmark_reports_every_field(tmp_path):
         "of GEMM",
         "peak RSS",
         "| target |",
+        "people/s",
     ):
         assert fragment in table, fragment
 

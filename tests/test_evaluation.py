@@ -328,7 +328,8 @@ def test_predict_cli_writes_json_and_png_and_reports_bad_inputs(tiny_model_file,
     assert "broken.jpg: not a readable image" in result.stdout and "notes.txt: not a readable image" in result.stdout
     for name in ("a", "b"):
         data = json.loads((out / f"{name}.json").read_text())
-        assert len(data["keypoints"]) == 16 and data["keypoints"][0]["joint"] == "r_ankle"
+        (person,) = data["people"]  # noise: the detector finds nobody, the whole image is the person
+        assert len(person["keypoints"]) == 16 and person["keypoints"][0]["joint"] == "r_ankle"
         assert cv2.imread(str(out / f"{name}.png")).shape == (80, 100, 3)
     outside = script(
         "predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--bbox=500,500,10,10", inputs / "a.jpg"
@@ -358,7 +359,8 @@ def test_predict_cli_on_a_video(tiny_model_file, tmp_path):
     result = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={tmp_path / 'out'}", video)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     data = json.loads((tmp_path / "out" / "clip.json").read_text())
-    assert len(data["frames"]) == 3
+    assert len(data["frames"]) == 3 and all(len(f["people"]) == 1 for f in data["frames"])
+    assert data["frames"][0]["people"][0]["track_id"] == 1 and data["detector_runs"] >= 1
     capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
     assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     tf.keras.backend.clear_session()

@@ -189,7 +189,7 @@ def test_predict_cli_accepts_every_exported_format(tiny, tmp_path):
         )
         assert result.returncode == 0, (name, result.stderr[-2000:])
         data = json.loads((out / "a.json").read_text())
-        keypoints[name] = np.array([[k["x"], k["y"]] for k in data["keypoints"]])
+        keypoints[name] = np.array([[k["x"], k["y"]] for k in data["people"][0]["keypoints"]])
     for name in ("saved_model", "tflite", "onnx"):
         np.testing.assert_allclose(keypoints[name], keypoints["keras"], atol=0.5, err_msg=name)
 

@@ -11,7 +11,19 @@ PACKAGE = REPO / "hourglass_tf"
 LAYERS = {
     0: {"skeleton", "geometry", "codec", "model", "metadata", "metrics", "visualize", "batchnorm", "runtime"},
     1: {"data"},
-    2: {"inference", "backends", "evaluation", "config", "callbacks", "distribute", "train", "flags", "predict"},
+    2: {
+        "inference",
+        "backends",
+        "evaluation",
+        "config",
+        "callbacks",
+        "distribute",
+        "train",
+        "flags",
+        "predict",
+        "people",
+        "tracking",
+    },
     3: {"export", "serving", "weights"},
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}

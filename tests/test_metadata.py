@@ -131,11 +131,16 @@ def test_the_serving_client_prints_the_served_joint_names(tmp_path, monkeypatch)
     )
     from absl import flags
 
-    flags.FLAGS(["serving_client", f"--image={tmp_path / 'a.png'}", "--box=5,5,60,70"])
+    flags.FLAGS(["serving_client", f"--image={tmp_path / 'a.png'}", "--box=5,5,60,70", "--box=20,10,50,60"])
     printed = []
     monkeypatch.setattr("builtins.print", lambda text, **kw: printed.append(text))
     assert serving_client.main(["serving_client"]) == 0
-    assert [row["joint"] for row in json.loads(printed[-1])] == list(skeleton.LSP.joints)
+    people = json.loads(printed[-1])
+    assert [p["box"] for p in people] == [[5, 5, 60, 70], [20, 10, 50, 60]]
+    assert all([row["joint"] for row in p["keypoints"]] == list(skeleton.LSP.joints) for p in people)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["serving_client", f"--image={tmp_path / 'a.png'}"])  # no box: the whole photo is one person
+    assert serving_client.main(["serving_client"]) == 0 and len(json.loads(printed[-1])) == 1
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])

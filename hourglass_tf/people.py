@@ -1,0 +1,417 @@
+"""From a photograph to every person's pose: person sources and the estimator.
+
+``PoseEstimator`` takes an image (an array or a path), asks a person source for boxes, crops every person by
+the package's box rule (``geometry.box_to_center_scale``: centre of the box, side 1.25 x its larger side),
+runs all of them through the network in one batch (with the flip test), and maps the keypoints back to the
+image. Person sources, chosen by the user:
+
+* ``Boxes``: boxes the user gives (x, y, w, h in image pixels);
+* ``DetectionsFile``: a detections file in the COCO results layout (a JSON list of ``{"image_id", "bbox",
+  "score", "category_id"}``, what mmpose and HRNet feed their top-down models), matched to images by id;
+* ``HogDetector``: OpenCV's HOG people detector (Dalal & Triggs; ships with OpenCV, no download). It finds
+  upright, whole, unoccluded people of at least about 100 px; it misses sitting, lying, cropped and
+  strongly foreshortened people, and fires on some upright clutter (docs/people.md has the measurements);
+* any callable ``image -> boxes`` or ``image -> (boxes, scores)``: the user's own detector;
+* ``WholeImage``: the whole image as one centred person (the last resort).
+
+Conventions: images are (H, W, 3) uint8 RGB; boxes (M, 4) float32 as x, y, w, h in image pixels, 0-based;
+keypoints (K, 3) as x, y in original image pixels (0-based) and the joint's score (heatmap maximum).
+"""
+
+import json
+import math
+import pathlib
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from hourglass_tf import geometry
+from hourglass_tf.inference import Predictor
+
+
+class PersonSourceError(ValueError):
+    """A person source that cannot be used (bad detections file, bad boxes); the message names it."""
+
+
+def as_boxes(boxes, scores=None, where="boxes"):
+    """Validated ``(boxes (M, 4) float32, scores (M,) float32)``; scores default to 1.
+
+    Raises:
+      PersonSourceError: not (M, 4), not finite, or a box without positive width and height.
+    """
+    boxes = np.asarray(boxes if boxes is not None else np.zeros((0, 4)), np.float32)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    elif boxes.ndim == 1 and boxes.size == 4:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise PersonSourceError(f"{where}: boxes must be (M, 4) as x, y, w, h, received shape {boxes.shape}")
+    if not np.all(np.isfinite(boxes)) or np.any(boxes[:, 2:] <= 0):
+        bad = int(np.flatnonzero(~np.isfinite(boxes).all(1) | (boxes[:, 2:] <= 0).any(1))[0])
+        raise PersonSourceError(f"{where}: box {bad} is {boxes[bad].tolist()}; width and height must be positive")
+    scores = np.ones(len(boxes), np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
+    if len(scores) != len(boxes):
+        raise PersonSourceError(f"{where}: {len(boxes)} boxes but {len(scores)} scores")
+    return boxes, scores
+
+
+def box_of_keypoints(keypoints, min_score=0.2):
+    """The tight box (x, y, w, h) of keypoints (K, 3) whose score reaches ``min_score``; None when under 2."""
+    keypoints = np.asarray(keypoints, np.float32)
+    good = keypoints[keypoints[:, 2] >= min_score, :2]
+    if len(good) < 2:
+        return None
+    lo, hi = good.min(axis=0), good.max(axis=0)
+    side = np.maximum(hi - lo, 1.0)
+    return np.array([lo[0], lo[1], side[0], side[1]], np.float32)
+
+
+def iou(a, b):
+    """Intersection over union of boxes a (M, 4) and b (N, 4) (x, y, w, h) -> (M, N)."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
+    y2 = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+class PersonSource:
+    """Base: ``source(image, key=None) -> (boxes (M, 4), scores (M,))``; ``key`` names the image (its path)."""
+
+    name = "source"
+
+    def __call__(self, image, key=None):
+        raise NotImplementedError
+
+
+class WholeImage(PersonSource):
+    """The whole image as one centred person (``geometry.whole_image_person``)."""
+
+    name = "whole_image"
+
+    def __call__(self, image, key=None):
+        height, width = np.asarray(image).shape[:2]
+        return as_boxes([geometry.box_from_person(*geometry.whole_image_person(width, height))], where="whole image")
+
+
+class Boxes(PersonSource):
+    """Fixed boxes (M, 4) for every image, or a dict {image key: boxes} (a missing key: no person)."""
+
+    name = "boxes"
+
+    def __init__(self, boxes, scores=None):
+        if isinstance(boxes, dict):
+            self.table = {str(k): as_boxes(v, where=f"boxes of {k}") for k, v in boxes.items()}
+            self.fixed = None
+        else:
+            self.table, self.fixed = None, as_boxes(boxes, scores)
+
+    def __call__(self, image, key=None):
+        if self.fixed is not None:
+            return self.fixed
+        for candidate in _keys(key):
+            if candidate in self.table:
+                return self.table[candidate]
+        return as_boxes(None)
+
+
+def _keys(key):
+    """The names an image may be listed under: the key itself, its file name, its stem, the stem as a number."""
+    if key is None:
+        return []
+    path = pathlib.Path(str(key))
+    keys = [str(key), path.name, path.stem]
+    if path.stem.isdigit():
+        keys.append(str(int(path.stem)))
+    return keys
+
+
+class DetectionsFile(PersonSource):
+    """Person boxes from a detections file in the COCO results layout.
+
+    The file is a JSON list of ``{"image_id": int or str, "bbox": [x, y, w, h], "score": float,
+    "category_id": int}`` (``category_id`` optional; only ``category_id`` records are kept). An image is
+    matched by its id: ``image_ids`` maps file names to ids (``images`` of a COCO annotation file, see
+    ``image_ids_from_coco``), otherwise a numeric file stem is the id (COCO's ``000000397133.jpg`` -> 397133)
+    and any other stem or file name is matched as a string id.
+
+    Raises:
+      PersonSourceError: the file is not JSON, not a list, or a record lacks a field or has a bad box or
+        score; the message names the file and the record's index.
+    """
+
+    name = "detections"
+
+    def __init__(self, path, min_score=0.0, category_id=1, image_ids=None):
+        self.path = pathlib.Path(path)
+        try:
+            records = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise PersonSourceError(f"{self.path}: not a readable JSON detections file ({err})") from None
+        if not isinstance(records, list):
+            raise PersonSourceError(
+                f"{self.path}: a detections file is a JSON list of COCO results, found a {type(records).__name__}"
+            )
+        self.table = {}
+        self.skipped_category = 0
+        for i, record in enumerate(records):
+            where = f"{self.path}: record {i}"
+            if not isinstance(record, dict) or not {"image_id", "bbox"} <= set(record):
+                found = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise PersonSourceError(f"{where}: needs image_id and bbox (found {found})")
+            if category_id is not None and record.get("category_id", category_id) != category_id:
+                self.skipped_category += 1
+                continue
+            score = record.get("score", 1.0)
+            if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+                raise PersonSourceError(f"{where}: score must be a number, received {score!r}")
+            bbox = record["bbox"]
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+                raise PersonSourceError(f"{where}: bbox must be [x, y, w, h], received {bbox!r}")
+            as_boxes([bbox], where=where)
+            if score < min_score:
+                continue
+            self.table.setdefault(str(record["image_id"]), []).append((bbox, float(score)))
+        self.image_ids = {str(k): str(v) for k, v in (image_ids or {}).items()}
+
+    def image_id(self, key):
+        """The id the file uses for the image ``key`` (a path), or None when it lists none of its names."""
+        candidates = [self.image_ids[k] for k in _keys(key) if k in self.image_ids] + _keys(key)
+        return next((c for c in candidates if c in self.table), None)
+
+    def __call__(self, image, key=None):
+        found = self.table.get(self.image_id(key), [])
+        return as_boxes([b for b, _ in found], [s for _, s in found], where=str(self.path))
+
+
+def image_ids_from_coco(path):
+    """{file_name: image id} from a COCO annotation file's ``images``; PersonSourceError naming the file."""
+    try:
+        data = json.loads(pathlib.Path(path).read_text())
+        return {str(image["file_name"]): image["id"] for image in data["images"]}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise PersonSourceError(f"{path}: not a COCO annotation file with images[].file_name and id ({err})") from None
+
+
+class HogDetector(PersonSource):
+    """OpenCV's default HOG + linear SVM people detector (64 x 128 window; no download).
+
+    Args:
+      min_side: images whose longer side is shorter are upscaled to it first (the detector's window needs
+        people of about 100 px and more).
+      min_score: SVM margin a detection needs.
+      max_people: keep the best ``max_people`` boxes.
+      box_scale: (width, height) factors that map the detector's window to the box of the person's joints, the
+        box convention the network was trained with (measured on LSPET, docs/people.md); applied about the
+        window's centre.
+    """
+
+    name = "hog"
+    BOX_SCALE = (0.55, 0.85)
+
+    def __init__(self, min_side=480, min_score=0.0, max_people=20, box_scale=BOX_SCALE, win_stride=8, pyramid=1.05):
+        self.hog = cv2.HOGDescriptor()
+        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.min_side = min_side
+        self.min_score = min_score
+        self.max_people = max_people
+        self.box_scale = tuple(float(v) for v in box_scale)
+        self.win_stride = (int(win_stride), int(win_stride))
+        self.pyramid = float(pyramid)
+
+    def windows(self, image):
+        """The detector's raw windows (M, 4) in image pixels and SVM margins (M,), best first."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise PersonSourceError(f"image must be (H, W, 3) RGB, received shape {image.shape}")
+        zoom = max(1.0, self.min_side / max(image.shape[:2]))
+        gray = cv2.cvtColor(np.ascontiguousarray(image, np.uint8), cv2.COLOR_RGB2GRAY)
+        if zoom > 1.0:
+            gray = cv2.resize(gray, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_LINEAR)
+        rects, weights = self.hog.detectMultiScale(
+            gray, winStride=self.win_stride, padding=(8, 8), scale=self.pyramid, groupThreshold=2
+        )
+        if len(rects) == 0:
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+        boxes = np.asarray(rects, np.float32) / zoom
+        scores = np.asarray(weights, np.float32).reshape(-1)
+        order = np.argsort(-scores)
+        return boxes[order], scores[order]
+
+    def __call__(self, image, key=None):
+        boxes, scores = self.windows(image)
+        keep = scores >= self.min_score
+        boxes, scores = boxes[keep][: self.max_people], scores[keep][: self.max_people]
+        sx, sy = self.box_scale
+        centers = boxes[:, :2] + boxes[:, 2:] / 2
+        sizes = boxes[:, 2:] * np.array([sx, sy], np.float32)
+        return as_boxes(np.concatenate([centers - sizes / 2, sizes], axis=1), scores, where="hog")
+
+
+class CallableSource(PersonSource):
+    """A user's detector: ``fn(image) -> boxes`` or ``fn(image) -> (boxes, scores)``."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)
+
+    def __call__(self, image, key=None):
+        found = self.fn(image)
+        if isinstance(found, tuple) and len(found) == 2:
+            return as_boxes(found[0], found[1], where=f"person source {self.name}")
+        return as_boxes(found, where=f"person source {self.name}")
+
+
+def person_source(spec):
+    """A ``PersonSource`` from a name (``"whole_image"``/``"none"``, ``"hog"``), a detections file path, a
+    ``PersonSource``, boxes (M, 4) or any callable."""
+    if isinstance(spec, PersonSource):
+        return spec
+    if spec is None or (isinstance(spec, str) and spec in ("none", "whole_image")):
+        return WholeImage()
+    if isinstance(spec, str) and spec == "hog":
+        return HogDetector()
+    if isinstance(spec, (str, pathlib.Path)) and str(spec).endswith(".json"):
+        return DetectionsFile(spec)
+    if callable(spec):
+        return CallableSource(spec)
+    if isinstance(spec, (list, tuple, np.ndarray, dict)):
+        return Boxes(spec)
+    raise PersonSourceError(
+        f"person source must be 'whole_image', 'hog', a detections .json file, boxes or a callable, received {spec!r}"
+    )
+
+
+def read_rgb(path):
+    """(H, W, 3) uint8 RGB from an image file; ValueError naming the file when it is not a readable image."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    return image[..., ::-1].copy()
+
+
+class PoseEstimator:
+    """Every person's pose in an image: a person source, then one network batch for all of them.
+
+    Args:
+      predictor: an ``inference.Predictor`` (``PoseEstimator.from_file`` makes one from a model file).
+      people: the person source (see ``person_source``); ``"whole_image"`` by default.
+      min_person_score: boxes scoring below are dropped.
+      max_people: at most this many people per image (the best scoring).
+      fallback_whole_image: when the person source finds nobody, take the whole image as one person.
+
+    Calling it returns a list of people, best score first, each a dict: ``box`` (4,) x, y, w, h; ``score``;
+    ``keypoints`` (K, 3) x, y in original pixels (0-based) and score; ``joints``, the names from the model's
+    description.
+    """
+
+    def __init__(
+        self, predictor, people="whole_image", min_person_score=None, max_people=None, fallback_whole_image=False
+    ):
+        self.predictor = predictor
+        self.people = person_source(people)
+        self.fallback = WholeImage() if fallback_whole_image else None
+        self.min_person_score = min_person_score
+        self.max_people = max_people
+        self.skeleton = predictor.skeleton
+        size = predictor.input_size
+        self._crop = tf.function(
+            lambda image, boxes: geometry.crop_boxes(tf.cast(image, tf.float32) / 255.0, boxes, size),
+            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, 4], tf.float32)],
+        )
+
+    @classmethod
+    def from_file(cls, model, people="whole_image", skeleton=None, flip_test=True, refine="quarter", **kwargs):
+        """A model file of any format the package reads (``Predictor.from_file``), and a person source."""
+        return cls(Predictor.from_file(model, skeleton=skeleton, flip_test=flip_test, refine=refine), people, **kwargs)
+
+    def boxes(self, image, key=None):
+        """The person source's boxes and scores for ``image``, filtered and ordered best first."""
+        boxes, scores = self.people(image, key)
+        order = np.argsort(-scores, kind="stable")
+        boxes, scores = boxes[order], scores[order]
+        if self.min_person_score is not None:
+            keep = scores >= self.min_person_score
+            boxes, scores = boxes[keep], scores[keep]
+        if self.max_people is not None:
+            boxes, scores = boxes[: self.max_people], scores[: self.max_people]
+        if len(boxes) == 0 and self.fallback is not None:
+            boxes, scores = self.fallback(image, key)
+        return boxes, scores
+
+    def estimate(self, image, boxes, scores=None, check_inside=True):
+        """Poses of the given people: one crop per box, one network batch; a list as ``__call__`` returns.
+
+        ``check_inside``: a box entirely outside the image is a ValueError naming it (off for tracking, where a
+        person may leave the frame).
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB, received {image.dtype} {image.shape}")
+        boxes, scores = as_boxes(boxes, scores)
+        if len(boxes) == 0:
+            return []
+        height, width = image.shape[:2]
+        if check_inside:
+            outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 0] + boxes[:, 2] <= 0)
+            outside |= boxes[:, 1] + boxes[:, 3] <= 0
+            if outside.any():
+                box = tuple(float(v) for v in boxes[np.flatnonzero(outside)[0]])
+                raise ValueError(f"box {box} lies outside the {width}x{height} image")
+        crops, matrices = self._crop(tf.constant(image), tf.constant(boxes))
+        result = self.predictor.predict_crops(crops.numpy())
+        keypoints = geometry.back_project(result["keypoints"], matrices).numpy()
+        joints = list(self.skeleton.joints)
+        return [
+            {
+                "box": boxes[i],
+                "score": float(scores[i]),
+                "keypoints": np.concatenate([keypoints[i], result["scores"][i][:, None]], axis=1).astype(np.float32),
+                "joints": joints,
+            }
+            for i in range(len(boxes))
+        ]
+
+    def __call__(self, image, boxes=None, key=None):
+        """``image``: (H, W, 3) uint8 RGB or a path; ``boxes`` overrides the person source for this call."""
+        if isinstance(image, (str, pathlib.Path)):
+            key = key if key is not None else str(image)
+            image = read_rgb(image)
+        if boxes is not None:
+            boxes, scores = as_boxes(boxes)
+        else:
+            boxes, scores = self.boxes(image, key)
+        return self.estimate(image, boxes, scores)
+
+
+def to_json(person, image_id=None, category_id=1):
+    """One person as JSON: the package's record, and with ``image_id`` the COCO keypoint result layout."""
+    keypoints = np.asarray(person["keypoints"], np.float64)
+    if image_id is not None:
+        # COCO results: flat x, y, score triples; the person's score is its mean joint score, times the box
+        # score when that is a probability (a detections file's), as mmpose and HRNet rescore
+        box_score = float(person["score"])
+        score = float(keypoints[:, 2].mean()) * (box_score if 0.0 < box_score <= 1.0 else 1.0)
+        return {
+            "image_id": image_id,
+            "category_id": category_id,
+            "keypoints": [round(float(v), 3) for v in keypoints.reshape(-1)],
+            "score": score,
+            "bbox": [round(float(v), 2) for v in person["box"]],
+        }
+    out = {
+        "box": [float(v) for v in person["box"]],
+        "score": float(person["score"]),
+        "keypoints": [
+            {"joint": name, "x": float(x), "y": float(y), "score": float(s)}
+            for name, (x, y, s) in zip(person["joints"], keypoints)
+        ],
+    }
+    if "track_id" in person:
+        out["track_id"] = int(person["track_id"])
+    return out
