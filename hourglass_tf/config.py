@@ -19,6 +19,11 @@ class TrainConfig:
     dataset: str = "mpii"
     data_dir: str = None
     tfrecord_dir: str = None
+    keypoints_category: str = None  # coco_keypoints: category name or id (None: the only one with keypoints)
+    flip_pairs: str = None  # coco_keypoints: "a:b,c:d" joint names or a JSON file (None: from the names)
+    pck_normalizer: str = "box"  # coco_keypoints: "box" (longer side, PCK@0.05) or "joint_a:joint_b" (PCK@0.2)
+    train_annotations: str = "annotations/train.json"  # coco_keypoints, relative to data_dir
+    val_annotations: str = "annotations/val.json"
     num_stacks: int = 8
     num_blocks: int = 1
     filters: int = 256
@@ -66,7 +71,21 @@ class TrainConfig:
 
     @property
     def metric_threshold(self):
-        return metrics.pck_threshold(self.dataset)
+        return metrics.pck_threshold(self.dataset, self.pck_normalizer)
+
+    def coco_options(self):
+        """How a ``coco_keypoints`` dataset is read (None for the other datasets)."""
+        if self.dataset != "coco_keypoints":
+            return None
+        from hourglass_tf.data import coco_keypoints
+
+        return coco_keypoints.Options(
+            category=self.keypoints_category,
+            flip_pairs=self.flip_pairs,
+            normalizer=self.pck_normalizer,
+            train_file=self.train_annotations,
+            val_file=self.val_annotations,
+        )
 
     def validate(self):
         """Raises ValueError naming every inconsistent choice, before anything is built."""
@@ -153,6 +172,11 @@ class TrainConfig:
             self.augmentation()
         except ValueError as err:
             problems.append(str(err))
+        normalizer = str(self.pck_normalizer)
+        if normalizer != "box" and len([part for part in normalizer.split(":") if part]) != 2:
+            problems.append(
+                f"pck_normalizer must be 'box' or 'joint_a:joint_b', received pck_normalizer={normalizer!r}"
+            )
         if self.init_weights and not pathlib.Path(self.init_weights).is_file():
             problems.append(f"init_weights={self.init_weights!r} is not a file")
         if problems:

@@ -7,7 +7,15 @@ from absl import flags
 from hourglass_tf.config import LR_SCHEDULES, OPTIMIZERS, STRATEGIES, TrainConfig
 
 HELP = {
-    "dataset": "Dataset layout: mpii, lsp, lspet, flic, coco or synthetic.",
+    "dataset": "Dataset layout: mpii, lsp, lspet, flic, coco, synthetic, or coco_keypoints (any COCO keypoint JSON: "
+    "the joint set comes from its category).",
+    "keypoints_category": "coco_keypoints: the category to read, by name or id (default: the only one with keypoints).",
+    "flip_pairs": "coco_keypoints: mirror pairs as 'a:b,c:d' joint names or a JSON file of name pairs (default: from "
+    "left/right in the names; none: no flip augmentation and no flip test).",
+    "pck_normalizer": "coco_keypoints: PCK normaliser, 'box' (the box's longer side, PCK@0.05) or 'joint_a:joint_b' "
+    "(their distance, PCK@0.2).",
+    "train_annotations": "coco_keypoints: training annotation file, relative to data_dir (images under data_dir/images).",
+    "val_annotations": "coco_keypoints: validation annotation file, relative to data_dir.",
     "data_dir": "Dataset root folder (raw files), or use --tfrecord_dir.",
     "tfrecord_dir": "Folder of TFRecord shards from scripts/prepare_data.py.",
     "num_stacks": "Stacked hourglasses (8 in the paper).",
@@ -76,6 +84,22 @@ def define_train_flags(flag_values=flags.FLAGS):
             flags.DEFINE_float(field.name, default, help_text, flag_values=flag_values)
         else:
             flags.DEFINE_string(field.name, default, help_text, flag_values=flag_values)
+
+
+COCO_KEYPOINTS_FIELDS = ("keypoints_category", "flip_pairs", "pck_normalizer", "train_annotations", "val_annotations")
+
+
+def define_coco_keypoints_flags(flag_values=flags.FLAGS):
+    """The ``coco_keypoints`` reading flags alone (for scripts that do not train: evaluate, prepare_data)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name in COCO_KEYPOINTS_FIELDS:
+        flags.DEFINE_string(name, defaults[name], HELP[name], flag_values=flag_values)
+
+
+def coco_options_from_flags(dataset, values=None):
+    """``coco_keypoints.Options`` from those flags (None unless ``dataset`` is ``coco_keypoints``)."""
+    values = values or flags.FLAGS
+    return TrainConfig(dataset=dataset, **{name: values[name].value for name in COCO_KEYPOINTS_FIELDS}).coco_options()
 
 
 def config_from_flags(values=None):

@@ -20,6 +20,8 @@ Conventions: crops are (N, R, R, 3) float32 RGB in [0, 1]; keypoints (N, K, 2) a
 ``back_project``).
 """
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
@@ -68,7 +70,7 @@ class Predictor:
       skeleton: the joint set, for a model without a description (its input and stride are
         read from the model). Exactly one of the two.
       flip_test: average with the mirrored crop (the paper's procedure). A joint set without
-        mirror pairs still mirrors the crop (left and right are not swapped).
+        mirror pairs is predicted without it (a warning says so).
       refine: the codec's sub-pixel step, ``"quarter"`` (the paper's) or ``"dark"``.
       scales: test scales, person box side multipliers whose heatmaps are averaged
         (``(1.0,)``: the paper's single scale; e.g. ``(0.9, 1.0, 1.1)``). Each scale
@@ -95,6 +97,12 @@ class Predictor:
         self.skeleton = info.skeleton
         self.input_size = self.runner.input_size
         self.codec = HeatmapCodec(self.input_size, self.runner.heatmap_size, sigma=info.sigma, refine=refine)
+        if flip_test and not self.skeleton.flip_pairs:
+            warnings.warn(
+                f"the joint set {self.skeleton.name!r} has no mirror pairs: predicting without the flip test",
+                stacklevel=2,
+            )
+            flip_test = False
         self.flip_test = flip_test
         self.scales = parse_scales(scales)
 

@@ -56,8 +56,16 @@ DEFAULT_THRESHOLDS = np.round(np.linspace(0.0, 0.5, 51), 4)
 PCKH_DATASETS = ("mpii", "synthetic")  # MPII's 16-joint layout: PCKh@0.5; the others PCK@0.2 (torso)
 
 
-def pck_threshold(dataset):
-    """The benchmark threshold of ``dataset`` (a dataset or skeleton name): 0.5 (PCKh) for MPII layouts, else 0.2."""
+BOX_PCK_THRESHOLD = 0.05  # PCK normalised by the box's longer side: mmpose's PCK@0.05
+JOINT_PCK_THRESHOLD = 0.2  # by a torso-like length between two joints, as LSP's torso: PCK@0.2
+
+
+def pck_threshold(dataset, normalizer=None):
+    """The benchmark threshold of ``dataset`` (a dataset or skeleton name): 0.5 (PCKh) for MPII layouts, 0.2
+    (torso) for the others; for a ``coco_keypoints`` dataset it follows its ``normalizer`` ("box": 0.05, a joint
+    pair: 0.2)."""
+    if dataset == "coco_keypoints":
+        return BOX_PCK_THRESHOLD if normalizer in (None, "box") else JOINT_PCK_THRESHOLD
     return 0.5 if dataset in PCKH_DATASETS else 0.2
 
 

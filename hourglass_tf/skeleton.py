@@ -16,7 +16,34 @@ import dataclasses
 
 import numpy as np
 
-_SIDE_PREFIXES = (("l_", "r_"), ("left_", "right_"))
+_SIDES = {"l": "r", "r": "l", "left": "right", "right": "left", "L": "R", "R": "L", "Left": "Right", "Right": "Left"}
+_SEPARATORS = "_- ."
+
+
+def _tokens(name):
+    """``"front_left_paw"`` -> ["front", "_", "left", "_", "paw"] (separators kept, so names rebuild exactly)."""
+    out, word = [], ""
+    for ch in name:
+        if ch in _SEPARATORS:
+            out += [word, ch] if word else [ch]
+            word = ""
+        else:
+            word += ch
+    return out + [word] if word else out
+
+
+def mirror_name(name):
+    """The name of the other side's joint: a ``left``/``right`` (``l``/``r``, any case shown) word swapped.
+
+    ``l_ankle`` -> ``r_ankle``, ``left_eye`` -> ``right_eye``, ``front_left_paw`` -> ``front_right_paw``,
+    ``paw_L`` -> ``paw_R``; None when the name has no side word (or more than one).
+    """
+    parts = _tokens(name)
+    sides = [i for i, p in enumerate(parts) if p in _SIDES]
+    if len(sides) != 1:
+        return None
+    parts[sides[0]] = _SIDES[parts[sides[0]]]
+    return "".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +55,8 @@ class Skeleton:
       joints: joint names in dataset order.
       limbs: pairs of joint indices joined when drawing a skeleton.
       pairs: explicit ((left_index, right_index), ...) mirror pairs; None derives them from
-        the names (``l_``/``r_`` and ``left_``/``right_`` prefixes).
+        the names (``mirror_name``: one ``left``/``right`` or ``l``/``r`` word swapped, e.g.
+        ``l_ankle``/``r_ankle``, ``left_eye``/``right_eye``, ``front_left_paw``/``front_right_paw``).
     """
 
     name: str
@@ -89,10 +117,10 @@ class Skeleton:
             return self.pairs
         pairs = []
         for i, joint in enumerate(self.joints):
-            for left, right in _SIDE_PREFIXES:
-                twin = right + joint[len(left) :]
-                if joint.startswith(left) and twin in self.joints:
-                    pairs.append((i, self.joints.index(twin)))
+            twin = mirror_name(joint)
+            is_left = any(word.lower() in ("l", "left") for word in _tokens(joint))
+            if twin in self.joints and is_left:
+                pairs.append((i, self.joints.index(twin)))
         return tuple(pairs)
 
     @property

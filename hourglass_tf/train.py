@@ -52,7 +52,7 @@ from hourglass_tf.callbacks import (
     spent_budget_seconds,
 )
 from hourglass_tf.config import LR_SCHEDULES, OPTIMIZERS, STRATEGIES, TrainConfig
-from hourglass_tf.data import pipeline, readers, sources
+from hourglass_tf.data import pipeline, readers, sources, tfrecords
 from hourglass_tf.distribute import (
     dataset_options,
     is_chief,
@@ -89,8 +89,18 @@ __all__ = [
 ]
 
 
-def build_compiled_model(config):
+def config_skeleton(config):
+    """The joint set ``config`` trains: fixed by the dataset's name, or a ``coco_keypoints`` file's (or its shards')."""
+    meta = None
+    if config.dataset == "coco_keypoints" and config.tfrecord_dir is not None:
+        meta = tfrecords.read_meta(config.tfrecord_dir)
+    return readers.dataset_skeleton(config.dataset, config.data_dir, config.coco_options(), meta)
+
+
+def build_compiled_model(config, skeleton=None):
     """The model for ``config``, compiled with its optimizer and one MSE loss per stack (call under the strategy scope).
+
+    ``skeleton``: the joint set (default ``config_skeleton(config)``).
 
     With ``config.fused_batch_norm`` its batch-norm layers train with TensorFlow's fused kernel
     (``hourglass_tf.batchnorm``); they stay stock layers, so checkpoints are unchanged.
@@ -106,7 +116,7 @@ def build_compiled_model(config):
         num_blocks=config.num_blocks,
         filters=config.filters,
         depth=config.depth,
-        num_joints=readers.skeleton_of(config.dataset).num_joints,
+        num_joints=(skeleton or config_skeleton(config)).num_joints,
         input_size=config.input_size,
         variant=variant,
         input_mean=input_mean,
@@ -191,10 +201,25 @@ def _train(config):
         drop_side_conflicts=config.drop_side_conflicts,
         augmentation=config.augmentation(),
         input_size=config.input_size,
+        options=config.coco_options(),
     )
     val_source, _, val_report, num_val = sources.load_source(
-        config.dataset, "valid", config.data_dir, config.tfrecord_dir, input_size=config.input_size
+        config.dataset,
+        "valid",
+        config.data_dir,
+        config.tfrecord_dir,
+        input_size=config.input_size,
+        options=config.coco_options(),
     )
+    augmentation = config.augmentation()
+    val_flip_test = config.val_flip_test
+    if not skeleton.flip_pairs and (augmentation.flip or val_flip_test):
+        print(
+            f"the joint set {skeleton.name!r} has no mirror pairs: training without flip augmentation "
+            "and validating without the flip test (name the pairs with --flip_pairs if it has some)"
+        )
+        augmentation = dataclasses.replace(augmentation, flip=False)
+        val_flip_test = False
     if num_train < global_batch:
         raise ValueError(
             f"the training split has {num_train} usable samples, fewer than one global batch ({global_batch})"
@@ -212,7 +237,7 @@ def _train(config):
         global_batch,
         input_size=config.input_size,
         sigma=config.sigma,
-        augmentation=config.augmentation(),
+        augmentation=augmentation,
         seed=config.seed,
         failures=failures,
     )
@@ -230,7 +255,7 @@ def _train(config):
     )
 
     with strategy.scope():
-        model = build_compiled_model(config)
+        model = build_compiled_model(config, skeleton)
     info = describe(
         model,
         skeleton,
@@ -251,7 +276,7 @@ def _train(config):
         config.metric_name,
         config.metric_threshold,
         config.validation_freq,
-        config.val_flip_test,
+        val_flip_test,
         guard,
         total=num_val,
         source=val_source,

@@ -19,7 +19,10 @@ from hourglass_tf import runtime  # noqa: E402
 
 runtime.tune_allocators()  # before TensorFlow's first op: the allocator settings the package measured faster
 
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+
+from hourglass_tf import flags as train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("annotations", None, "Annotation file: evaluator .mat (pos_gt_src, ...) or original-code .h5.")
@@ -30,7 +33,15 @@ flags.DEFINE_string("output_json", None, "File mode: write the results as JSON h
 flags.DEFINE_string("plot", None, "File mode: write the PCK(h) curves as PNG here.")
 flags.DEFINE_string("skeleton", None, "File mode: joint set of an .h5 annotation file (mpii or flic).")
 flags.DEFINE_string("checkpoint", None, "Model mode: a .keras model.")
-flags.DEFINE_string("dataset", None, "Model mode: dataset layout (mpii, lsp, lspet, flic, coco, synthetic).")
+flags.DEFINE_string(
+    "dataset", None, "Model mode: dataset layout (mpii, lsp, lspet, flic, coco, synthetic, coco_keypoints)."
+)
+train_flags.define_coco_keypoints_flags()
+flags.DEFINE_list(
+    "oks_sigmas",
+    None,
+    "COCO-format data: OKS sigma, one value or one per joint (default: COCO's for COCO's 17 joints, else 0.05).",
+)
 flags.DEFINE_string("data_dir", None, "Model mode: dataset root (raw files).")
 flags.DEFINE_string("tfrecord_dir", None, "Model mode: TFRecord shards instead of --data_dir.")
 flags.DEFINE_enum("split", "valid", ["train", "valid"], "Model mode: split to evaluate.")
@@ -78,6 +89,10 @@ def main(argv):
             return 0
         if FLAGS.dataset is None:
             raise app.UsageError("model mode needs --dataset")
+        try:
+            sigmas = [float(v) for v in FLAGS.oks_sigmas] if FLAGS.oks_sigmas else None
+        except ValueError:
+            raise app.UsageError(f"--oks_sigmas must be numbers, received {','.join(FLAGS.oks_sigmas)}") from None
         result = evaluation.evaluate_model(
             FLAGS.checkpoint,
             FLAGS.dataset,
@@ -90,17 +105,29 @@ def main(argv):
             FLAGS.max_samples,
             refine=FLAGS.refine,
             test_scales=FLAGS.test_scales,
+            options=train_flags.coco_options_from_flags(FLAGS.dataset),
+            oks_sigmas=sigmas,
         )
     except (DataFileError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     name = "PCKh" if result["threshold"] == 0.5 else "PCK"
     print(metrics.format_table(result, name))
-    print(f"mean over limb joints: {result['mean_limbs']:.2f}; AUC: {result['auc']:.2f}")
-    print(
-        f"left/right swaps: {result['swapped']['limbs']:.2f} % of the scored limb joints miss onto the other "
-        "side's joint"
-    )
+    if len(result["summary"]) <= 2:  # a joint set without the human body parts: every joint
+        print(" ".join(f"{joint} {value:.1f}" for joint, value in result["per_joint"].items()))
+    limbs = f"mean over limb joints: {result['mean_limbs']:.2f}; " if np.isfinite(result["mean_limbs"]) else ""
+    print(f"{limbs}AUC: {result['auc']:.2f}")
+    if "coco_ap" in result:
+        ap = result["coco_ap"]
+        print(
+            f"COCO keypoint AP (pycocotools, OKS): AP {ap['AP']:.3f}, AP50 {ap['AP50']:.3f}, AP75 {ap['AP75']:.3f}, "
+            f"AR {ap['AR']:.3f}; results in {FLAGS.output_dir}/coco_results.json"
+        )
+    if np.isfinite(result["swapped"]["limbs"]):
+        print(
+            f"left/right swaps: {result['swapped']['limbs']:.2f} % of the scored limb joints miss onto the other "
+            "side's joint"
+        )
     print("per stack: " + ", ".join(f"{i + 1}: {v:.2f}" for i, v in enumerate(result["stack_accuracy"])))
     occ = result["occlusion"]
 

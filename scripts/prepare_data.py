@@ -19,6 +19,7 @@ runtime.tune_allocators()  # before TensorFlow's first op: the allocator setting
 
 from absl import app, flags  # noqa: E402
 
+from hourglass_tf import flags as train_flags  # noqa: E402
 from hourglass_tf.data import readers  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -31,6 +32,7 @@ flags.DEFINE_list("splits", ["train", "valid"], "Splits to convert.")
 flags.DEFINE_integer("synthetic_train", 1000, "Synthetic images to generate for training (when absent).")
 flags.DEFINE_integer("synthetic_valid", 200, "Synthetic images to generate for validation (when absent).")
 flags.DEFINE_integer("seed", 0, "Seed of the synthetic dataset.")
+train_flags.define_coco_keypoints_flags()
 flags.mark_flags_as_required(["dataset", "source", "output"])
 
 
@@ -43,10 +45,15 @@ def main(argv):
     if FLAGS.dataset == "synthetic" and not os.path.exists(os.path.join(FLAGS.source, "annot", "valid.json")):
         print(f"generating the synthetic dataset in {FLAGS.source}")
         synthetic.generate(FLAGS.source, FLAGS.synthetic_train, FLAGS.synthetic_valid, seed=FLAGS.seed)
-    skeleton = readers.skeleton_of(FLAGS.dataset)
+    options = train_flags.coco_options_from_flags(FLAGS.dataset)
+    try:
+        skeleton = readers.dataset_skeleton(FLAGS.dataset, FLAGS.source, options)
+    except (DataFileError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     meta = {
         "dataset": FLAGS.dataset,
-        "skeleton": skeleton.name,
+        "skeleton": skeleton.to_dict(),
         "num_joints": skeleton.num_joints,
         "input_size": FLAGS.input_size,
         "region": tfrecords.region_bounds(FLAGS.input_size),
@@ -55,7 +62,7 @@ def main(argv):
     }
     try:
         for split in FLAGS.splits:
-            samples = readers.load_dataset(FLAGS.dataset, FLAGS.source, split)
+            samples = readers.load_dataset(FLAGS.dataset, FLAGS.source, split, options)
             print(f"{split}: {len(samples)} samples")
             report = tfrecords.write_shards(
                 samples, FLAGS.source, FLAGS.output, split, FLAGS.input_size, FLAGS.samples_per_shard

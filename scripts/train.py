@@ -53,7 +53,8 @@ def main(argv):
     )
     if summary["stopped_because"]:
         print(f"stopped early: {summary['stopped_because']}")
-        return 3
+        # the time budget ending a run is its plan (exit 0); anything else stopping it is not (exit 3)
+        return 0 if summary["stopped_because"].startswith("time budget") else 3
     return 0
 
 

@@ -151,7 +151,8 @@ def test_flip_test_inside_the_saved_model(tiny, tmp_path):
     np.testing.assert_allclose(out["heatmaps"].numpy(), reference["heatmaps"], atol=1e-4)
 
 
-def test_predict_cli_accepts_every_exported_format(tiny, tmp_path):
+def test_predict_accepts_every_exported_format(tiny, tmp_path):
+    """The CLI on the exported folder (it picks the SavedModel); the same library call predict.py makes on each file."""
     import os
     import subprocess
     import sys
@@ -159,39 +160,40 @@ def test_predict_cli_accepts_every_exported_format(tiny, tmp_path):
     import cv2
 
     from conftest import REPO
+    from hourglass_tf.people import PoseEstimator
+    from hourglass_tf.predict import predict_inputs
 
     model, _, _, _ = tiny
     export_dir = tmp_path / "all"
     paths = export(model, export_dir, formats=("keras", "saved_model", "tflite", "onnx"))
     image = np.random.default_rng(6).integers(0, 256, (80, 100, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), image)
-    keypoints = {}
-    for name, model_path in [
-        ("keras", paths["keras"]),
-        ("saved_model", export_dir),
-        ("tflite", paths["tflite"]),
-        ("onnx", paths["onnx"]),
-    ]:
-        out = tmp_path / f"out_{name}"
-        result = subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "scripts" / "predict.py"),
-                f"--model={model_path}",
-                f"--output_dir={out}",
-                "--bbox=10,5,70,60",
-                str(tmp_path / "a.png"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=os.environ.copy(),
-        )
-        assert result.returncode == 0, (name, result.stderr[-2000:])
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "predict.py"),
+            f"--model={export_dir}",
+            f"--output_dir={tmp_path / 'out_cli'}",
+            "--bbox=10,5,70,60",
+            str(tmp_path / "a.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def keypoints_of(out):
         data = json.loads((out / "a.json").read_text())
-        keypoints[name] = np.array([[k["x"], k["y"]] for k in data["people"][0]["keypoints"]])
-    for name in ("saved_model", "tflite", "onnx"):
-        np.testing.assert_allclose(keypoints[name], keypoints["keras"], atol=0.5, err_msg=name)
+        return np.array([[k["x"], k["y"]] for k in data["people"][0]["keypoints"]])
+
+    reference = keypoints_of(tmp_path / "out_cli")
+    for name in ("keras", "tflite", "onnx"):
+        estimator = PoseEstimator(Predictor.from_file(paths[name]), [[10, 5, 70, 60]])
+        written, failed = predict_inputs(estimator, [tmp_path / "a.png"], tmp_path / f"out_{name}", log=lambda m: None)
+        assert not failed, failed
+        np.testing.assert_allclose(keypoints_of(tmp_path / f"out_{name}"), reference, atol=0.5, err_msg=name)
 
 
 def test_unknown_model_files_are_refused(tmp_path):

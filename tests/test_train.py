@@ -467,6 +467,25 @@ def test_mixed_precision_training_keeps_float32_outputs_and_loss(data_dir, tmp_p
     assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
 
 
+def test_the_gpu_precision_path_trains_end_to_end_on_cpu(data_dir, tmp_path, monkeypatch):
+    """What --mixed_precision selects on a GPU (mixed_float16: loss scaling, fused batch norm on float16 inputs,
+    float32 outputs and loss), run here on the CPU by pretending a GPU is visible to the policy choice."""
+    from hourglass_tf import train as train_module
+    from hourglass_tf.metadata import read_info
+
+    monkeypatch.setattr(train_module, "mixed_precision_policy", lambda gpus=None: "mixed_float16")
+    config = tiny_config(data_dir, tmp_path / "run", epochs=1, mixed_precision=True, image_summaries=0)
+    result = train(dataclasses.replace(config, fused_batch_norm=True))
+    model = result["model"]
+    assert model.get_layer("hg1_d2_skip_res1_conv1").compute_dtype == "float16"
+    assert model.get_layer("hg1_d2_skip_res1_bn1").compute_dtype == "float16"  # the fused kernel on half inputs
+    assert all(out.dtype == "float32" for out in model.outputs)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # dynamic loss scaling
+    assert np.isfinite(result["history"]["loss"]).all()
+    assert read_info(tmp_path / "run" / "last.keras").precision == "mixed_float16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
 def _script(name, *args, timeout=900):
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / name), *map(str, args)],
@@ -526,17 +545,13 @@ def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, 
     report = json.loads((out / "export.json").read_text())
     assert set(report["max_heatmap_deviation"]) == {"keras", "saved_model", "tflite", "onnx"}
     assert report["trained_precision"] == "mixed_bfloat16"
-    for model in (out / "model.keras", out, out / "model.tflite", out / "model.onnx"):
-        done = _script(
-            "evaluate.py",
-            f"--checkpoint={model}",
-            "--dataset=synthetic",
-            f"--tfrecord_dir={shards}",
-            f"--output_dir={tmp_path / 'eval_fmt'}",
+    from hourglass_tf.evaluation import evaluate_model
+
+    for model in (out / "model.keras", out, out / "model.tflite", out / "model.onnx"):  # what evaluate.py calls
+        result = evaluate_model(
+            model, "synthetic", tfrecord_dir=shards, output_dir=tmp_path / "eval_fmt", progress=False
         )
-        assert done.returncode == 0, (model, done.stderr[-2000:])
-        pck = json.loads((tmp_path / "eval_fmt" / "metrics.json").read_text())["summary"]["Mean"]
-        assert abs(pck - keras_pck) < 1.0, (model, pck, keras_pck)
+        assert abs(result["summary"]["Mean"] - keras_pck) < 1.0, (model, result["summary"]["Mean"], keras_pck)
     image = np.random.default_rng(3).integers(0, 256, (80, 96, 3), dtype=np.uint8)
     png = tf.io.encode_png(image).numpy()
     saved_model = out / "saved_model" / "1"

@@ -278,13 +278,8 @@ def test_the_cli_recognises_a_t7_file_and_the_result_fine_tunes_and_serves_with_
     assert done.returncode == 0, done.stderr[-2000:]
     info = metadata.read_info(out)
     assert info.provenance["format"] == "torch7" and info.architecture["variant"] == "umich_t7"
-    wrong = subprocess.run(
-        [*run, "--from=torch7", f"--input={FIXTURES / 'psh_1stack_legacy.pt'}", "--overwrite"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert wrong.returncode == 2 and "--from=torch7, but the file is not a binary Torch7 file" in wrong.stderr
+    with pytest.raises(convert.ConversionError, match="--from=torch7, but the file is not a binary Torch7 file"):
+        convert.convert(FIXTURES / "psh_1stack_legacy.pt", fmt="torch7")
 
     config = TrainConfig(
         dataset="synthetic", data_dir="x", num_stacks=1, filters=16, depth=2, input_size=64, init_weights=str(out)

@@ -41,8 +41,9 @@ import posixpath
 import numpy as np
 
 from hourglass_tf import metrics, skeleton
+from hourglass_tf.data import coco_keypoints
 from hourglass_tf.data.sample import DataFileError, PoseSample, load_h5, load_mat, require_file
-from hourglass_tf.geometry import center_scale_from_joints, person_from_box
+from hourglass_tf.geometry import center_scale_from_joints
 
 MPII_CENTER_SHIFT = 15.0  # pixels per unit of scale, downwards
 MPII_SCALE_PAD = 1.25
@@ -353,62 +354,51 @@ def read_flic_mat(path, split="train", image_prefix="images"):
 def read_coco(path, image_prefix):
     """COCO person keypoints JSON as single-person samples (rule in the module docstring).
 
+    The person category of the general reader (``coco_keypoints.read_file``) with COCO's 17-joint skeleton,
+    people with at least 5 keypoints and a box of at least 32 x 32 px, and the torso as the PCK normaliser.
+
     Args:
       path: ``person_keypoints_*.json``.
       image_prefix: folder of its images relative to the dataset root (``val2017``).
     """
-    path = require_file(path)
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataFileError(path, f"not valid JSON ({err})") from err
-    for key in ("images", "annotations"):
-        if key not in data:
-            raise DataFileError(path, f"missing the key {key!r}; found {sorted(data)}")
-    files = {image["id"]: image["file_name"] for image in data["images"]}
-    samples = []
-    for ann in data["annotations"]:
-        if ann.get("iscrowd", 0) or ann.get("category_id", 1) != 1:
-            continue
-        kp = np.asarray(ann.get("keypoints", []), np.float64)
-        if kp.size != 17 * 3:
-            raise DataFileError(path, f"annotation {ann.get('id')}: expected 51 keypoint values, found {kp.size}")
-        kp = kp.reshape(17, 3)
-        present = kp[:, 2] > 0
-        _, _, w, h = ann["bbox"]
-        if present.sum() < COCO_MIN_KEYPOINTS or w * h < COCO_MIN_BOX_SIDE**2:
-            continue
-        if ann["image_id"] not in files:
-            raise DataFileError(path, f"annotation {ann.get('id')} refers to unknown image_id {ann['image_id']}")
-        center, scale = person_from_box(ann["bbox"])
-        samples.append(
-            PoseSample(
-                image_path=_image_path(image_prefix, files[ann["image_id"]]),
-                joints=np.where(present[:, None], kp[:, :2], 0.0),
-                present=present,
-                visible=kp[:, 2] == 2,
-                center=center,
-                scale=scale,
-                normalizer=metrics.torso_size(kp[:, :2], present, skeleton.COCO),
-                sample_id=f"coco-{ann['id']}",
-                dataset="coco",
-            )
-        )
+    person = {"id": 1, "name": "person", "keypoints": list(skeleton.COCO.joints)}
+    options = coco_keypoints.Options(category="person", image_dir=image_prefix, min_keypoints=COCO_MIN_KEYPOINTS)
+    samples, _, _, _ = coco_keypoints.read_file(
+        path, options, skeleton.COCO, "coco", min_box_side=COCO_MIN_BOX_SIDE, default_category=person
+    )
+    for sample in samples:
+        sample.normalizer = metrics.torso_size(sample.joints, sample.present, skeleton.COCO)
     return samples
 
 
 # ---------------------------------------------------------------- one entry point
 
-DATASETS = ("mpii", "lsp", "lspet", "flic", "coco", "synthetic")
+DATASETS = ("mpii", "lsp", "lspet", "flic", "coco", "synthetic", "coco_keypoints")
 SPLITS = ("train", "valid")
 
 
 def skeleton_of(dataset):
-    """The joint set a dataset's samples use."""
+    """The joint set a dataset's samples use (a fixed one; ``coco_keypoints`` reads its own: ``dataset_skeleton``)."""
+    if dataset == coco_keypoints.DATASET:
+        raise ValueError("coco_keypoints datasets define their joints in their files: use dataset_skeleton")
     return skeleton.get_skeleton({"synthetic": "mpii"}.get(dataset, dataset))
 
 
-def load_dataset(dataset, root, split):
+def dataset_skeleton(dataset, root=None, options=None, meta=None):
+    """The joint set of a dataset: fixed by name, or for ``coco_keypoints`` read from its annotation file
+    (``root`` and ``options``) or from TFRecord shards' ``meta``."""
+    if dataset != coco_keypoints.DATASET:
+        return skeleton_of(dataset)
+    if meta is not None:
+        if not isinstance(meta.get("skeleton"), dict):
+            raise ValueError("these TFRecord shards do not describe their joint set (written before coco_keypoints)")
+        return skeleton.Skeleton.from_dict(meta["skeleton"])
+    if root is None:
+        raise ValueError("a coco_keypoints dataset needs its folder to know its joints")
+    return coco_keypoints.read_skeleton(root, options or coco_keypoints.Options())
+
+
+def load_dataset(dataset, root, split, options=None):
     """Samples of ``split`` (``train`` or ``valid``) of a dataset in its standard folder layout.
 
     Layouts (ROOT = ``root``):
@@ -422,6 +412,8 @@ def load_dataset(dataset, root, split):
       flic: ``ROOT/annot/{train,valid}.h5`` (original code), else ``ROOT/examples.mat``; ``ROOT/images/``.
       coco: ``ROOT/annotations/person_keypoints_{train,val}2017.json``, images in
         ``ROOT/{train,val}2017/``.
+      coco_keypoints: any COCO keypoint files, ``ROOT/annotations/{train,val}.json`` and ``ROOT/images/``
+        unless ``options`` (``coco_keypoints.Options``) name others.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
@@ -431,6 +423,8 @@ def load_dataset(dataset, root, split):
     if not root.is_dir():
         raise DataFileError(root, "dataset folder not found")
     annot = root / "annot"
+    if dataset == coco_keypoints.DATASET:
+        return coco_keypoints.read(root, split, options or coco_keypoints.Options())[0]
     if dataset == "synthetic":
         return read_mpii_json(annot / f"{split}.json", dataset="synthetic")
     if dataset == "mpii":

@@ -15,8 +15,12 @@ def load_source(
     drop_side_conflicts=False,
     augmentation=None,
     input_size=None,
+    options=None,
 ):
     """Per-sample source for ``pipeline.make_dataset``.
+
+    ``options``: how a ``coco_keypoints`` dataset is read (``coco_keypoints.Options``; its joint set comes from
+    its annotation file, or from the shards' ``meta.json``).
 
     With ``tfrecord_dir``, ``augmentation`` and ``input_size`` (the settings the source will be
     read with) are checked against what the shards were written for (``tfrecords.check_compatible``).
@@ -34,7 +38,6 @@ def load_source(
         raise ValueError(
             f"give exactly one of data_dir and tfrecord_dir, received data_dir={data_dir!r}, tfrecord_dir={tfrecord_dir!r}"
         )
-    skeleton = readers.skeleton_of(dataset)
     if tfrecord_dir is not None:
         if drop_side_conflicts:
             raise ValueError(
@@ -42,6 +45,7 @@ def load_source(
                 "TFRecord shards are read as written"
             )
         meta = tfrecords.read_meta(tfrecord_dir)
+        skeleton = readers.dataset_skeleton(dataset, meta=meta)
         if meta["num_joints"] != skeleton.num_joints:
             raise ValueError(
                 f"{tfrecord_dir}: shards hold {meta['num_joints']} joints ({meta['dataset']}), "
@@ -50,7 +54,8 @@ def load_source(
         tfrecords.check_compatible(meta, tfrecord_dir, augmentation, input_size)
         report = SkipReport(kept=meta["splits"].get(split, {}).get("kept", 0))
         return tfrecords.read_shards(tfrecord_dir, split, skeleton.num_joints), skeleton, report, report.kept
-    samples = readers.load_dataset(dataset, data_dir, split)
+    skeleton = readers.dataset_skeleton(dataset, data_dir, options)
+    samples = readers.load_dataset(dataset, data_dir, split, options)
     kept, report = pipeline.check_samples(samples, data_dir, decode=decode_check)
     if drop_side_conflicts:
         kept = report.keep(kept, lambda sample: SIDE_CONFLICT if sides_disagree(sample, skeleton) else None)
