@@ -32,6 +32,7 @@ setup(
         "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"],
         "dev": [
             "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",
             "ai-edge-litert>=2.0,<3",
             "ruff==0.17.6",
         ],  # LiteRT runs the TFLite exports in the tests

@@ -249,7 +249,16 @@ def load_keras_model(path):
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except (ValueError, TypeError, OSError, zipfile.BadZipFile, KeyError, EOFError) as err:
-        raise MetadataError(f"{path}: not a loadable .keras model ({type(err).__name__}: {err})") from None
+        raise MetadataError(f"{path}: not a loadable .keras model ({type(err).__name__}: {_cause(err)})") from None
+
+
+def _cause(err):
+    """The telling part of a Keras loading error, on one line: the innermost "Exception encountered" without the
+    object configs Keras appends (they can be pages long)."""
+    text = str(err).rsplit("Exception encountered:", 1)[-1]
+    for cut in (" Full object config", "\n\nconfig=", "config={"):
+        text = text.split(cut, 1)[0]
+    return " ".join(text.split())[:600]
 
 
 def load_keras(path, skeleton=None):

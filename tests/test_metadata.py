@@ -283,3 +283,25 @@ print("OK")
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO, env=env
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-2000:]
+
+
+def test_unsafe_keras_files_are_refused_by_the_package_loaders_and_their_code_never_runs(tmp_path):
+    """A .keras file with a Lambda layer (pickled bytecode) or a class Keras does not know: refused, with why."""
+    marker = tmp_path / "ran.txt"
+    side_effect = lambda x, path=str(marker): (open(path, "w").write("the Lambda ran"), x)[1]  # noqa: E731
+    inputs = keras.Input((8,))
+    keras.Model(inputs, keras.layers.Lambda(side_effect)(inputs)).save(tmp_path / "lambda.keras")
+    marker.unlink()
+    with pytest.raises(metadata.MetadataError, match=r"lambda.keras: not a loadable .keras model .*safe_mode"):
+        metadata.load_keras_model(tmp_path / "lambda.keras")
+    assert not marker.exists()
+
+    @keras.saving.register_keras_serializable(package="elsewhere")
+    class Custom(keras.layers.Layer):
+        def call(self, x):
+            return x
+
+    keras.Model(inputs, Custom()(inputs)).save(tmp_path / "custom.keras")
+    keras.saving.get_custom_objects().clear()  # a program that does not have the class
+    with pytest.raises(metadata.MetadataError, match=r"custom.keras: not a loadable .keras model .*Custom"):
+        metadata.load_keras_model(tmp_path / "custom.keras")
