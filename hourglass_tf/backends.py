@@ -180,10 +180,10 @@ def load_runner(path):
         raise ValueError(f"{path}: no such model file or folder")
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
-            return SavedModelRunner(path)
+            return _open(SavedModelRunner, path)
         versions = sorted((p for p in (path / "saved_model").glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
         if versions:
-            return SavedModelRunner(versions[-1])
+            return _open(SavedModelRunner, versions[-1])
         for name in ("model.keras", "model.tflite", "model.onnx"):
             if (path / name).is_file():
                 return load_runner(path / name)
@@ -191,16 +191,26 @@ def load_runner(path):
     suffix = path.suffix.lower()
     if suffix == ".keras":
         runner = KerasRunner(metadata.load_keras_model(path))
-    elif suffix == ".tflite":
-        runner = TFLiteRunner(path)
-    elif suffix == ".onnx":
-        runner = OnnxRunner(path)
+    elif suffix in (".tflite", ".onnx"):
+        runner = _open(TFLiteRunner if suffix == ".tflite" else OnnxRunner, path)
     else:
         raise ValueError(
             f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder"
         )
     runner.source = path
     return runner
+
+
+def _open(runner_class, path):
+    """``runner_class(path)``; a file its runtime cannot load is a ValueError naming the file and the cause."""
+    try:
+        return runner_class(path)
+    except ImportError:
+        raise
+    except Exception as err:  # LiteRT and ONNX Runtime raise their own exception types for a bad file
+        cause = " ".join(str(err).split())[:300]
+        kind = path.suffix or "SavedModel"
+        raise ValueError(f"{path}: not a loadable {kind} model ({type(err).__name__}: {cause})") from None
 
 
 def load_model_file(path, skeleton=None):

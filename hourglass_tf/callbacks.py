@@ -345,6 +345,55 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             )
 
 
+BACKUP_WEIGHTS = "latest.weights.h5"  # the names keras.callbacks.BackupAndRestore uses (".bkp": the previous one)
+BACKUP_METADATA = "training_metadata.json"
+
+
+def _backup_problem(weights, metadata):
+    """None when a backup pair reads back (every weight array, an integer epoch); else what is wrong."""
+    import h5py
+
+    try:
+        with h5py.File(weights, "r") as f:
+            f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+        epoch = json.loads(pathlib.Path(metadata).read_text())["epoch"]
+        if not isinstance(epoch, int) or epoch < 0:
+            return f"{metadata} holds epoch {epoch!r}"
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{type(err).__name__}: {err}"[:300]
+
+
+def check_backup(backup_dir, log=print):
+    """Before a run resumes: use the backup only when it reads back; never crash on a damaged one.
+
+    The latest backup (weights and epoch) is used when every part of it reads; otherwise the previous one that
+    ``BackupAndRestore(double_checkpoint=True)`` keeps (``*.bkp``) is put back in its place; when neither reads,
+    the folder is moved aside (``backup.unreadable-TIME``, nothing deleted) and the run starts fresh. Each
+    case is said through ``log``.
+
+    Returns:
+      "none" (no backup), "latest", "previous" or "fresh".
+    """
+    folder = pathlib.Path(backup_dir)
+    weights, meta = folder / BACKUP_WEIGHTS, folder / BACKUP_METADATA
+    if not weights.exists() and not meta.exists():
+        return "none"
+    latest = _backup_problem(weights, meta)
+    if latest is None:
+        return "latest"
+    previous = _backup_problem(f"{weights}.bkp", f"{meta}.bkp")
+    if previous is None:
+        for path in (weights, meta):
+            os.replace(f"{path}.bkp", path)
+        log(f"the latest backup in {folder} does not read ({latest}); resuming from the previous one")
+        return "previous"
+    aside = folder.with_name(f"{folder.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(folder, aside)
+    log(f"the backup in {folder} does not read ({latest}; previous: {previous}); moved to {aside}; starting fresh")
+    return "fresh"
+
+
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore that never backs up a non-finite state."""
 

@@ -203,6 +203,20 @@ def describe(
 # ---------------------------------------------------------------- .keras files
 
 
+TEMPORARY_SUFFIX = ".tmp.keras"  # Keras saves only to names ending in .keras
+
+
+def remove_stale_temporaries(folder, log=print):
+    """Deletes the ``.NAME.*.tmp.keras`` files a save killed half-way left in ``folder`` (the saved files
+    themselves are never partial: they are renamed into place whole); says how many. Returns the count."""
+    stale = sorted(pathlib.Path(folder).glob(f".*{TEMPORARY_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log(f"removed {len(stale)} half-written temporary file(s) a killed save left in {folder}")
+    return len(stale)
+
+
 def save_keras(model, path, info):
     """Saves ``model`` as a ``.keras`` file with ``info`` inside, atomically (temporary file, then rename).
 
@@ -210,7 +224,7 @@ def save_keras(model, path, info):
     given; callers that want a float32 file pass ``model.float32_copy(model)``.
     """
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         model.save(tmp)

@@ -49,6 +49,7 @@ from hourglass_tf.callbacks import (
     SafeBackupAndRestore,
     TimeBudget,
     ValidatedPlateau,
+    check_backup,
     spent_budget_seconds,
 )
 from hourglass_tf.config import LR_SCHEDULES, OPTIMIZERS, STRATEGIES, TrainConfig
@@ -60,7 +61,7 @@ from hourglass_tf.distribute import (
     mixed_precision_policy,
     multi_worker_fit_fixes,
 )
-from hourglass_tf.metadata import describe, load_keras_model
+from hourglass_tf.metadata import describe, load_keras_model, remove_stale_temporaries
 from hourglass_tf.model import architecture_of, build_model, output_names
 
 __all__ = [
@@ -281,6 +282,8 @@ def _train(config):
         total=num_val,
         source=val_source,
     )
+    check_backup(write_dir / "backup")  # a damaged backup: the previous one, or a fresh start; never a crash
+    remove_stale_temporaries(write_dir)
     backup = SafeBackupAndRestore(str(write_dir / "backup"), guard)
     if config.lr_schedule == "cosine":
         schedule = [CosineDecay(config.learning_rate, config.min_learning_rate, config.epochs * steps)]

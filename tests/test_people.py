@@ -276,6 +276,11 @@ def test_the_whole_image_signature_equals_the_python_estimator_and_its_warmup_fi
     assert "a box lies outside its image" in refused["error"]
     flat = serving.serve_in_process(saved_model, serving.images_request(jpegs[:1], [[[5, 5, 0, 80]]]))
     assert "box width and height must be positive" in flat["error"]
+    too_many = serving.images_request(jpegs[:1], [[[5, 5, 40, 80]]])
+    too_many["inputs"]["box_count"] = [2]
+    assert "box_count exceeds the boxes given" in serving.serve_in_process(saved_model, too_many)["error"]
+    garbage = serving.serve_in_process(saved_model, serving.images_request([b"not an image"], [[[5, 5, 40, 80]]]))
+    assert "error" in garbage and "outputs" not in garbage  # undecodable bytes: refused, no answer
     # the warm-up file: one record per signature, each runs
     records = serving.read_warmup(saved_model / "assets.extra" / serving.WARMUP_FILENAME)
     loaded = tf.saved_model.load(str(saved_model))

@@ -1,0 +1,100 @@
+"""The reliability campaign's fast part (``pytest -m reliability``): damaged files are survived or named.
+
+The soak (kill -9 at random moments, every corrupt-file kind end to end) is ``benchmarks/reliability.py``, which
+writes docs/reliability.md.
+"""
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from hourglass_tf.callbacks import BACKUP_METADATA, BACKUP_WEIGHTS, check_backup
+
+pytestmark = pytest.mark.reliability
+
+
+def _backup(folder, epoch, suffix=""):
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / f"{BACKUP_WEIGHTS}{suffix}", "w") as f:
+        f.create_dataset("layers/dense/vars/0", data=np.full((64, 64), epoch, np.float32))
+    (folder / f"{BACKUP_METADATA}{suffix}").write_text(json.dumps({"epoch": epoch}))
+
+
+def _damage(path, how):
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00not json{" * 3}[how])
+
+
+@pytest.mark.parametrize(
+    "damaged, how",
+    [
+        (BACKUP_WEIGHTS, "truncated"),
+        (BACKUP_WEIGHTS, "empty"),
+        (BACKUP_METADATA, "garbage"),
+        (BACKUP_METADATA, "empty"),
+    ],
+)
+def test_a_damaged_latest_backup_falls_back_to_the_previous_one(tmp_path, damaged, how):
+    folder = tmp_path / "backup"
+    _backup(folder, 3)
+    _backup(folder, 2, ".bkp")
+    _damage(folder / damaged, how)
+    said = []
+    assert check_backup(folder, said.append) == "previous"
+    assert json.loads((folder / BACKUP_METADATA).read_text())["epoch"] == 2
+    with h5py.File(folder / BACKUP_WEIGHTS, "r") as f:
+        assert f["layers/dense/vars/0"][0, 0] == 2
+    assert len(said) == 1 and "does not read" in said[0] and "resuming from the previous one" in said[0]
+
+
+def test_an_unreadable_backup_is_moved_aside_and_the_run_starts_fresh(tmp_path):
+    folder = tmp_path / "backup"
+    _backup(folder, 3)
+    _backup(folder, 2, ".bkp")
+    _damage(folder / BACKUP_WEIGHTS, "truncated")
+    _damage(folder / f"{BACKUP_METADATA}.bkp", "garbage")
+    said = []
+    assert check_backup(folder, said.append) == "fresh"
+    assert not folder.exists()
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("backup.unreadable-")]
+    assert sorted(os.listdir(aside)) == sorted(
+        [BACKUP_WEIGHTS, BACKUP_METADATA, f"{BACKUP_WEIGHTS}.bkp", f"{BACKUP_METADATA}.bkp"]
+    )
+    assert "starting fresh" in said[0] and str(aside) in said[0]
+
+
+def test_an_intact_or_missing_backup_is_left_alone(tmp_path):
+    assert check_backup(tmp_path / "none", print) == "none"
+    _backup(tmp_path / "backup", 5)
+    assert check_backup(tmp_path / "backup", lambda m: pytest.fail(m)) == "latest"
+    (tmp_path / "backup" / BACKUP_METADATA).write_text(json.dumps({"epoch": -1}))
+    assert check_backup(tmp_path / "backup", print) == "fresh"  # no previous one to fall back to
+
+
+@pytest.mark.parametrize("suffix", [".tflite", ".onnx"])
+@pytest.mark.parametrize("content", [b"", b"\x08\x07garbage, not a model" * 20])
+def test_a_broken_exported_model_is_a_clear_error_naming_the_file(tmp_path, suffix, content):
+    from hourglass_tf.backends import load_runner
+
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"model\{suffix}: not a loadable \{suffix} model \(\w+: "):
+        load_runner(path)
+    (tmp_path / "sm").mkdir()
+    (tmp_path / "sm" / "saved_model.pb").write_bytes(content)
+    with pytest.raises(ValueError, match=r"sm: not a loadable SavedModel model"):
+        load_runner(tmp_path / "sm")
+
+
+def test_half_written_temporaries_of_a_killed_save_are_removed_at_the_next_start(tmp_path):
+    from hourglass_tf.metadata import remove_stale_temporaries
+
+    (tmp_path / ".last.abc123.tmp.keras").write_bytes(b"PK\x03\x04 half")
+    (tmp_path / "last.keras").write_bytes(b"the real one")
+    said = []
+    assert remove_stale_temporaries(tmp_path, said.append) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.keras"] and "removed 1 half-written" in said[0]
+    assert remove_stale_temporaries(tmp_path, said.append) == 0 and len(said) == 1
