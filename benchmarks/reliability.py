@@ -272,8 +272,16 @@ def markdown(result):
         "A truncated JPEG is decoded as far as it goes (OpenCV fills the rest) and predicted; a damaged exported model "
         "or weights file stops the CLI with the file named; a damaged backup never stops a run.",
         "",
-        "Not yet covered by this page (issue #23): a full disk while writing, decompression bombs and 16-bit or "
-        "RGBA images, every CLI's bad flags, and serving requests beyond those the test suite sends.",
+        "## A full disk",
+        "",
+        "`pytest -m reliability` writes under a file-size limit (`RLIMIT_FSIZE`, SIGXFSZ ignored: a write past it "
+        "fails with EFBIG as on a full disk): saving a checkpoint fails with `OSError: File too large`, the previous "
+        "`last.keras` is untouched and no temporary is left; an export fails with one `ExportError` line "
+        "(`keras: conversion failed (OSError: ... File too large)`), the previous export folder is untouched and "
+        "no staging folder is left.",
+        "",
+        "Not yet covered by this page (issue #23): a full disk while writing TFRecord shards, decompression bombs "
+        "and 16-bit or RGBA images, every CLI's bad flags, and serving requests beyond those the test suite sends.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -98,3 +98,68 @@ def test_half_written_temporaries_of_a_killed_save_are_removed_at_the_next_start
     assert remove_stale_temporaries(tmp_path, said.append) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.keras"] and "removed 1 half-written" in said[0]
     assert remove_stale_temporaries(tmp_path, said.append) == 0 and len(said) == 1
+
+
+FULL_DISK = """
+import resource, signal, sys, pathlib
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+from hourglass_tf import metadata, skeleton
+from hourglass_tf.model import build_model
+model = build_model(num_stacks=1, filters=16, depth=2, num_joints=16, input_size=64)
+info = metadata.describe(model, skeleton.MPII)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # the model needs about 2 MB
+try:
+    metadata.save_keras(model, sys.argv[1], info)
+except OSError as err:
+    print("REFUSED", type(err).__name__, err)
+"""
+
+
+def test_a_full_disk_while_saving_leaves_the_previous_checkpoint_whole(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    target = tmp_path / "last.keras"
+    target.write_bytes(b"the previous checkpoint")
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(target)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert "REFUSED" in done.stdout and "File too large" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert target.read_bytes() == b"the previous checkpoint"  # untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["last.keras"]  # no half-written temporary left
+
+
+FULL_DISK_EXPORT = """
+import resource, signal, sys, pathlib
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from hourglass_tf import metadata, skeleton
+from hourglass_tf.export import ExportError, export_model
+from hourglass_tf.model import build_model
+model = build_model(num_stacks=1, filters=16, depth=2, num_joints=16, input_size=64)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+try:
+    export_model(model, sys.argv[1], formats=("keras", "saved_model"), info=metadata.describe(model, skeleton.MPII), overwrite=True)
+except ExportError as err:
+    print("REFUSED", err)
+"""
+
+
+def test_a_full_disk_while_exporting_is_one_clear_error_and_the_previous_export_stays(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "model.keras").write_bytes(b"the previous export")
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_EXPORT, str(out)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert "REFUSED keras: conversion failed" in done.stdout and "File too large" in done.stdout, (
+        done.stdout + done.stderr[-2000:]
+    )
+    assert (out / "model.keras").read_bytes() == b"the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "exported.export.log"]  # no staging left
