@@ -335,8 +335,7 @@ def people_case(repeats=5, people_counts=(1, 4, 8), frames=200, frame_size=(480,
         seconds = _median_seconds(lambda n=n: estimator.estimate(image, boxes[:n]), repeats)
         out["people"][str(n)] = {"seconds": seconds, "people_per_s": n / seconds}
     video, truth = render_video(seed=0, num_frames=frames, image_size=frame_size, num_people=1)
-    first = truth[0, 0]
-    box = np.array([*first.min(axis=0), *(first.max(axis=0) - first.min(axis=0))], np.float32)
+    box = people.box_of_keypoints(np.column_stack([truth[0, 0], np.ones(len(truth[0, 0]))]))
     detector = people.PoseEstimator(predictor, lambda frame: box[None])
     tracker = tracking.Tracker(detector, detect_every=30, lost_score=0.0)  # random weights: never "lost"
     for t in range(3):  # compile

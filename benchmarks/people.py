@@ -26,9 +26,8 @@ from hourglass_tf.inference import Predictor  # noqa: E402
 
 
 def _joint_box(joints, present):
-    xy = joints[present]
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    return np.array([lo[0], lo[1], *(np.maximum(hi - lo, 1.0))], np.float32)
+    """The tight box of the annotated joints (``people.box_of_keypoints``, the tracker's rule)."""
+    return people.box_of_keypoints(np.column_stack([joints, present]), min_score=0.5)
 
 
 def lspet_detection(model, data_dir, limit=None, detector=None, skeleton=None):

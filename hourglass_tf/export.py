@@ -55,10 +55,7 @@ from hourglass_tf.codec import HeatmapCodec
 from hourglass_tf.geometry import (
     average_with_mirror,
     back_project,
-    box_to_center_scale,
     crop_boxes,
-    crop_matrix,
-    warp_image,
 )
 from hourglass_tf.model import float32_copy, output_names, truncate
 
@@ -129,13 +126,15 @@ class ServingModule(tf.Module):
             ),
         ]
         with tf.control_dependencies(checks):
-            center, scale = box_to_center_scale(box)
-        matrix = crop_matrix(center, scale, self.input_size)
-        crop = warp_image(tf.cast(image, tf.float32) / 255.0, matrix, self.input_size)
-        heatmaps = self.heatmaps(crop[None])
-        keypoints, scores = self.codec.decode(heatmaps)
-        original = tf.cast(back_project(keypoints, matrix[None])[0], tf.float32)
-        return {"keypoints": original, "scores": scores[0]}
+            crops, matrices = crop_boxes(tf.cast(image, tf.float32) / 255.0, box[None], self.input_size)
+        keypoints, scores = self._keypoints(crops, matrices)
+        return {"keypoints": keypoints[0], "scores": scores[0]}
+
+    def _keypoints(self, crops, matrices):
+        """Crops (N, R, R, 3) and their original->crop matrices (N, 3, 3) -> keypoints (N, K, 2) in original
+        pixels and scores (N, K)."""
+        keypoints, scores = self.codec.decode(self.heatmaps(crops))
+        return tf.cast(back_project(keypoints, matrices), tf.float32), scores
 
     def serve_images(self, image_bytes, boxes, box_count):
         """Whole images, up to M people each, in one network batch (the flip test inside when enabled).
@@ -187,9 +186,7 @@ class ServingModule(tf.Module):
                 tf.TensorSpec([None, 3, 3], tf.float32),
             ),
         )
-        heatmaps = self.heatmaps(tf.reshape(crops, [-1, size, size, 3]))
-        keypoints, scores = self.codec.decode(heatmaps)
-        original = tf.cast(back_project(keypoints, tf.reshape(matrices, [-1, 3, 3])), tf.float32)
+        original, scores = self._keypoints(tf.reshape(crops, [-1, size, size, 3]), tf.reshape(matrices, [-1, 3, 3]))
         joints = tf.shape(scores)[-1]
         people = tf.reshape(tf.concat([original, scores[..., None]], axis=-1), [n, m, joints, 3])
         people = tf.where(valid[:, :, None, None], people, 0.0)

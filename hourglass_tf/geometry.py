@@ -40,6 +40,12 @@ def box_to_center_scale(boxes):
     return center, BOX_PAD * tf.maximum(w, h) / PERSON_BOX_UNIT
 
 
+def boxes_outside(boxes, width, height):
+    """(M,) bool: which boxes (M, 4) as x, y, w, h lie entirely outside a ``width`` x ``height`` image."""
+    x, y, w, h = np.asarray(boxes, np.float64).reshape(-1, 4).T
+    return (x >= width) | (y >= height) | (x + w <= 0) | (y + h <= 0)
+
+
 def box_from_person(center, scale):
     """The inverse of the box rule: the square box (x, y, w, h) whose person is ``center``, ``scale``."""
     side = float(scale) * PERSON_BOX_UNIT / BOX_PAD
@@ -130,17 +136,17 @@ def warp_image(image, matrix, output_size):
 
 
 def warp_images(images, matrix, output_size):
-    """``warp_image`` for a batch: (N, H, W, C) float32 through one original->output ``matrix`` (3, 3).
+    """``warp_image`` for a batch: (N, H, W, C) float32 through one original->output ``matrix`` (3, 3), or
+    one matrix per image (N, 3, 3).
 
     Uses TF's core ``ImageProjectiveTransformV3`` op (no TF Addons): it samples the input at
     inverse(matrix) applied to each output pixel centre.
     """
-    inverse = tf.linalg.inv(tf.cast(matrix, tf.float32))
-    inverse = inverse / inverse[2, 2]
-    transform = tf.reshape(inverse, [9])[:8]
+    inverse = tf.linalg.inv(tf.reshape(tf.cast(matrix, tf.float32), [-1, 3, 3]))
+    inverse = inverse / inverse[:, 2:3, 2:3]
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(images, tf.float32),
-        transforms=transform[None],
+        transforms=tf.reshape(inverse, [-1, 9])[:, :8],
         output_shape=tf.constant([output_size, output_size], tf.int32),
         fill_value=0.0,
         interpolation="BILINEAR",
@@ -167,18 +173,8 @@ def crop_boxes(image, boxes, output_size):
         (centers, scales),
         fn_output_signature=tf.TensorSpec([3, 3], tf.float32),
     )
-    inverse = tf.linalg.inv(matrices)
-    inverse = inverse / inverse[:, 2:3, 2:3]
-    count = tf.shape(matrices)[0]
-    crops = tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.repeat(tf.cast(image, tf.float32)[None], count, axis=0),
-        transforms=tf.reshape(inverse, [-1, 9])[:, :8],
-        output_shape=tf.constant([output_size, output_size], tf.int32),
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
-    return crops, matrices
+    images = tf.repeat(tf.cast(image, tf.float32)[None], tf.shape(matrices)[0], axis=0)
+    return warp_images(images, matrices, output_size), matrices
 
 
 def flip_back(heatmaps, flip_permutation):

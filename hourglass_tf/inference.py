@@ -173,8 +173,7 @@ class Predictor:
             raise ValueError(f"image must be (H, W, 3) RGB, received shape {image.shape}")
         height, width = image.shape[:2]
         if box is not None:
-            x, y, w, h = (float(v) for v in box)
-            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            if geometry.boxes_outside(box, width, height)[0]:
                 raise ValueError(f"box {tuple(box)} lies outside the {width}x{height} image")
             center, scale = geometry.person_from_box(box)
         elif center is None or scale is None:

@@ -358,8 +358,7 @@ class PoseEstimator:
             return []
         height, width = image.shape[:2]
         if check_inside:
-            outside = (boxes[:, 0] >= width) | (boxes[:, 1] >= height) | (boxes[:, 0] + boxes[:, 2] <= 0)
-            outside |= boxes[:, 1] + boxes[:, 3] <= 0
+            outside = geometry.boxes_outside(boxes, width, height)
             if outside.any():
                 box = tuple(float(v) for v in boxes[np.flatnonzero(outside)[0]])
                 raise ValueError(f"box {box} lies outside the {width}x{height} image")

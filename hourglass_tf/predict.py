@@ -34,11 +34,6 @@ def collect_inputs(paths):
     return out
 
 
-def read_image(path):
-    """(H, W, 3) uint8 RGB; ValueError naming the file when it is not a readable image."""
-    return read_rgb(path)
-
-
 def overlay(image, people, skeleton, min_score):
     """Every person's box (with its track id) and skeleton drawn on a copy of ``image``."""
     drawn = np.ascontiguousarray(image).copy()
@@ -56,7 +51,7 @@ def overlay(image, people, skeleton, min_score):
 
 def predict_image_file(estimator, path, output_dir, min_score=0.2, boxes=None):
     """One image: returns (written paths, people)."""
-    image = read_image(path)
+    image = read_rgb(path)
     people = estimator(image, boxes=boxes, key=str(path))
     json_path = output_dir / f"{path.stem}.json"
     record = {

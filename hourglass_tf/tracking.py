@@ -50,7 +50,8 @@ class OneEuroFilter:
 
     @staticmethod
     def alpha(cutoff, dt):
-        """The smoothing factor of a first-order low-pass filter at ``cutoff`` Hz sampled every ``dt`` s."""
+        """The smoothing factor of a first-order low-pass filter at ``cutoff`` Hz (a number or an array) sampled
+        every ``dt`` s."""
         tau = 1.0 / (2.0 * math.pi * cutoff)
         return 1.0 / (1.0 + tau / dt)
 
@@ -65,9 +66,7 @@ class OneEuroFilter:
             raise ValueError(f"timestamps must increase, received t={t} after {self.t}")
         a_d = self.alpha(self.d_cutoff, dt)
         self.dx_hat = a_d * (x - self.x_hat) / dt + (1.0 - a_d) * self.dx_hat
-        cutoff = self.min_cutoff + self.beta * np.abs(self.dx_hat)
-        tau = 1.0 / (2.0 * math.pi * cutoff)
-        a = 1.0 / (1.0 + tau / dt)
+        a = self.alpha(self.min_cutoff + self.beta * np.abs(self.dx_hat), dt)  # per element
         self.x_hat = a * x + (1.0 - a) * self.x_hat
         self.t = float(t)
         return self.x_hat.copy()
@@ -119,20 +118,16 @@ class Tracker:
 
     def _match(self, boxes, scores):
         """Greedy IoU matching of detections to tracks; unmatched detections start new tracks."""
-        taken = set()
+        matched, taken = set(), set()  # track and detection indices
         if self.tracks and len(boxes):
             overlaps = iou(np.stack([t["box"] for t in self.tracks]), boxes)
             for flat in np.argsort(-overlaps, axis=None):
-                ti, di = np.unravel_index(flat, overlaps.shape)
+                ti, di = (int(i) for i in np.unravel_index(flat, overlaps.shape))
                 if overlaps[ti, di] < self.match_iou:
                     break
-                track = self.tracks[ti]
-                if track.get("matched") or di in taken:
-                    continue
-                track["matched"] = True
-                taken.add(int(di))
-        for track in self.tracks:
-            track.pop("matched", None)
+                if ti not in matched and di not in taken:
+                    matched.add(ti)
+                    taken.add(di)
         for di in range(len(boxes)):
             if di not in taken:
                 self.tracks.append(self._new_track(boxes[di], scores[di]))

@@ -130,16 +130,15 @@ def test_pycocotools_scores_ground_truth_written_back_as_predictions_at_ap_1(tmp
         "keypoints": np.stack([s.joints for s in samples]),
         "scores": np.ones((len(samples), skel.num_joints)),
     }
-    results = coco_eval.keypoint_results(pred, coco_eval.annotation_image_ids(gt_file), 1)
+    gt = coco_eval.ground_truth(gt_file)
+    results = coco_eval.keypoint_results(pred, coco_eval.annotation_image_ids(gt), 1)
     assert [r["image_id"] for r in results] == [ids[s.sample_id] for s in samples]
-    perfect = coco_eval.oks_ap(coco_eval.ground_truth(gt_file), results, coco_eval.sigmas_for(skel))
+    perfect = coco_eval.oks_ap(gt, results, coco_eval.sigmas_for(skel))
     assert perfect["AP"] == pytest.approx(1.0) and perfect["AR"] == pytest.approx(1.0)
     assert perfect["sigmas"] == [coco_eval.DEFAULT_SIGMA] * 15
     pred["keypoints"] = pred["keypoints"] + 6.0  # every keypoint 8.5 px off
     worse = coco_eval.oks_ap(
-        coco_eval.ground_truth(gt_file),
-        coco_eval.keypoint_results(pred, coco_eval.annotation_image_ids(gt_file), 1),
-        coco_eval.sigmas_for(skel),
+        gt, coco_eval.keypoint_results(pred, coco_eval.annotation_image_ids(gt), 1), coco_eval.sigmas_for(skel)
     )
     assert worse["AP"] < 0.9
     assert len(coco_eval.sigmas_for(skeletons.COCO)) == 17 and coco_eval.sigmas_for(skel, [0.1])[0] == 0.1

@@ -384,9 +384,9 @@ def skeleton_of(dataset):
     return skeleton.get_skeleton({"synthetic": "mpii"}.get(dataset, dataset))
 
 
-def dataset_skeleton(dataset, root=None, options=None, meta=None):
-    """The joint set of a dataset: fixed by name, or for ``coco_keypoints`` read from its annotation file
-    (``root`` and ``options``) or from TFRecord shards' ``meta``."""
+def dataset_skeleton(dataset, root=None, options=None, meta=None, split="train"):
+    """The joint set of a dataset: fixed by name, or for ``coco_keypoints`` read from its ``split`` annotation
+    file (``root`` and ``options``) or from TFRecord shards' ``meta``."""
     if dataset != coco_keypoints.DATASET:
         return skeleton_of(dataset)
     if meta is not None:
@@ -395,7 +395,29 @@ def dataset_skeleton(dataset, root=None, options=None, meta=None):
         return skeleton.Skeleton.from_dict(meta["skeleton"])
     if root is None:
         raise ValueError("a coco_keypoints dataset needs its folder to know its joints")
-    return coco_keypoints.read_skeleton(root, options or coco_keypoints.Options())
+    return coco_keypoints.read_skeleton(root, options or coco_keypoints.Options(), split)
+
+
+def load_split(dataset, root, split, options=None):
+    """``(samples, skeleton)`` of a split, its annotation file read once (``load_dataset``, ``dataset_skeleton``)."""
+    if dataset == coco_keypoints.DATASET:
+        samples, skel, _, _ = coco_keypoints.read(
+            _split_root(dataset, root, split), split, options or coco_keypoints.Options()
+        )
+        return samples, skel
+    return load_dataset(dataset, root, split), skeleton_of(dataset)
+
+
+def _split_root(dataset, root, split):
+    """``root`` as a Path, after checking the dataset name, the split and that the folder exists."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, received split={split!r}")
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise DataFileError(root, "dataset folder not found")
+    return root
 
 
 def load_dataset(dataset, root, split, options=None):
@@ -415,16 +437,10 @@ def load_dataset(dataset, root, split, options=None):
       coco_keypoints: any COCO keypoint files, ``ROOT/annotations/{train,val}.json`` and ``ROOT/images/``
         unless ``options`` (``coco_keypoints.Options``) name others.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, received split={split!r}")
-    root = pathlib.Path(root)
-    if not root.is_dir():
-        raise DataFileError(root, "dataset folder not found")
+    root = _split_root(dataset, root, split)
     annot = root / "annot"
     if dataset == coco_keypoints.DATASET:
-        return coco_keypoints.read(root, split, options or coco_keypoints.Options())[0]
+        return load_split(dataset, root, split, options)[0]
     if dataset == "synthetic":
         return read_mpii_json(annot / f"{split}.json", dataset="synthetic")
     if dataset == "mpii":

@@ -54,8 +54,7 @@ def load_source(
         tfrecords.check_compatible(meta, tfrecord_dir, augmentation, input_size)
         report = SkipReport(kept=meta["splits"].get(split, {}).get("kept", 0))
         return tfrecords.read_shards(tfrecord_dir, split, skeleton.num_joints), skeleton, report, report.kept
-    skeleton = readers.dataset_skeleton(dataset, data_dir, options)
-    samples = readers.load_dataset(dataset, data_dir, split, options)
+    samples, skeleton = readers.load_split(dataset, data_dir, split, options)
     kept, report = pipeline.check_samples(samples, data_dir, decode=decode_check)
     if drop_side_conflicts:
         kept = report.keep(kept, lambda sample: SIDE_CONFLICT if sides_disagree(sample, skeleton) else None)

@@ -81,10 +81,9 @@ def ground_truth(path, category_id=None):
     return coco
 
 
-def annotation_image_ids(path):
-    """{annotation id: image id} of a COCO file."""
-    data = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    return {ann["id"]: ann["image_id"] for ann in data.get("annotations", []) if "id" in ann}
+def annotation_image_ids(gt):
+    """{annotation id: image id} of a ground truth (``ground_truth``)."""
+    return {annotation_id: ann["image_id"] for annotation_id, ann in gt.anns.items()}
 
 
 def keypoint_results(pred, ids_to_images, category_id):

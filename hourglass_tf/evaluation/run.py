@@ -56,7 +56,7 @@ def evaluate_model(
     # A model without a description is taken to predict the dataset's joints; one with a description must.
     predictor = Predictor.from_file(
         model_path,
-        skeleton=readers.dataset_skeleton(dataset, data_dir, options, meta),
+        skeleton=readers.dataset_skeleton(dataset, data_dir, options, meta, split),
         flip_test=flip_test,
         refine=refine,
         scales=test_scales,
@@ -100,11 +100,11 @@ def evaluate_model(
             category = 1
         else:
             gt_file, category = coco_keypoints.category_id(data_dir, options, split)
-        results = coco_eval.keypoint_results(pred, coco_eval.annotation_image_ids(gt_file), category)
+        gt = coco_eval.ground_truth(gt_file, category)
+        results = coco_eval.keypoint_results(pred, coco_eval.annotation_image_ids(gt), category)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "coco_results.json").write_text(json.dumps(results))
-        sigmas = coco_eval.sigmas_for(skeleton, oks_sigmas)
-        result["coco_ap"] = coco_eval.oks_ap(coco_eval.ground_truth(gt_file, category), results, sigmas)
+        result["coco_ap"] = coco_eval.oks_ap(gt, results, coco_eval.sigmas_for(skeleton, oks_sigmas))
     write_predictions(pred["keypoints"], output_dir)
     np.save(output_dir / "predictions.npy", pred["keypoints"])
     (output_dir / "ids.txt").write_text("\n".join(pred["id"]) + "\n")
