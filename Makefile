@@ -32,9 +32,11 @@ demo: install
 
 # The full suite takes about 30 minutes on 2 CPU cores; `make bench BENCH_FLAGS=--quick` a few minutes.
 # benchmarks/ lives beside the package, outside its import graph.
+# TORCH_PYTHON=/path/to/python (a Python with PyTorch) adds the side-by-side with PyTorch (docs/performance.md).
 BENCH_FLAGS ?=
+TORCH_PYTHON ?=
 bench: install
-	$(PY) scripts/benchmark.py --output_dir=runs/bench $(BENCH_FLAGS)
+	$(PY) scripts/benchmark.py --output_dir=runs/bench $(if $(TORCH_PYTHON),--torch_python=$(TORCH_PYTHON)) $(BENCH_FLAGS)
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

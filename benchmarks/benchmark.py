@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 
@@ -46,6 +47,7 @@ BACKENDS = (
     "tflite_fp16",
     "tflite_int8",
     "onnxruntime",
+    "tf_function_bf16",
 )
 QUICK_BACKENDS = ("keras_eager", "tf_function", "tflite_fp32", "onnxruntime")
 PACKAGE_BACKENDS = ("tf_function", "saved_model", "tflite_fp32", "onnxruntime")  # what predict/evaluate/export use
@@ -59,6 +61,7 @@ BACKEND_TITLES = {
     "tflite_fp16": "TFLite float16 weights",
     "tflite_int8": "TFLite int8",
     "onnxruntime": "ONNX Runtime",
+    "tf_function_bf16": "compiled `tf.function`, mixed bfloat16 policy",
 }
 RESULT_PREFIX = "BENCH_RESULT "
 TARGETS = {
@@ -133,6 +136,13 @@ def pipeline_rate(source, skeleton, input_size=256, batch_size=8, batches=20, re
 # ---------------------------------------------------------------- cases (each in its own process)
 
 
+def save_weights_npz(model, path):
+    """Every layer's weights as ``"{layer name}/{index}"`` arrays in an .npz (``torch_hourglass.load_npz`` reads it)."""
+    arrays = {f"{layer.name}/{i}": np.asarray(w) for layer in model.layers for i, w in enumerate(layer.get_weights())}
+    np.savez(path, **arrays)
+    return path
+
+
 def _model_info(model_dir):
     return json.loads((pathlib.Path(model_dir) / "bench_model.json").read_text())
 
@@ -180,7 +190,7 @@ def prepare_models(model_dir, num_stacks, filters, input_size, backends):
 def _inference_function(backend, model_dir):
     """A callable (N, R, R, 3) float32 crops -> NumPy heatmaps, for one backend."""
     model_dir = pathlib.Path(model_dir)
-    if backend in ("keras_eager", "tf_function", "xla"):
+    if backend in ("keras_eager", "tf_function", "xla", "tf_function_bf16"):
         import keras
         import tensorflow as tf
 
@@ -189,7 +199,9 @@ def _inference_function(backend, model_dir):
 
         model = keras.models.load_model(model_dir / "model.keras")
         last = output_names(model)[-1]
-        if backend == "tf_function":
+        if backend == "tf_function_bf16":
+            model = bfloat16_copy(model)
+        if backend in ("tf_function", "tf_function_bf16"):
             return KerasRunner(model).raw
         if backend == "keras_eager":
             return lambda crops: model(crops, training=False)[last].numpy()
@@ -209,6 +221,22 @@ def _inference_function(backend, model_dir):
     if backend == "onnxruntime":
         return backends.OnnxRunner(model_dir / "model.onnx").raw
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+def bfloat16_copy(model):
+    """The same network and weights built under Keras' ``mixed_bfloat16`` policy (heatmaps stay float32)."""
+    import keras
+
+    from hourglass_tf.model import architecture_of, build_model
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        copy = build_model(**architecture_of(model))
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def inference_case(model_dir, backend, batch_sizes=(1, 8), repeats=5):
@@ -251,16 +279,13 @@ def compiled_training_model(
 
     from hourglass_tf.batchnorm import use_fused_batch_norm
     from hourglass_tf.model import build_model, output_names
+    from hourglass_tf.train import compile_for_training
 
     keras.utils.set_random_seed(0)
     model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size, num_joints=num_joints)
     if fused_batch_norm:
         use_fused_batch_norm(model)
-    model.compile(
-        optimizer=keras.optimizers.RMSprop(2.5e-4),
-        loss={n: "mse" for n in output_names(model)},
-        jit_compile=jit_compile,
-    )
+    compile_for_training(model, keras.optimizers.RMSprop(2.5e-4), jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     x = rng.random((batch_size, input_size, input_size, 3), dtype=np.float32)
     y = {
@@ -372,18 +397,24 @@ def _case_main(case):
     return result
 
 
-def run_case(case, default_allocators=False, timeout=3600):
-    """Runs one case in a fresh Python process; its result dict, or {"error": ...} when it failed."""
+def run_case(case, default_allocators=False, timeout=3600, python=None, script=None):
+    """Runs one case in a fresh Python process; its result dict, or {"error": ...} when it failed.
+
+    ``python`` and ``script`` default to this interpreter and this file; the side-by-side runs PyTorch's cases
+    with ``python=<a Python with PyTorch>`` and ``script=TORCH_SCRIPT``.
+    """
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if default_allocators:
         env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
         env["HOURGLASS_TF_TUNE_ALLOCATORS"] = "0"
-    command = [sys.executable, str(pathlib.Path(__file__).resolve()), json.dumps(case)]
+    command = [python or sys.executable, str(script or pathlib.Path(__file__).resolve()), json.dumps(case)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
+    except OSError as error:
+        return {"error": f"cannot run {command[0]}: {error}"}
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX) :])
@@ -391,6 +422,182 @@ def run_case(case, default_allocators=False, timeout=3600):
             return result
     tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
     return {"error": f"exit status {done.returncode}: " + " | ".join(tail)}
+
+
+# ---------------------------------------------------------------- side by side with PyTorch
+
+TORCH_SCRIPT = REPO / "benchmarks" / "torch_hourglass.py"
+SIDE_BY_SIDE_TARGETS = {
+    "inference_ratio": 0.5,  # package time / PyTorch's best, same precision, batch 1 and 8
+    "bf16_train_ratio": 0.8,
+    "fp32_train_ratio": 1.0,  # float32 keeps its lead
+    "first_step_seconds": 30.0,
+    "train_memory_ratio": 1.0,  # peak RSS, float32, against PyTorch's
+}
+TF_INFERENCE = {"float32": "tf_function", "bfloat16": "tf_function_bf16"}
+TF_TRAINING = {"float32": "plain", "bfloat16": "mixed_precision"}
+
+
+def _median_of(results, *path):
+    values = []
+    for result in results:
+        value = result
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)):
+            values.append(value)
+    return statistics.median(values) if values else None
+
+
+def side_by_side(
+    work_dir,
+    torch_python,
+    num_stacks=8,
+    filters=256,
+    input_size=256,
+    rounds=2,
+    repeats=5,
+    train_repeats=3,
+    precisions=("float32", "bfloat16"),
+    progress=False,
+):
+    """The package against PyTorch (``TORCH_SCRIPT`` run by ``torch_python``) on the same network, interleaved:
+    every case alternates package, PyTorch, package, PyTorch ... (``rounds`` times each for inference, once for
+    training), each in a fresh process; reports the medians and their ratio (package / PyTorch).
+
+    Inference: the package's compiled ``tf.function`` (``KerasRunner``, what ``predict.py`` and the estimator
+    use for a ``.keras`` model; bfloat16 through Keras' ``mixed_bfloat16`` policy) against PyTorch eager
+    ``inference_mode``, the faster of NCHW and channels-last (bfloat16 through CPU autocast), batch 1 and 8.
+    Training: the compiled Keras RMSprop step (fused batch norm; ``mixed_precision``) against PyTorch's RMSprop
+    step (channels-last; autocast), batch 8, with each side's first step and peak memory.
+    """
+    model_dir = pathlib.Path(work_dir) / "models" / f"s{num_stacks}_f{filters}_r{input_size}"
+    out = {
+        "num_stacks": num_stacks,
+        "filters": filters,
+        "input_size": input_size,
+        "rounds": rounds,
+        "inference": {},
+        "train": {},
+    }
+    probe = run_case(
+        {"kind": "inference", "num_stacks": 1, "filters": 16, "input_size": 64, "batch_sizes": [1], "repeats": 1},
+        python=torch_python,
+        script=TORCH_SCRIPT,
+    )
+    if "error" in probe:
+        out["error"] = f"{torch_python} cannot run the PyTorch reference: {probe['error']}"
+        return out
+    info = run_case(
+        {
+            "kind": "prepare",
+            "model_dir": str(model_dir),
+            "num_stacks": num_stacks,
+            "filters": filters,
+            "input_size": input_size,
+            "backends": ["tf_function"],
+        }
+    )
+    if "error" in info:
+        out["error"] = info["error"]
+        return out
+    out["torch"] = probe.get("torch")
+
+    def torch_case(**case):
+        model = {"num_stacks": num_stacks, "filters": filters, "input_size": input_size}
+        return run_case({**model, **case}, python=torch_python, script=TORCH_SCRIPT)
+
+    for precision in precisions:
+        runs = {"package": [], "torch": []}
+        for r in range(rounds):
+            runs["package"].append(
+                run_case(
+                    {
+                        "kind": "inference",
+                        "model_dir": str(model_dir),
+                        "backend": TF_INFERENCE[precision],
+                        "repeats": repeats,
+                    }
+                )
+            )
+            runs["torch"].append(torch_case(kind="inference", precision=precision, repeats=repeats))
+            _log(
+                progress,
+                f"side by side, inference {precision}, round {r + 1}: package "
+                f"{_short(runs['package'][-1])}; PyTorch {_short(runs['torch'][-1])}",
+            )
+        out["inference"][precision] = {"runs": runs, "batches": {}}
+        for batch in ("1", "8"):
+            package = _median_of(runs["package"], "batches", batch, "seconds")
+            torch = _median_of(runs["torch"], "batches", batch, "seconds")
+            layouts = [r["batches"][batch]["layout"] for r in runs["torch"] if "error" not in r]
+            out["inference"][precision]["batches"][batch] = {
+                "package": package,
+                "torch": torch,
+                "torch_layout": layouts[0] if layouts else None,
+                "ratio": package / torch if package and torch else None,
+            }
+    for precision in precisions:
+        package = run_case(
+            {
+                "kind": "train",
+                "num_stacks": num_stacks,
+                "batch_size": 8,
+                "input_size": input_size,
+                "filters": filters,
+                "repeats": train_repeats,
+                "variant": TF_TRAINING[precision],
+            }
+        )
+        torch = torch_case(kind="train", batch_size=8, repeats=train_repeats, precision=precision)
+        _log(progress, f"side by side, training {precision}: package {_short(package)}; PyTorch {_short(torch)}")
+        row = {"package": package, "torch": torch}
+        if "error" not in package and "error" not in torch:
+            row["ratio"] = package["seconds"] / torch["seconds"]
+            row["memory_ratio"] = package["peak_rss_mb"] / torch["peak_rss_mb"]
+            row["first_step_ratio"] = package["first_step_seconds"] / torch["first_step_seconds"]
+        out["train"][precision] = row
+    return out
+
+
+def _side_by_side_targets(sbs):
+    targets = []
+    stacks = sbs["num_stacks"]
+    for precision, entry in sbs.get("inference", {}).items():
+        for batch, row in entry["batches"].items():
+            if row["ratio"] is not None:
+                targets.append(
+                    _target(
+                        f"inference, {stacks} stacks, batch {batch}, {precision}: package / PyTorch time",
+                        row["ratio"],
+                        SIDE_BY_SIDE_TARGETS["inference_ratio"],
+                        "<=",
+                    )
+                )
+    for precision, row in sbs.get("train", {}).items():
+        if "ratio" not in row:
+            continue
+        goal = SIDE_BY_SIDE_TARGETS["bf16_train_ratio" if precision == "bfloat16" else "fp32_train_ratio"]
+        name = f"training step, {stacks} stacks, batch 8, {precision}"
+        targets.append(_target(f"{name}: package / PyTorch time", row["ratio"], goal, "<="))
+        targets.append(
+            _target(
+                f"{name}: package's first step (s)",
+                row["package"]["first_step_seconds"],
+                SIDE_BY_SIDE_TARGETS["first_step_seconds"],
+                "<=",
+            )
+        )
+        if precision == "float32":
+            targets.append(
+                _target(
+                    f"{name}: package / PyTorch peak memory",
+                    row["memory_ratio"],
+                    SIDE_BY_SIDE_TARGETS["train_memory_ratio"],
+                    "<=",
+                )
+            )
+    return targets
 
 
 # ---------------------------------------------------------------- the suite
@@ -413,6 +620,8 @@ def run(
     train_variants=None,
     allocator_comparison=None,
     progress=False,
+    torch_python=None,
+    side_by_side_only=False,
 ):
     """Runs the suite; returns a JSON-able dict (see the module docstring).
 
@@ -427,10 +636,12 @@ def run(
       allocator_comparison: also time the largest model with the allocators left at their
         defaults (``hourglass_tf.runtime`` switched off); default: on unless quick.
       progress: print a line per case to stderr.
+      torch_python: a Python with PyTorch: adds ``side_by_side`` (the largest inference stack count against
+        ``TORCH_SCRIPT``, with the ratios and their targets); None: skipped.
+      side_by_side_only: run only the GEMM reference and the side-by-side (needs ``torch_python``).
     """
     from hourglass_tf import runtime
     from hourglass_tf.backends import cpu_threads
-    from hourglass_tf.data import readers, synthetic, tfrecords
 
     work_dir = pathlib.Path(work_dir)
     infer_stacks = tuple(infer_stacks or ((2,) if quick else (2, 8)))
@@ -440,6 +651,8 @@ def run(
     unknown = [b for b in backends if b not in BACKENDS] + [v for v in train_variants if v not in TRAIN_VARIANTS]
     if unknown:
         raise ValueError(f"unknown backends/variants {unknown}; backends: {BACKENDS}, variants: {TRAIN_VARIANTS}")
+    if side_by_side_only and not torch_python:
+        raise ValueError("side_by_side_only needs torch_python, a Python that has PyTorch")
     allocator_comparison = (not quick) if allocator_comparison is None else allocator_comparison
     repeats = 2 if quick else 5
     train_repeats = 2 if quick else 3
@@ -466,10 +679,45 @@ def run(
         "train_step": {},
     }
     _log(progress, f"GEMM {results['gemm']['gflops']:.1f} GFLOP/s")
+    if not side_by_side_only:
+        plan = types.SimpleNamespace(
+            quick=quick,
+            input_size=input_size,
+            filters=filters,
+            infer_stacks=infer_stacks,
+            train_stacks=train_stacks,
+            backends=backends,
+            train_variants=train_variants,
+            allocator_comparison=allocator_comparison,
+            repeats=repeats,
+            train_repeats=train_repeats,
+            batches=batches,
+            progress=progress,
+        )
+        _main_suite(results, work_dir, shared_data, plan)
+    if torch_python:
+        results["side_by_side"] = side_by_side(
+            work_dir,
+            torch_python,
+            max(infer_stacks),
+            filters,
+            input_size,
+            rounds=1 if quick else 2,
+            repeats=repeats,
+            train_repeats=train_repeats,
+            progress=progress,
+        )
+    _derive(results)
+    return results
+
+
+def _main_suite(results, work_dir, shared_data, plan):
+    """Everything but the side-by-side: pipeline, inference per backend, training variants, people (``run``)."""
+    from hourglass_tf.data import pipeline, readers, synthetic, tfrecords
+
     syn_root = work_dir / "synthetic"
     if not (syn_root / "annot" / "train.json").exists():
-        synthetic.generate(syn_root, num_train=64 if quick else 256, num_valid=0, image_size=256, seed=0)
-    from hourglass_tf.data import pipeline
+        synthetic.generate(syn_root, num_train=64 if plan.quick else 256, num_valid=0, image_size=256, seed=0)
 
     sources = {}
     samples = readers.load_dataset("synthetic", syn_root, "train")
@@ -478,12 +726,12 @@ def run(
         readers.skeleton_of("synthetic"),
     )
     if shared_data is not None and (pathlib.Path(shared_data) / "lspet" / "joints.mat").exists():
-        shard_dir = work_dir / f"lspet_tfr_{input_size}{'_quick' if quick else ''}"
+        shard_dir = work_dir / f"lspet_tfr_{plan.input_size}{'_quick' if plan.quick else ''}"
         if not (shard_dir / "meta.json").exists():
             lspet = readers.load_dataset("lspet", pathlib.Path(shared_data) / "lspet", "train")
-            lspet = lspet[:512] if quick else lspet
+            lspet = lspet[:512] if plan.quick else lspet
             report = tfrecords.write_shards(
-                lspet, pathlib.Path(shared_data) / "lspet", shard_dir, "train", input_size, progress=False
+                lspet, pathlib.Path(shared_data) / "lspet", shard_dir, "train", plan.input_size, progress=False
             )
             tfrecords.write_meta(
                 shard_dir, {"dataset": "lspet", "num_joints": 14, "splits": {"train": report.as_dict()}}
@@ -493,40 +741,42 @@ def run(
             readers.skeleton_of("lspet"),
         )
     for name, (source, skel) in sources.items():
-        results["pipeline"][name] = pipeline_rate(source, skel, input_size, batches=batches, repeats=repeats)
-        _log(progress, f"pipeline {name}: {results['pipeline'][name]['images_per_s']:.0f} images/s")
+        results["pipeline"][name] = pipeline_rate(
+            source, skel, plan.input_size, batches=plan.batches, repeats=plan.repeats
+        )
+        _log(plan.progress, f"pipeline {name}: {results['pipeline'][name]['images_per_s']:.0f} images/s")
 
-    largest = max(infer_stacks)
-    for stacks in infer_stacks:
-        model_dir = work_dir / "models" / f"s{stacks}_f{filters}_r{input_size}"
-        _log(progress, f"exporting the {stacks}-stack model for {', '.join(backends)}")
+    largest = max(plan.infer_stacks)
+    for stacks in plan.infer_stacks:
+        model_dir = work_dir / "models" / f"s{stacks}_f{plan.filters}_r{plan.input_size}"
+        _log(plan.progress, f"exporting the {stacks}-stack model for {', '.join(plan.backends)}")
         info = run_case(
             {
                 "kind": "prepare",
                 "model_dir": str(model_dir),
                 "num_stacks": stacks,
-                "filters": filters,
-                "input_size": input_size,
-                "backends": list(backends),
+                "filters": plan.filters,
+                "input_size": plan.input_size,
+                "backends": list(plan.backends),
             }
         )
         results["models"][f"{stacks} stacks"] = info
         if "error" in info:
-            _log(progress, f"  export failed: {info['error']}")
+            _log(plan.progress, f"  export failed: {info['error']}")
             continue
-        runs = [(backend, False) for backend in backends]
-        if allocator_comparison and stacks == largest and "tf_function" in backends:
+        runs = [(backend, False) for backend in plan.backends]
+        if plan.allocator_comparison and stacks == largest and "tf_function" in plan.backends:
             runs.append(("tf_function", True))
         for backend, default_alloc in runs:
             key = f"{stacks} stacks, {backend}" + (", default allocators" if default_alloc else "")
-            case = {"kind": "inference", "model_dir": str(model_dir), "backend": backend, "repeats": repeats}
+            case = {"kind": "inference", "model_dir": str(model_dir), "backend": backend, "repeats": plan.repeats}
             results["inference"][key] = run_case(case, default_allocators=default_alloc)
-            _log(progress, f"inference {key}: {_short(results['inference'][key])}")
+            _log(plan.progress, f"inference {key}: {_short(results['inference'][key])}")
 
-    largest = max(train_stacks)
-    for stacks in train_stacks:
-        runs = [(variant, False) for variant in train_variants]
-        if allocator_comparison and stacks == largest and "plain" in train_variants:
+    largest = max(plan.train_stacks)
+    for stacks in plan.train_stacks:
+        runs = [(variant, False) for variant in plan.train_variants]
+        if plan.allocator_comparison and stacks == largest and "plain" in plan.train_variants:
             runs.append(("plain", True))
         for variant, default_alloc in runs:
             key = f"{stacks} stacks, {variant}" + (", default allocators" if default_alloc else "")
@@ -534,23 +784,20 @@ def run(
                 "kind": "train",
                 "num_stacks": stacks,
                 "batch_size": 8,
-                "input_size": input_size,
-                "filters": filters,
-                "repeats": train_repeats,
+                "input_size": plan.input_size,
+                "filters": plan.filters,
+                "repeats": plan.train_repeats,
                 "variant": variant,
             }
             results["train_step"][key] = run_case(case, default_allocators=default_alloc)
-            _log(progress, f"training {key}: {_short(results['train_step'][key])}")
+            _log(plan.progress, f"training {key}: {_short(results['train_step'][key])}")
 
-    results["people"] = run_case({"kind": "people", "repeats": repeats, "frames": 40 if quick else 300})
+    results["people"] = run_case({"kind": "people", "repeats": plan.repeats, "frames": 40 if plan.quick else 300})
     if "error" in results["people"]:
-        _log(progress, f"people: failed: {results['people']['error']}")
+        _log(plan.progress, f"people: failed: {results['people']['error']}")
     else:
         video = results["people"]["video"]
-        _log(progress, f"people: video {video['frames_per_second']:.1f} frames/s")
-
-    _derive(results)
-    return results
+        _log(plan.progress, f"people: video {video['frames_per_second']:.1f} frames/s")
 
 
 def _short(result):
@@ -564,6 +811,7 @@ def _short(result):
 def _derive(results):
     """Adds utilisation, pipeline margins and the target checks."""
     gemm = results["gemm"]["gflops"]
+    results.setdefault("pipeline", {})
     for result in results["inference"].values():
         for batch in result.get("batches", {}).values():
             batch["utilisation"] = batch["gflops_per_s"] / gemm
@@ -612,6 +860,8 @@ def _derive(results):
             targets.append(
                 _target(f"{name}: peak memory (GB)", v["peak_rss_mb"] / 1000, TARGETS["inference_peak_gb"], "<=")
             )
+    if "side_by_side" in results and "error" not in results["side_by_side"]:
+        targets += _side_by_side_targets(results["side_by_side"])
     video = results.get("people", {}).get("video")
     if video:
         targets.append(
@@ -639,9 +889,10 @@ def markdown(results):
         f"Allocators: {results['settings']['allocators']}.",
         "",
     ]
-    lines += ["| input pipeline (augmented, batch 8) | images/s |", "|---|---|"]
-    for name, r in results["pipeline"].items():
-        lines.append(f"| {name}, {r['input_size']} px | {r['images_per_s']:.0f} |")
+    if results["pipeline"]:
+        lines += ["| input pipeline (augmented, batch 8) | images/s |", "|---|---|"]
+        for name, r in results["pipeline"].items():
+            lines.append(f"| {name}, {r['input_size']} px | {r['images_per_s']:.0f} |")
     if results["inference"]:
         flops = {k: v.get("flops") for k, v in results["models"].items()}
         lines += [
@@ -715,6 +966,7 @@ def markdown(results):
         ]
     elif "error" in found:
         lines += ["", f"Photo to poses: failed: {found['error'][:200]}"]
+    lines += _side_by_side_markdown(results.get("side_by_side"))
     if results.get("targets"):
         lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
         for t in results["targets"]:
@@ -722,6 +974,47 @@ def markdown(results):
                 f"| {t['name']} | {t['measured']:.2f} | {t['sense']} {t['target']:g} | {'yes' if t['met'] else '**no**'} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _side_by_side_markdown(sbs):
+    if not sbs:
+        return []
+    if "error" in sbs:
+        return ["", f"Side by side with PyTorch: failed: {sbs['error'][:300]}"]
+    stacks = sbs["num_stacks"]
+    lines = [
+        "",
+        f"Side by side with PyTorch {sbs.get('torch', '')} (same network, {stacks} stacks x {sbs['filters']}, "
+        f"{sbs['input_size']} px, random data, interleaved, each case in a fresh process; inference medians of "
+        f"{sbs['rounds']} rounds; PyTorch eager, its faster layout)",
+        "",
+        "| case | hourglass_tf | PyTorch best | ratio |",
+        "|---|---|---|---|",
+    ]
+    for precision, entry in sbs["inference"].items():
+        for batch, row in entry["batches"].items():
+            if row["ratio"] is None:
+                lines.append(f"| inference, batch {batch}, {precision} | failed | | |")
+                continue
+            lines.append(
+                f"| inference, batch {batch}, {precision} | {row['package'] * 1000:.0f} ms | "
+                f"{row['torch'] * 1000:.0f} ms ({row['torch_layout']}) | **{row['ratio']:.2f}** |"
+            )
+    for precision, row in sbs["train"].items():
+        if "ratio" not in row:
+            error = row["package"].get("error") or row["torch"].get("error")
+            lines.append(f"| training step, batch 8, {precision} | failed: {error[:150]} | | |")
+            continue
+        package, torch = row["package"], row["torch"]
+        lines += [
+            f"| training step, batch 8, {precision} | {package['seconds']:.2f} s | {torch['seconds']:.2f} s | "
+            f"**{row['ratio']:.2f}** |",
+            f"| first training step, {precision} | {package['first_step_seconds']:.1f} s | "
+            f"{torch['first_step_seconds']:.1f} s | {row['first_step_ratio']:.2f} |",
+            f"| peak process memory, training, {precision} | {package['peak_rss_mb'] / 1000:.2f} GB | "
+            f"{torch['peak_rss_mb'] / 1000:.2f} GB | {row['memory_ratio']:.2f} |",
+        ]
+    return lines
 
 
 def write(results, output_dir):

@@ -135,9 +135,27 @@ def build_compiled_model(config, skeleton=None):
         optimizer = keras.optimizers.RMSprop(config.learning_rate, **ema)
     else:
         optimizer = keras.optimizers.Adam(config.learning_rate, **ema)
-    model.compile(
-        optimizer=optimizer, loss={name: "mse" for name in output_names(model)}, jit_compile=config.jit_compile
-    )
+    return compile_for_training(model, optimizer, jit_compile=config.jit_compile)
+
+
+def compile_for_training(model, optimizer, jit_compile=False):
+    """Compiles ``model`` with ``optimizer`` and one MSE loss per stack, and creates the optimizer's variables
+    and the per-output loss trackers now.
+
+    A ``tf.function`` whose first trace creates variables is traced a second time. Without a distribution
+    strategy Keras leaves these variables to the first training step, so the step was traced twice: 11 s of
+    the first step of the paper's 8-stack model on this project's CPU (docs/performance.md). Keras' own
+    symbolic build (what it runs under a strategy) creates them from shapes alone. Call under the strategy
+    scope.
+    """
+    model.compile(optimizer=optimizer, loss={name: "mse" for name in output_names(model)}, jit_compile=jit_compile)
+    symbolic_build = getattr(model, "_symbolic_build", None)  # Keras 3's trainer; tested (traced once)
+    if symbolic_build is not None:
+        x = keras.KerasTensor(model.inputs[0].shape, model.inputs[0].dtype)
+        y = {name: keras.KerasTensor(model.get_layer(name).output.shape, "float32") for name in output_names(model)}
+        symbolic_build(data_batch=(x, y, None))
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
     return model
 
 

@@ -3,6 +3,7 @@ backend, training step, peak memory, and the project's performance targets.
 
     python scripts/benchmark.py --output_dir=runs/bench            # the full suite (about 30 minutes on 2 cores)
     python scripts/benchmark.py --output_dir=runs/bench --quick    # a few minutes: 2 stacks, 4 backends
+    python scripts/benchmark.py --torch_python=/path/to/venv/bin/python   # adds the side-by-side with PyTorch
 
 Writes ``bench.json`` and ``bench.md`` (Markdown tables) to --output_dir and prints the tables.
 Exported models and generated data are kept in --work_dir between runs. LSPET shards are added
@@ -46,6 +47,13 @@ flags.DEFINE_list(
 flags.DEFINE_bool(
     "allocator_comparison", None, "Also time the largest model with default allocators (default: unless quick)."
 )
+flags.DEFINE_string(
+    "torch_python",
+    None,
+    "A Python that has PyTorch (and NumPy): adds the side-by-side with PyTorch on the largest inference model "
+    "(benchmarks/torch_hourglass.py). PyTorch is not a dependency of the package.",
+)
+flags.DEFINE_bool("side_by_side_only", False, "Only the GEMM reference and the side-by-side (needs --torch_python).")
 flags.DEFINE_string("shared_data", None, "Folder holding lspet/ (default: $HOURGLASS_SHARED/data or ../shared/data).")
 
 
@@ -56,26 +64,37 @@ def main(argv):
     if shared is None:
         root = pathlib.Path(os.environ.get("HOURGLASS_SHARED", pathlib.Path(__file__).resolve().parents[2] / "shared"))
         shared = root / "data" if (root / "data").is_dir() else None
+    try:
+        results = run_suite(shared)
+    except ValueError as err:  # unknown backends or variants, side_by_side_only without a PyTorch Python
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    json_path, md_path = benchmark.write(results, FLAGS.output_dir)
+    print(benchmark.markdown(results))
+    print(f"written: {json_path}, {md_path}")
+    return 0
 
-    def ints(values):
-        return [int(v) for v in values] if values else None
 
-    results = benchmark.run(
+def _ints(values):
+    return [int(v) for v in values] if values else None
+
+
+def run_suite(shared):
+    return benchmark.run(
         FLAGS.work_dir,
         shared,
         quick=FLAGS.quick,
         input_size=FLAGS.input_size,
         filters=FLAGS.filters,
-        infer_stacks=ints(FLAGS.infer_stacks),
-        train_stacks=ints(FLAGS.train_stacks),
+        infer_stacks=_ints(FLAGS.infer_stacks),
+        train_stacks=_ints(FLAGS.train_stacks),
         backends=FLAGS.backends,
         train_variants=FLAGS.train_variants,
         allocator_comparison=FLAGS.allocator_comparison,
         progress=True,
+        torch_python=FLAGS.torch_python,
+        side_by_side_only=FLAGS.side_by_side_only,
     )
-    json_path, md_path = benchmark.write(results, FLAGS.output_dir)
-    print(benchmark.markdown(results))
-    print(f"written: {json_path}, {md_path}")
 
 
 if __name__ == "__main__":
