@@ -27,6 +27,7 @@ setup(
         "tensorboard>=2.19,<3",  # TensorFlow 2.21 no longer installs it
         "tensorflow-serving-api>=2.21,<2.22",  # PredictionLog protos of the SavedModel's warm-up file
         "pycocotools>=2.0.8,<3",  # COCO's official keypoint AP
+        "pillow>=10",  # reads photo headers (sizes) before decoding: hourglass_tf.images
     ],
     extras_require={
         "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"],

@@ -40,6 +40,167 @@ TINY = [
 ]
 
 
+UNKNOWN = ("--no_such_flag=1", "Unknown command line flag 'no_such_flag'")
+
+# script -> [(arguments, what the output must say)]; MODEL: a tiny .keras model, OUT: a folder that must stay empty
+BAD_FLAGS = {
+    "train.py": [
+        UNKNOWN,
+        ("--dataset=synthetic --batch_size=0", "batch_size"),
+        ("--dataset=synthetic --num_stacks=-1", "num_stacks"),
+        ("--dataset=synthetic --input_size=100", "input_size"),
+        ("--dataset=no_such_set", "no_such_set"),
+        ("--dataset=synthetic --learning_rate=-1", "learning_rate"),
+        ("--flagfile=/nonexistent/x.flags", "x.flags"),
+        ("--dataset=lspet --data_dir=/nonexistent/lspet --epochs=1", "/nonexistent/lspet"),
+    ],
+    "evaluate.py": [
+        UNKNOWN,
+        ("--checkpoint=/nonexistent/m.keras --dataset=synthetic --data_dir=/tmp", "m.keras"),
+        ("--predictions=/nonexistent/p.mat --annotations=/nonexistent/a.mat", "/nonexistent/"),
+    ],
+    "predict.py": [
+        UNKNOWN,
+        ("--model=/nonexistent/m.keras photo.jpg", "m.keras"),
+        ("--model=MODEL --bbox=1,2,3 photo.jpg", "bbox"),
+        ("--model=MODEL --center=10,10 photo.jpg", "scale"),
+        ("--model=MODEL /nonexistent/photo.jpg", "photo.jpg"),
+        ("--model=MODEL", "input"),
+    ],
+    "export.py": [
+        UNKNOWN,
+        ("--model=/nonexistent/m.keras --output=OUT", "m.keras"),
+        ("--model=MODEL --output=OUT --formats=keras,tensorrt", "tensorrt"),
+        ("--model=MODEL --output=OUT --num_stacks=5", "num_stacks"),
+        ("--model=MODEL --output=OUT --quantize=int4", "int4"),
+    ],
+    "convert_weights.py": [
+        UNKNOWN,
+        ("--input=/nonexistent/w.t7 --output=OUT/m.keras", "w.t7"),
+        ("--input=MODEL --output=OUT/m.keras --from=torch7", "not a binary Torch7 file"),
+    ],
+    "prepare_data.py": [
+        UNKNOWN,
+        ("--source=/tmp --output=OUT", "dataset"),
+        ("--dataset=lspet --source=/nonexistent/lspet --output=OUT", "/nonexistent/lspet"),
+    ],
+    "serving_client.py": [
+        UNKNOWN,
+        ("--image=/nonexistent/p.jpg", "p.jpg"),
+        ("--image=MODEL --box=1,2", "box"),
+    ],
+    "show_data.py": [UNKNOWN, ("--dataset=synthetic --data_dir=/nonexistent/syn", "/nonexistent/syn")],
+    "make_quadrupeds.py": [UNKNOWN, ("--num_train=-5 --output=OUT", "num_train")],
+    "profile_step.py": [UNKNOWN, ("--num_stacks=0", "num_stacks")],
+    "benchmark.py": [UNKNOWN, ("--backends=tensorrt --work_dir=OUT", "tensorrt")],
+    "demo.py": [UNKNOWN],
+}
+
+
+def tiny_model_file(path):
+    """A tiny 2-stack MPII model saved with its description (what the bad-flag cases point --model at)."""
+    from hourglass_tf.metadata import describe, save_keras
+    from hourglass_tf.model import build_model
+    from hourglass_tf.skeleton import MPII
+
+    model = build_model(num_stacks=2, filters=16, depth=2, num_joints=16, input_size=64)
+    save_keras(model, path, describe(model, MPII))
+    return path
+
+
+def bad_flags(script, model_file, work):
+    """Runs every ``BAD_FLAGS`` case of ``script`` (in parallel processes; each pays TensorFlow's import once).
+
+    Returns a list of dicts: ``args``, ``outcome`` ("clear error": non-zero exit, the expected words said, no
+    traceback, nothing written to OUT; otherwise what went wrong) and ``message`` (the last line said).
+    """
+    work = pathlib.Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i, (args, expected) in enumerate(BAD_FLAGS[script]):
+        out = work / f"out{i}"
+        argv = [a.replace("MODEL", str(model_file)).replace("OUT", str(out)) for a in args.split()]
+        process = subprocess.Popen(
+            [PY, str(REPO / "scripts" / script), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=work,
+        )
+        runs.append((args, expected, out, process))
+    results = []
+    for args, expected, out, process in runs:
+        stdout, stderr = process.communicate(timeout=600)
+        said = stdout + stderr
+        lines = [
+            line for line in said.strip().splitlines() if line and not line.startswith(("I0000", "W0000", "E0000"))
+        ]
+        if "Traceback (most recent call last)" in said:
+            outcome = "traceback"
+        elif process.returncode == 0:
+            outcome = "exit status 0"
+        elif expected not in said:
+            outcome = f"does not say {expected!r}"
+        elif out.exists() and any(out.iterdir()):
+            outcome = f"wrote {sorted(p.name for p in out.iterdir())}"
+        else:
+            outcome = "clear error"
+        message = next((line for line in reversed(lines) if expected in line), lines[-1] if lines else "")
+        results.append({"script": script, "args": args, "outcome": outcome, "message": message[:240]})
+    return results
+
+
+def png_bomb(width=40_000, height=40_000, seed=0):
+    """A valid ~2 KB PNG whose IHDR declares ``width`` x ``height`` (CRC fixed, so every decoder believes it)."""
+    import struct
+    import zlib
+
+    import cv2
+    import numpy as np
+
+    small = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    data = bytearray(cv2.imencode(".png", small)[1].tobytes())
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def jpeg_bomb(width=30_000, height=30_000, seed=0):
+    """A ~2 KB JPEG whose SOF0 frame header declares ``width`` x ``height``."""
+    import struct
+
+    import cv2
+    import numpy as np
+
+    small = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    data = bytearray(cv2.imencode(".jpg", small)[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+FILE_SIZE_LIMIT = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+script = sys.argv[2]
+sys.argv = [script] + sys.argv[3:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def run_with_file_size_limit(limit, script, args, timeout=600):
+    """Runs ``scripts/<script>`` with every file it writes limited to ``limit`` bytes: (exit status, output)."""
+    return _run(["-c", FILE_SIZE_LIMIT, limit, REPO / "scripts" / script, *args], timeout)
+
+
+def _snapshot(folder):
+    folder = pathlib.Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def _run(args, timeout=600):
     done = subprocess.run([PY, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=REPO)
     return done.returncode, done.stdout + done.stderr
@@ -208,6 +369,31 @@ def damaged_files(work):
         ],
         "valid.json",
     )
+    shards = work / "damaged_shards"
+    _run(
+        [
+            REPO / "scripts" / "prepare_data.py",
+            f"--source={data}",
+            f"--output={shards}",
+            "--dataset=synthetic",
+            "--input_size=64",
+            "--samples_per_shard=20",
+        ]
+    )
+    first = sorted(shards.glob("train-*.tfrecord"))[0]
+    damaged(first, first, "truncated")
+    case(
+        "truncated TFRecord shard",
+        "train.py",
+        [
+            REPO / "scripts" / "train.py",
+            *TINY,
+            f"--tfrecord_dir={shards}",
+            f"--run_dir={work / 'shard_run'}",
+            "--epochs=1",
+        ],
+        first.name,
+    )
     # backups: the latest damaged (the previous one is used), both damaged (moved aside, fresh start)
     for how, phrase in (("latest", "resuming from the previous one"), ("both", "starting fresh")):
         again = work / f"run_{how}"
@@ -224,6 +410,187 @@ def damaged_files(work):
             phrase,
         )
     return cases
+
+
+def photo_kinds(work):
+    """Photos of every kind through predict.py: (kind, outcome, message) rows."""
+    import cv2
+    import numpy as np
+
+    model = work / "run" / "best.keras"
+    photos = work / "photos"
+    photos.mkdir(exist_ok=True)
+    rgb = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    kinds = {
+        "grayscale PNG": ("gray.png", cv2.imencode(".png", rgb[..., 0])[1].tobytes()),
+        "RGBA PNG": ("rgba.png", cv2.imencode(".png", np.dstack([rgb, rgb[..., :1]]))[1].tobytes()),
+        "16-bit PNG": ("deep.png", cv2.imencode(".png", rgb.astype(np.uint16) * 257)[1].tobytes()),
+        "BMP": ("photo.bmp", cv2.imencode(".bmp", rgb)[1].tobytes()),
+        "PNG declaring 40,000 x 40,000 (2 KB)": ("bomb.png", png_bomb()),
+        "JPEG declaring 30,000 x 30,000 (2 KB)": ("bomb.jpg", jpeg_bomb()),
+    }
+    rows = []
+    for kind, (name, data) in kinds.items():
+        (photos / name).write_bytes(data)
+        out = work / "photo_out" / pathlib.Path(name).stem
+        code, output = _run(
+            [
+                REPO / "scripts" / "predict.py",
+                f"--model={model}",
+                f"--output_dir={out}",
+                "--detector=none",
+                photos / name,
+            ]
+        )
+        if "Traceback (most recent call last)" in output:
+            outcome = "traceback"
+        elif (out / f"{pathlib.Path(name).stem}.json").exists():
+            outcome = "predicted"
+        else:
+            outcome = "refused, file named" if name in output else "refused (file not named)"
+        lines = [line for line in output.splitlines() if name in line or "refused" in line]
+        rows.append({"kind": kind, "outcome": outcome, "message": (lines[-1] if lines else "")[:240]})
+    return rows
+
+
+def full_disk(work):
+    """Each writer under a file-size limit: (what, outcome, previous files intact, message) rows."""
+    from hourglass_tf.data import synthetic  # noqa: F401 - the data folder exists already
+
+    data, rows = work / "data", []
+
+    def row(what, code, output, folder, before):
+        lines = [line for line in output.strip().splitlines() if "error" in line.lower() or "large" in line]
+        rows.append(
+            {
+                "what": what,
+                "outcome": "traceback"
+                if "Traceback (most recent call last)" in output
+                else ("clear error" if code != 0 else "exit status 0"),
+                "intact": _snapshot(folder) == before,
+                "message": (lines[-1] if lines else "")[:240],
+            }
+        )
+
+    shards = work / "shards"
+    args = [f"--source={data}", f"--output={shards}", "--dataset=synthetic", "--input_size=64"]
+    _run([REPO / "scripts" / "prepare_data.py", *args])
+    before = _snapshot(shards)
+    code, output = run_with_file_size_limit(max(len(b) for b in before.values()) // 3, "prepare_data.py", args)
+    row("TFRecord shards (prepare_data.py)", code, output, shards, before)
+
+    run = work / "full_run"
+    shutil.copytree(work / "run", run, dirs_exist_ok=True)
+    before = _snapshot(run)
+    epochs = len(_logged_epochs(run)) + 2
+    code, output = run_with_file_size_limit(
+        20_000, "train.py", [*TINY, f"--data_dir={data}", f"--run_dir={run}", f"--epochs={epochs}"]
+    )
+    after = _snapshot(run)
+    kept = all(after.get(k) == v for k, v in before.items() if k.endswith(".keras"))
+    row("checkpoints (train.py)", code, output, run, before)
+    rows[-1]["intact"] = kept  # the log and the backup may grow: the checkpoints must be whole
+
+    exported = work / "full_export"
+    _run(
+        [
+            REPO / "scripts" / "export.py",
+            f"--model={work / 'run' / 'best.keras'}",
+            f"--output={exported}",
+            "--formats=keras,saved_model",
+        ]
+    )
+    before = _snapshot(exported)
+    code, output = run_with_file_size_limit(  # loading (1.2 MB of weights) fits, the SavedModel graph (3.8 MB) does not
+        2_000_000,
+        "export.py",
+        [
+            f"--model={work / 'run' / 'best.keras'}",
+            f"--output={exported}",
+            "--formats=keras,saved_model",
+            "--overwrite",
+        ],
+    )
+    row("export (export.py --overwrite)", code, output, exported, before)
+    return rows
+
+
+def _error_message(text):
+    """The telling part of a TensorFlow error: an assertion's message, a decoder's complaint, or the first line."""
+    import re
+
+    found = re.search(r"assertion failed: \[([^\]]+)\]", text)
+    if found:
+        return found.group(1).rstrip(". ")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    skip = ("Graph execution error", "<stack traces unavailable>", "Detected at node", "File ", "[[")
+    telling = [line for line in lines if not line.startswith(skip)]
+    return (telling or lines or [""])[0]
+
+
+def serving_requests(work):
+    """Malformed requests to every signature of the exported SavedModel: (signature, request, outcome, message)."""
+    import cv2
+    import numpy as np
+    import tensorflow as tf
+
+    saved_model = work / "exported" / "saved_model" / "1"
+    signatures = tf.saved_model.load(str(saved_model)).signatures
+    size = int(signatures["serving_default"].structured_input_signature[1]["images"].shape[1])
+    jpeg = cv2.imencode(".jpg", np.full((90, 120, 3), 128, np.uint8))[1].tobytes()
+    box = tf.constant([10.0, 5.0, 40.0, 60.0])
+    cases = [
+        ("serving_default", "float32 crops", {"images": tf.zeros([1, size, size, 3])}),
+        ("serving_default", "rank 3", {"images": tf.zeros([size, size, 3], tf.uint8)}),
+        ("serving_default", "crops of the wrong size", {"images": tf.zeros([1, size // 2, size // 2, 3], tf.uint8)}),
+        ("serving_default", "empty batch", {"images": tf.zeros([0, size, size, 3], tf.uint8)}),
+        ("predict_image", "undecodable bytes", {"image_bytes": tf.constant(b"not a photo"), "box": box}),
+        ("predict_image", "PNG decompression bomb", {"image_bytes": tf.constant(png_bomb()), "box": box}),
+        ("predict_image", "JPEG decompression bomb", {"image_bytes": tf.constant(jpeg_bomb()), "box": box}),
+        ("predict_image", "box outside the image", {"image_bytes": tf.constant(jpeg), "box": box + 500.0}),
+        ("predict_image", "box of zero width", {"image_bytes": tf.constant(jpeg), "box": box * [1, 1, 0, 1]}),
+        (
+            "predict_images",
+            "empty batch",
+            {
+                "image_bytes": tf.constant([], tf.string),
+                "boxes": tf.zeros([0, 1, 4]),
+                "box_count": tf.zeros([0], tf.int32),
+            },
+        ),
+        (
+            "predict_images",
+            "box_count beyond the boxes",
+            {"image_bytes": tf.constant([jpeg]), "boxes": box[None, None], "box_count": tf.constant([2])},
+        ),
+        (
+            "predict_images",
+            "one bomb among good photos",
+            {
+                "image_bytes": tf.constant([jpeg, png_bomb()]),
+                "boxes": tf.stack([box[None], box[None]]),
+                "box_count": tf.constant([1, 1]),
+            },
+        ),
+    ]
+    rows = []
+    for signature, request, inputs in cases:
+        try:
+            signatures[signature](**inputs)
+            outcome, message = "answered", ""
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+            outcome = "refused"
+            message = _error_message(str(error))
+        rows.append({"signature": signature, "request": request, "outcome": outcome, "message": message[:200]})
+    return rows
+
+
+def _table(columns, rows):
+    """Markdown table lines; a ``|`` inside a cell is escaped."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |")
+    return lines
 
 
 def markdown(result):
@@ -261,12 +628,11 @@ def markdown(result):
         "",
         "## Damaged files",
         "",
-        "| kind | read by | outcome | what it said |",
-        "|---|---|---|---|",
     ]
-    for c in result["damaged"]:
-        message = c["message"].replace("|", "\\|")
-        lines.append(f"| {c['kind']} | {c['entry']} | {c['outcome']} | {message} |")
+    lines += _table(
+        ("kind", "read by", "outcome", "what it said"),
+        [(c["kind"], c["entry"], c["outcome"], c["message"]) for c in result["damaged"]],
+    )
     lines += [
         "",
         "A truncated JPEG is decoded as far as it goes (OpenCV fills the rest) and predicted; a damaged exported model "
@@ -275,14 +641,70 @@ def markdown(result):
         "## A full disk",
         "",
         "`pytest -m reliability` writes under a file-size limit (`RLIMIT_FSIZE`, SIGXFSZ ignored: a write past it "
-        "fails with EFBIG as on a full disk): saving a checkpoint fails with `OSError: File too large`, the previous "
-        "`last.keras` is untouched and no temporary is left; an export fails with one `ExportError` line "
-        "(`keras: conversion failed (OSError: ... File too large)`), the previous export folder is untouched and "
-        "no staging folder is left.",
+        "fails with EFBIG as on a full disk): saving a checkpoint fails with `OSError: cannot write .../last.keras "
+        "(File too large)`, the previous `last.keras` is untouched and no temporary is left; `train.py` stops with "
+        "that line and exit status 4, and once there is space the same command resumes; an export fails with one "
+        "`ExportError` line (`keras: conversion failed (OSError: ... File too large)`), the previous export folder "
+        "is untouched and no staging folder is left; `prepare_data.py` stops with `cannot write` naming the shard, "
+        "and the split's previous shards and `meta.json` are untouched.",
         "",
-        "Not yet covered by this page (issue #23): a full disk while writing TFRecord shards, decompression bombs "
-        "and 16-bit or RGBA images, every CLI's bad flags, and serving requests beyond those the test suite sends.",
     ]
+    if result.get("full_disk"):
+        lines += [
+            "",
+            "The same through the command-line programs, each run under a file-size limit below what it must write:",
+            "",
+        ]
+        lines += _table(
+            ("writer", "outcome", "previous files intact", "what it said"),
+            [(r["what"], r["outcome"], "yes" if r["intact"] else "**no**", r["message"]) for r in result["full_disk"]],
+        )
+    if result.get("photos"):
+        lines += ["", "## Photos of every kind (predict.py)", ""]
+        lines += _table(
+            ("photo", "outcome", "what it said"), [(r["kind"], r["outcome"], r["message"]) for r in result["photos"]]
+        )
+        lines += [
+            "",
+            "A photo whose header declares more than 100 megapixels (`hourglass_tf.images.MAX_IMAGE_PIXELS`) is refused "
+            "before decoding, in Python (`people.read_rgb`), in the training pipeline and in the SavedModel's "
+            "signatures; 2 KB of PNG declaring 40,000 x 40,000 would otherwise ask for 4.8 GB.",
+        ]
+    if result.get("serving"):
+        lines += [
+            "",
+            "## Serving requests (the SavedModel's signatures)",
+            "",
+            "| signature | request | outcome | message |",
+        ]
+        lines.append("|---|---|---|---|")
+        for r in result["serving"]:
+            lines.append(f"| {r['signature']} | {r['request']} | {r['outcome']} | {r['message'].replace('|', '/')} |")
+    if result.get("bad_flags"):
+        counts = {}
+        for r in result["bad_flags"]:
+            counts.setdefault(r["script"], []).append(r)
+        lines += [
+            "",
+            "## Bad flags at every command-line entry",
+            "",
+            "Unknown, inconsistent and out-of-range flags and missing files (`benchmarks/reliability.py` `BAD_FLAGS`; "
+            "also `tests/test_cli_flags.py`). A clear error: non-zero exit status, the expected words said, no "
+            "traceback, nothing written.",
+            "",
+        ]
+        lines += _table(
+            ("program", "cases", "clear errors", "others"),
+            [
+                (
+                    script,
+                    len(rows),
+                    sum(r["outcome"] == "clear error" for r in rows),
+                    "; ".join(f"`{r['args']}`: {r['outcome']}" for r in rows if r["outcome"] != "clear error"),
+                )
+                for script, rows in sorted(counts.items())
+            ],
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -308,6 +730,11 @@ if __name__ == "__main__":
             "kill_soak": kill_soak(work, f.kills, f.epochs, f.seed),
         }
         result["damaged"] = damaged_files(work)
+        result["photos"] = photo_kinds(work)
+        result["full_disk"] = full_disk(work)
+        result["serving"] = serving_requests(work)
+        model_file = tiny_model_file(work / "flags_model.keras")
+        result["bad_flags"] = [r for script in sorted(BAD_FLAGS) for r in bad_flags(script, model_file, work / "flags")]
         pathlib.Path(f.json).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(f.json).write_text(json.dumps(result, indent=1))
         pathlib.Path(f.out).write_text(markdown(result))

@@ -50,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import metadata, serving
+from hourglass_tf import images, metadata, serving
 from hourglass_tf.codec import HeatmapCodec
 from hourglass_tf.geometry import (
     average_with_mirror,
@@ -72,7 +72,9 @@ def heatmap_model(model):
 
 def decode_photo(data):
     """JPEG/PNG/BMP/GIF bytes -> (H, W, 3) uint8 RGB. JPEGs use the accurate integer IDCT, which decodes exactly
-    as OpenCV (the Python path) does; TensorFlow's default fast IDCT differs by up to 15 levels."""
+    as OpenCV (the Python path) does; TensorFlow's default fast IDCT differs by up to 15 levels. A header that
+    declares more than ``images.MAX_IMAGE_PIXELS`` pixels is refused before decoding."""
+    data = images.checked_tf(data)
     return tf.cond(
         tf.io.is_jpeg(data),
         lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
@@ -102,9 +104,11 @@ class ServingModule(tf.Module):
     def serve_crops(self, images):
         size = self.input_size
         message = f"images must be uint8 RGB person crops of shape (N, {size}, {size}, 3)"
+        shape = tf.concat([tf.shape(images), tf.zeros([4], tf.int32)], axis=0)[:4]  # any rank compares safely
+        ok = tf.equal(tf.rank(images), 4) & tf.reduce_all(tf.equal(shape[1:], tf.constant([size, size, 3])))
         checks = [
-            tf.debugging.assert_rank(images, 4, message=message),
-            tf.debugging.assert_equal(tf.shape(images)[1:], tf.constant([size, size, 3]), message=message),
+            tf.debugging.assert_equal(ok, True, message=message),
+            tf.debugging.assert_positive(shape[0], message="the batch holds no crop"),
         ]
         with tf.control_dependencies(checks):
             crops = tf.cast(images, tf.float32) / 255.0

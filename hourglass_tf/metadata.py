@@ -231,6 +231,11 @@ def save_keras(model, path, info):
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(FILENAME, info.to_json())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, say: say which file could not be written
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise OSError(
+            err.errno, f"cannot write {path} ({err.strerror or err}); the previous file is untouched"
+        ) from None
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise

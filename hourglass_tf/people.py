@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import geometry
+from hourglass_tf import geometry, images
 from hourglass_tf.inference import Predictor
 
 
@@ -288,8 +288,17 @@ def person_source(spec):
 
 
 def read_rgb(path):
-    """(H, W, 3) uint8 RGB from an image file; ValueError naming the file when it is not a readable image."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """(H, W, 3) uint8 RGB from an image file (grayscale, RGBA and 16-bit photos converted); ValueError naming
+    the file when it is not a readable image, ``images.ImageTooLargeError`` (a ValueError) when its header
+    declares more than ``images.MAX_IMAGE_PIXELS`` pixels (checked before decoding)."""
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable image ({error.strerror or error})") from None
+    if not data:
+        raise ValueError(f"{path}: an empty file, not an image")
+    images.check_size(data, path)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # a cut JPEG decodes as far as it goes (imdecode refuses it)
     if image is None:
         raise ValueError(f"{path}: not a readable image")
     return image[..., ::-1].copy()

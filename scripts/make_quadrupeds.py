@@ -14,9 +14,9 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output", "data/quadrupeds", "Dataset folder to write.")
-flags.DEFINE_integer("num_train", 1200, "Training images.")
-flags.DEFINE_integer("num_valid", 200, "Validation images.")
-flags.DEFINE_integer("image_size", 192, "Image side in pixels.")
+flags.DEFINE_integer("num_train", 1200, "Training images.", lower_bound=1)
+flags.DEFINE_integer("num_valid", 200, "Validation images.", lower_bound=1)
+flags.DEFINE_integer("image_size", 192, "Image side in pixels.", lower_bound=64)
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_bool("overwrite", False, "Write into an existing dataset folder.")
 

@@ -69,10 +69,10 @@ def main(argv):
             )
             print(f"{split}: {report.summary()}")
             meta["splits"][split] = report.as_dict()
-    except (DataFileError, ValueError) as err:
+        tfrecords.write_meta(FLAGS.output, meta)
+    except (DataFileError, ValueError, OSError) as err:  # OSError: a full disk, say; earlier files stay intact
         print(f"error: {err}", file=sys.stderr)
         return 1
-    tfrecords.write_meta(FLAGS.output, meta)
     print(
         json.dumps(
             {

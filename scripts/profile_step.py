@@ -24,11 +24,11 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 from benchmarks import profiling  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_stacks", 2, "Stacks of the profiled model.")
-flags.DEFINE_integer("filters", 256, "Features.")
-flags.DEFINE_integer("input_size", 256, "Input size.")
-flags.DEFINE_integer("batch_size", 8, "Batch size.")
-flags.DEFINE_integer("steps", 2, "Traced training steps (after two untraced warm-up steps).")
+flags.DEFINE_integer("num_stacks", 2, "Stacks of the profiled model.", lower_bound=1)
+flags.DEFINE_integer("filters", 256, "Features.", lower_bound=1)
+flags.DEFINE_integer("input_size", 256, "Input size.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 8, "Batch size.", lower_bound=1)
+flags.DEFINE_integer("steps", 2, "Traced training steps (after two untraced warm-up steps).", lower_bound=1)
 flags.DEFINE_string("output_dir", "runs/profile", "Trace and breakdown go here.")
 
 
@@ -36,10 +36,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     out = pathlib.Path(FLAGS.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    step = profiling.trace_train_step(
-        out / "trace", FLAGS.num_stacks, FLAGS.filters, FLAGS.input_size, FLAGS.batch_size, FLAGS.steps
-    )
+    try:
+        step = profiling.trace_train_step(
+            out / "trace", FLAGS.num_stacks, FLAGS.filters, FLAGS.input_size, FLAGS.batch_size, FLAGS.steps
+        )
+    except ValueError as err:  # a model setting build_model refuses (odd filters, input size)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     breakdown = profiling.op_breakdown(out / "trace")
     breakdown.update(
         step,

@@ -7,6 +7,9 @@
 Every field of ``hourglass_tf.train.TrainConfig`` is a flag. Unknown or inconsistent flags stop the
 program before anything is built. Killed runs resume from ``RUN_DIR/backup`` when started again with the
 same flags.
+
+Exit status: 0 done (or the time budget spent), 1 unknown flags, 2 bad flags or data, 3 stopped early (a
+non-finite loss), 4 a file could not be written (a full disk, say: the checkpoints already written stay whole).
 """
 
 import os
@@ -46,6 +49,13 @@ def main(argv):
     except (DataFileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, say: every checkpoint is written beside and renamed (metadata.save_keras)
+        print(
+            f"error: {err}. The run stopped; the checkpoints already written are whole. "
+            "Free some space and start the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 4
     summary = result["summary"]
     print(
         f"done: {summary['epochs_run']} epoch(s) in {summary['train_seconds']:.0f} s; "

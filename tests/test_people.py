@@ -329,3 +329,48 @@ def test_predict_cli_finds_several_people_from_a_detections_file_and_writes_coco
         timeout=300,
     )
     assert both.returncode != 0 and "give one person source, received --bbox and --detections" in both.stderr
+
+
+def test_every_signature_refuses_malformed_requests_with_a_clear_answer(tiny, tmp_path):
+    """The serving sweep: wrong dtype, rank, size, an empty batch, undecodable bytes, a decompression bomb;
+    each is refused by the graph with a message saying what is wrong (TF Serving passes it on), never a crash."""
+    from benchmarks.reliability import jpeg_bomb, png_bomb
+
+    model, info = tiny
+    saved_model = export.export_model(model, tmp_path / "exported", formats=("saved_model",), info=info)["saved_model"]
+    signatures = tf.saved_model.load(str(saved_model)).signatures
+    size = model.inputs[0].shape[1]
+
+    def outcome(name, **inputs):
+        try:
+            signatures[name](**inputs)
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+            return str(error)
+        return "answered"
+
+    crops = tf.zeros([2, size, size, 3], tf.uint8)
+    assert "answered" == outcome("serving_default", images=crops)
+    for bad, expected in (
+        (tf.zeros([2, size, size, 3], tf.float32), "expected to be a uint8 tensor"),  # wrong dtype
+        (tf.zeros([size, size, 3], tf.uint8), f"person crops of shape (N, {size}, {size}, 3)"),  # wrong rank
+        (tf.zeros([2, size // 2, size // 2, 3], tf.uint8), f"person crops of shape (N, {size}, {size}, 3)"),
+        (tf.zeros([0, size, size, 3], tf.uint8), "the batch holds no crop"),
+    ):
+        assert expected in outcome("serving_default", images=bad), expected
+    jpeg = cv2.imencode(".jpg", _picture(1, (100, 140)))[1].tobytes()
+    box = tf.constant([10.0, 5.0, 40.0, 80.0])
+    assert outcome("predict_image", image_bytes=tf.constant(jpeg), box=box) == "answered"
+    for data in (png_bomb(), jpeg_bomb()):
+        assert "decompression bomb" in outcome("predict_image", image_bytes=tf.constant(data), box=box)
+        reply = serving.serve_in_process(saved_model, serving.images_request([jpeg, data], [[[5, 5, 40, 80]]] * 2))
+        assert "decompression bomb" in reply["error"] and "outputs" not in reply
+    empty = outcome(
+        "predict_images",
+        image_bytes=tf.constant([], tf.string),
+        boxes=tf.zeros([0, 1, 4]),
+        box_count=tf.zeros([0], tf.int32),
+    )
+    assert "the batch holds no image" in empty
+    assert "box width and height must be positive" in outcome(
+        "predict_image", image_bytes=tf.constant(jpeg), box=box * 0
+    )

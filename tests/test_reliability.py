@@ -163,3 +163,89 @@ def test_a_full_disk_while_exporting_is_one_clear_error_and_the_previous_export_
     )
     assert (out / "model.keras").read_bytes() == b"the previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "exported.export.log"]  # no staging left
+
+
+FULL_DISK_SHARDS = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.argv = ["prepare_data.py"] + sys.argv[2:]
+runpy.run_path("scripts/prepare_data.py", run_name="__main__")
+"""
+
+
+def test_a_full_disk_while_writing_shards_is_one_clear_line_and_the_previous_shards_stay(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from hourglass_tf.data import synthetic
+
+    source, out = tmp_path / "synthetic", tmp_path / "shards"
+    synthetic.generate(source, num_train=24, num_valid=8, image_size=128, seed=0)
+    args = [f"--source={source}", f"--output={out}", "--dataset=synthetic", "--input_size=64"]
+
+    def prepare(limit, *extra):
+        command = [sys.executable, "-c", FULL_DISK_SHARDS, str(limit), *args, *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+    first = prepare(2**40)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "meta.json" in before and any(name.startswith("train-") for name in before)
+    largest = max(len(b) for b in before.values())
+    done = prepare(largest // 3, "--samples_per_shard=1000")  # one shard per split, each larger than the limit
+    assert done.returncode == 1, done.stdout + done.stderr[-2000:]
+    assert "cannot write" in done.stderr and "File too large" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # previous shards and meta.json whole, no .tmp
+
+
+def test_a_full_disk_during_training_stops_with_one_line_and_the_checkpoints_stay_whole(tmp_path):
+    from benchmarks.reliability import TINY, run_with_file_size_limit
+    from conftest import REPO  # noqa: F401 - the scripts run from the repository
+    from hourglass_tf.data import synthetic
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    synthetic.generate(data, num_train=24, num_valid=8, image_size=96, seed=1)
+    args = [*TINY, f"--data_dir={data}", f"--run_dir={run}"]
+    code, output = run_with_file_size_limit(2**40, "train.py", [*args, "--epochs=1"])
+    assert code == 0, output[-2000:]
+    checkpoints = {name: (run / name).read_bytes() for name in ("last.keras", "best.keras")}
+    code, output = run_with_file_size_limit(20_000, "train.py", [*args, "--epochs=3"])  # a .keras needs 1.6 MB
+    assert code == 4, output[-2000:]
+    assert "Traceback" not in output
+    assert f"cannot write {run / 'last.keras'}" in output and "File too large" in output and "resume" in output
+    assert {name: (run / name).read_bytes() for name in checkpoints} == checkpoints
+    assert not list(run.glob(".*.tmp.keras"))  # no half-written temporary
+    code, output = run_with_file_size_limit(2**40, "train.py", [*args, "--epochs=3"])  # space again: it resumes
+    assert code == 0 and "done" in output, output[-2000:]
+
+
+def test_a_truncated_or_missing_shard_is_named_before_training_starts(tmp_path):
+    import subprocess
+    import sys
+
+    from benchmarks.reliability import TINY
+    from conftest import REPO
+    from hourglass_tf.data import synthetic, tfrecords
+    from hourglass_tf.data.sample import DataFileError
+
+    source, shards = tmp_path / "synthetic", tmp_path / "shards"
+    synthetic.generate(source, num_train=24, num_valid=8, image_size=96, seed=0)
+    prepare = [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--dataset=synthetic", "--input_size=64"]
+    subprocess.run([*prepare, f"--source={source}", f"--output={shards}", "--samples_per_shard=10"], check=True)
+    assert tfrecords.check_shards(shards, "train", 24) == 24
+    first = sorted(shards.glob("train-*.tfrecord"))[0]
+    whole = first.read_bytes()
+    first.write_bytes(whole[: len(whole) * 2 // 3])  # a half-copied shard
+    with pytest.raises(DataFileError, match=rf"{first.name}: truncated: record \d+ at byte \d+"):
+        tfrecords.check_shards(shards, "train", 24)
+    train = [sys.executable, str(REPO / "scripts" / "train.py"), *TINY, f"--tfrecord_dir={shards}", "--epochs=1"]
+    done = subprocess.run([*train, f"--run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and first.name in done.stderr and "truncated" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    first.unlink()  # a shard missing altogether: the count no longer matches meta.json
+    with pytest.raises(DataFileError, match="the train shards hold 1[0-9] records, meta.json recorded 24"):
+        tfrecords.check_shards(shards, "train", 24)

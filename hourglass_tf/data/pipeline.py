@@ -28,6 +28,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
+from hourglass_tf import images
 from hourglass_tf.codec import HeatmapCodec
 from hourglass_tf.data.sample import SkipReport, sample_problem
 from hourglass_tf.geometry import apply_matrix, crop_matrix, warp_image
@@ -157,8 +158,9 @@ def samples_to_dataset(samples, root):
 
 
 def decode_image(data):
-    """Encoded JPEG/PNG/BMP/GIF bytes -> (H, W, 3) uint8 RGB (grayscale, RGBA, 16-bit converted)."""
-    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    """Encoded JPEG/PNG/BMP/GIF bytes -> (H, W, 3) uint8 RGB (grayscale, RGBA, 16-bit converted); a header that
+    declares more than ``images.MAX_IMAGE_PIXELS`` pixels fails before decoding."""
+    image = tf.io.decode_image(images.checked_tf(data), channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
 

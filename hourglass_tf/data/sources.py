@@ -53,6 +53,7 @@ def load_source(
             )
         tfrecords.check_compatible(meta, tfrecord_dir, augmentation, input_size)
         report = SkipReport(kept=meta["splits"].get(split, {}).get("kept", 0))
+        tfrecords.check_shards(tfrecord_dir, split, report.kept)
         return tfrecords.read_shards(tfrecord_dir, split, skeleton.num_joints), skeleton, report, report.kept
     samples, skeleton = readers.load_split(dataset, data_dir, split, options)
     kept, report = pipeline.check_samples(samples, data_dir, decode=decode_check)

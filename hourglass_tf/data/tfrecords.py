@@ -15,6 +15,7 @@ import json
 import math
 import os
 import pathlib
+import struct
 
 import cv2
 import numpy as np
@@ -110,25 +111,31 @@ def write_shards(samples, root, output_dir, split, input_size=256, samples_per_s
     num_shards = max(1, math.ceil(len(samples) / samples_per_shard))
     finals = [output_dir / f"{split}-{s:05d}-of-{num_shards:05d}.tfrecord" for s in range(num_shards)]
     temps = [final.with_name(f".{final.name}.tmp") for final in finals]
-    writers = [tf.io.TFRecordWriter(str(tmp)) for tmp in temps]
+    writers = []
     last_image = {}
     try:
+        writers = [tf.io.TFRecordWriter(str(tmp)) for tmp in temps]
         for i, sample in enumerate(samples):
             problem, image = inspect_sample(sample, root, last_image=last_image)
             if problem:
                 report.skip(problem, sample.sample_id)
             else:
-                writers[report.kept % num_shards].write(encode_record(sample, image, input_size))
+                shard = report.kept % num_shards
+                record = encode_record(sample, image, input_size)
+                _checked_io(temps[shard], lambda: writers[shard].write(record))  # noqa: B023 - called at once
                 report.kept += 1
             if bar is not None and ((i + 1) % every == 0 or i == len(samples) - 1):
                 bar.update(i + 1)
+        for writer, tmp in zip(writers, temps):  # the last bytes reach the disk here: a full disk fails now
+            _checked_io(tmp, writer.close)
     except BaseException:
         for writer, tmp in zip(writers, temps):
-            writer.close()
+            try:
+                writer.close()
+            except tf.errors.OpError:
+                pass
             tmp.unlink(missing_ok=True)
         raise
-    for writer in writers:
-        writer.close()
     # Only now replace the split's previous shards: an interrupted run leaves them intact.
     for old in output_dir.glob(f"{split}-*.tfrecord"):
         if old not in finals:
@@ -138,12 +145,25 @@ def write_shards(samples, root, output_dir, split, input_size=256, samples_per_s
     return report
 
 
+def _checked_io(path, write):
+    """Runs ``write``; TensorFlow's write errors (a full disk, a file-size limit) become one OSError naming the
+    file, so that callers report one line instead of a traceback from the TensorFlow runtime."""
+    try:
+        return write()
+    except tf.errors.OpError as error:
+        raise OSError(f"{path}: cannot write ({error.message.strip()}); the previous shards are untouched") from None
+
+
 def write_meta(output_dir, meta):
-    """Writes ``meta.json`` atomically."""
+    """Writes ``meta.json`` atomically (a failed write leaves the previous one and no temporary)."""
     path = pathlib.Path(output_dir) / "meta.json"
     tmp = path.with_name(".meta.json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_meta(shard_dir):
@@ -192,6 +212,48 @@ def check_compatible(meta, shard_dir, augmentation=None, input_size=None):
             + f". Regenerate them with scripts/prepare_data.py --input_size={max(input_size or 0, bounds['input_size'])}"
             " (its region allows rotation <= 30 and scale 0.75-1.25), or train from --data_dir",
         )
+
+
+def count_records(path):
+    """Records in one TFRecord file, found by walking its length fields (no record is read or decoded).
+
+    Raises:
+      DataFileError naming the file when a record's length field or body runs past the end (a truncated or
+      half-copied shard).
+    """
+    path = pathlib.Path(path)
+    size = path.stat().st_size
+    count, offset = 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(12)  # uint64 length, uint32 masked CRC of the length
+            if len(header) < 12:
+                raise DataFileError(path, f"truncated: record {count} at byte {offset} has no complete header")
+            (length,) = struct.unpack("<Q", header[:8])
+            end = offset + 12 + length + 4  # the body and the uint32 masked CRC of the body
+            if end > size:
+                raise DataFileError(
+                    path, f"truncated: record {count} at byte {offset} needs {end} bytes, the file has {size}"
+                )
+            f.seek(end)
+            offset, count = end, count + 1
+    return count
+
+
+def check_shards(shard_dir, split, expected):
+    """Every ``split`` shard whole and, together, holding the ``expected`` records ``meta.json`` recorded.
+
+    A shard cut short would otherwise end each epoch early or stop training deep inside TensorFlow; a missing
+    one would silently shrink the data. Raises DataFileError naming the shard (or the folder).
+    """
+    files = sorted(pathlib.Path(shard_dir).glob(f"{split}-*.tfrecord"))
+    found = sum(count_records(path) for path in files)
+    if found != expected:
+        raise DataFileError(
+            shard_dir,
+            f"the {split} shards hold {found} records, meta.json recorded {expected} (a shard missing or replaced?)",
+        )
+    return found
 
 
 def read_shards(shard_dir, split, num_joints, shuffle_files=False, seed=0):
