@@ -434,7 +434,7 @@ SIDE_BY_SIDE_TARGETS = {
     "first_step_seconds": 30.0,
     "train_memory_ratio": 1.0,  # peak RSS, float32, against PyTorch's
 }
-TF_INFERENCE = {"float32": "tf_function", "bfloat16": "tf_function_bf16"}
+TF_INFERENCE = {"float32": ("tf_function", "tflite_fp32"), "bfloat16": ("tf_function_bf16",)}  # package runners
 TF_TRAINING = {"float32": "plain", "bfloat16": "mixed_precision"}
 
 
@@ -465,9 +465,10 @@ def side_by_side(
     every case alternates package, PyTorch, package, PyTorch ... (``rounds`` times each for inference, once for
     training), each in a fresh process; reports the medians and their ratio (package / PyTorch).
 
-    Inference: the package's compiled ``tf.function`` (``KerasRunner``, what ``predict.py`` and the estimator
-    use for a ``.keras`` model; bfloat16 through Keras' ``mixed_bfloat16`` policy) against PyTorch eager
-    ``inference_mode``, the faster of NCHW and channels-last (bfloat16 through CPU autocast), batch 1 and 8.
+    Inference: the package's runners (``TF_INFERENCE``: the compiled ``tf.function``, what ``predict.py`` and
+    the estimator use for a ``.keras`` model, and LiteRT for an exported ``.tflite``; bfloat16 through Keras'
+    ``mixed_bfloat16`` policy) against PyTorch eager ``inference_mode``, the faster of NCHW and channels-last
+    (bfloat16 through CPU autocast), batch 1 and 8; the ratio and target use the package's fastest runner.
     Training: the compiled Keras RMSprop step (fused batch norm; ``mixed_precision``) against PyTorch's RMSprop
     step (channels-last; autocast), batch 8, with each side's first step and peak memory.
     """
@@ -495,7 +496,7 @@ def side_by_side(
             "num_stacks": num_stacks,
             "filters": filters,
             "input_size": input_size,
-            "backends": ["tf_function"],
+            "backends": sorted({runner for p in precisions for runner in TF_INFERENCE[p]}),
         }
     )
     if "error" in info:
@@ -508,34 +509,29 @@ def side_by_side(
         return run_case({**model, **case}, python=torch_python, script=TORCH_SCRIPT)
 
     for precision in precisions:
-        runs = {"package": [], "torch": []}
+        runners = TF_INFERENCE[precision]
+        runs = {runner: [] for runner in (*runners, "torch")}
         for r in range(rounds):
-            runs["package"].append(
-                run_case(
-                    {
-                        "kind": "inference",
-                        "model_dir": str(model_dir),
-                        "backend": TF_INFERENCE[precision],
-                        "repeats": repeats,
-                    }
-                )
-            )
+            for runner in runners:
+                case = {"kind": "inference", "model_dir": str(model_dir), "backend": runner, "repeats": repeats}
+                runs[runner].append(run_case(case))
             runs["torch"].append(torch_case(kind="inference", precision=precision, repeats=repeats))
-            _log(
-                progress,
-                f"side by side, inference {precision}, round {r + 1}: package "
-                f"{_short(runs['package'][-1])}; PyTorch {_short(runs['torch'][-1])}",
-            )
+            said = "; ".join(f"{name} {_short(results[-1])}" for name, results in runs.items())
+            _log(progress, f"side by side, inference {precision}, round {r + 1}: {said}")
         out["inference"][precision] = {"runs": runs, "batches": {}}
         for batch in ("1", "8"):
-            package = _median_of(runs["package"], "batches", batch, "seconds")
+            times = {runner: _median_of(runs[runner], "batches", batch, "seconds") for runner in runners}
+            times = {runner: t for runner, t in times.items() if t}
+            best = min(times, key=times.get) if times else None
             torch = _median_of(runs["torch"], "batches", batch, "seconds")
             layouts = [r["batches"][batch]["layout"] for r in runs["torch"] if "error" not in r]
             out["inference"][precision]["batches"][batch] = {
-                "package": package,
+                "runners": times,
+                "runner": best,
+                "package": times.get(best),
                 "torch": torch,
                 "torch_layout": layouts[0] if layouts else None,
-                "ratio": package / torch if package and torch else None,
+                "ratio": times[best] / torch if best and torch else None,
             }
     for precision in precisions:
         package = run_case(
@@ -568,7 +564,8 @@ def _side_by_side_targets(sbs):
             if row["ratio"] is not None:
                 targets.append(
                     _target(
-                        f"inference, {stacks} stacks, batch {batch}, {precision}: package / PyTorch time",
+                        f"inference, {stacks} stacks, batch {batch}, {precision}: package ({row['runner']}) / "
+                        "PyTorch time",
                         row["ratio"],
                         SIDE_BY_SIDE_TARGETS["inference_ratio"],
                         "<=",
@@ -996,10 +993,13 @@ def _side_by_side_markdown(sbs):
             if row["ratio"] is None:
                 lines.append(f"| inference, batch {batch}, {precision} | failed | | |")
                 continue
-            lines.append(
-                f"| inference, batch {batch}, {precision} | {row['package'] * 1000:.0f} ms | "
-                f"{row['torch'] * 1000:.0f} ms ({row['torch_layout']}) | **{row['ratio']:.2f}** |"
-            )
+            for runner, seconds in row["runners"].items():
+                ratio = f"{seconds / row['torch']:.2f}"
+                lines.append(
+                    f"| inference, batch {batch}, {precision}, {BACKEND_TITLES.get(runner, runner)} | "
+                    f"{seconds * 1000:.0f} ms | {row['torch'] * 1000:.0f} ms ({row['torch_layout']}) | "
+                    + (f"**{ratio}** |" if runner == row["runner"] else f"{ratio} |")
+                )
     for precision, row in sbs["train"].items():
         if "ratio" not in row:
             error = row["package"].get("error") or row["torch"].get("error")

@@ -18,6 +18,8 @@ from hourglass_tf.data.pipeline import decode_image
 from hourglass_tf.export import decode_photo
 from hourglass_tf.people import read_rgb
 
+pytestmark = pytest.mark.reliability
+
 RGB = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
 
 

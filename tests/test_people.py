@@ -331,6 +331,7 @@ def test_predict_cli_finds_several_people_from_a_detections_file_and_writes_coco
     assert both.returncode != 0 and "give one person source, received --bbox and --detections" in both.stderr
 
 
+@pytest.mark.reliability
 def test_every_signature_refuses_malformed_requests_with_a_clear_answer(tiny, tmp_path):
     """The serving sweep: wrong dtype, rank, size, an empty batch, undecodable bytes, a decompression bomb;
     each is refused by the graph with a message saying what is wrong (TF Serving passes it on), never a crash."""

@@ -116,13 +116,16 @@ def test_the_side_by_side_reports_ratios_and_targets(tmp_path):
             row = sbs["inference"][precision]["batches"][batch]
             assert row["package"] > 0 and row["torch"] > 0
             assert row["ratio"] == pytest.approx(row["package"] / row["torch"])
+            assert row["package"] == min(row["runners"].values()) and row["runner"] in row["runners"]
+        assert set(sbs["inference"][precision]["batches"]["1"]["runners"]) == set(benchmark.TF_INFERENCE[precision])
         train = sbs["train"][precision]
         assert train["ratio"] == pytest.approx(train["package"]["seconds"] / train["torch"]["seconds"])
     names = [t["name"] for t in results["targets"]]
-    assert sum("package / PyTorch time" in n for n in names) == 6  # 4 inference, 2 training
+    assert sum("/ PyTorch time" in n for n in names) == 6  # 4 inference (the fastest runner), 2 training
     assert any("first step" in n for n in names) and any("peak memory" in n for n in names)
     table = benchmark.markdown(results)
-    assert "Side by side with PyTorch" in table and "| inference, batch 1, bfloat16 |" in table
+    assert "Side by side with PyTorch" in table and "| inference, batch 1, bfloat16, compiled" in table
+    assert "| inference, batch 8, float32, TFLite fp32" in table
 
 
 def test_side_by_side_only_needs_a_pytorch_python(tmp_path):
