@@ -23,6 +23,7 @@ Model FLOPs come from the layer shapes (``model.conv_flops``).
 """
 
 import json
+import math
 import os
 import pathlib
 import platform
@@ -362,10 +363,10 @@ def people_case(repeats=5, people_counts=(1, 4, 8), frames=200, frame_size=(480,
     video, truth = render_video(seed=0, num_frames=frames, image_size=frame_size, num_people=1)
     box = people.box_of_keypoints(np.column_stack([truth[0, 0], np.ones(len(truth[0, 0]))]))
     detector = people.PoseEstimator(predictor, lambda frame: box[None])
-    tracker = tracking.Tracker(detector, detect_every=30, lost_score=0.0)  # random weights: never "lost"
+    tracker = tracking.Tracker(detector, detect_every=30, lost_score=-math.inf)  # random weights: never "lost"
     for t in range(3):  # compile
         tracker(video[t], t / 25)
-    tracker = tracking.Tracker(detector, detect_every=30, lost_score=0.0)
+    tracker = tracking.Tracker(detector, detect_every=30, lost_score=-math.inf)
     rss = {}
     start = time.perf_counter()
     for t in range(frames):

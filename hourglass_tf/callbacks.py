@@ -394,6 +394,34 @@ def check_backup(backup_dir, log=print):
     return "fresh"
 
 
+def backup_epochs(backup_dir):
+    """Epochs the backup in ``backup_dir`` holds (0 when there is none); read after ``check_backup``."""
+    meta = pathlib.Path(backup_dir) / BACKUP_METADATA
+    return json.loads(meta.read_text())["epoch"] if meta.exists() else 0
+
+
+def trim_log(log_path, epochs, log=print):
+    """Keeps the ``log.csv`` rows of the first ``epochs`` epochs, those the backup holds.
+
+    Each epoch's row is written before its backup, so a kill between the two leaves a row for an epoch the
+    resumed run trains again; removing it here keeps every epoch logged exactly once. Returns the rows removed
+    (said through ``log``).
+    """
+    path = pathlib.Path(log_path)
+    if not path.exists():
+        return 0
+    header, *rows = path.read_text().splitlines(keepends=True) or [""]
+    rows = [row for row in rows if row.strip()]
+    keep = [row for row in rows if int(row.split(",", 1)[0]) < epochs]  # CSVLogger's first column: the epoch
+    if len(keep) == len(rows):
+        return 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(header + "".join(keep))
+    os.replace(tmp, path)
+    log(f"{path}: removed {len(rows) - len(keep)} row(s) of epochs the backup does not hold; they run again")
+    return len(rows) - len(keep)
+
+
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore that never backs up a non-finite state."""
 

@@ -49,8 +49,10 @@ from hourglass_tf.callbacks import (
     SafeBackupAndRestore,
     TimeBudget,
     ValidatedPlateau,
+    backup_epochs,
     check_backup,
     spent_budget_seconds,
+    trim_log,
 )
 from hourglass_tf.config import LR_SCHEDULES, OPTIMIZERS, STRATEGIES, TrainConfig
 from hourglass_tf.data import pipeline, readers, sources, tfrecords
@@ -301,6 +303,7 @@ def _train(config):
         source=val_source,
     )
     check_backup(write_dir / "backup")  # a damaged backup: the previous one, or a fresh start; never a crash
+    trim_log(write_dir / "log.csv", backup_epochs(write_dir / "backup"))  # each epoch logged once after a kill
     remove_stale_temporaries(write_dir)
     backup = SafeBackupAndRestore(str(write_dir / "backup"), guard)
     if config.lr_schedule == "cosine":
@@ -340,10 +343,10 @@ def _train(config):
         AtomicCheckpoint(write_dir, config.metric_name, guard, info=info),
         *pictures,
         *[AverageWeightsOut(a) for a in average_in],
-        backup,
         FailedSamples(failures),
         EpochTimer(),
         keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
+        backup,  # after the log row: a kill between them re-runs the epoch, and trim_log drops its first row
         keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False),
     ]
 

@@ -249,3 +249,19 @@ def test_a_truncated_or_missing_shard_is_named_before_training_starts(tmp_path):
     first.unlink()  # a shard missing altogether: the count no longer matches meta.json
     with pytest.raises(DataFileError, match="the train shards hold 1[0-9] records, meta.json recorded 24"):
         tfrecords.check_shards(shards, "train", 24)
+
+
+def test_log_rows_of_epochs_the_backup_does_not_hold_are_removed_before_resuming(tmp_path):
+    """A kill between an epoch's log row and its backup: the epoch runs again, so its first row goes."""
+    from hourglass_tf.callbacks import BACKUP_METADATA, backup_epochs, trim_log
+
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss\n0,0.5\n1,0.4\n2,0.3\n")
+    (tmp_path / "backup").mkdir()
+    assert backup_epochs(tmp_path / "backup") == 0
+    (tmp_path / "backup" / BACKUP_METADATA).write_text(json.dumps({"epoch": 2}))
+    said = []
+    assert trim_log(log, backup_epochs(tmp_path / "backup"), said.append) == 1
+    assert log.read_text() == "epoch,loss\n0,0.5\n1,0.4\n" and "removed 1 row" in said[0]
+    assert trim_log(log, 2, said.append) == 0 and len(said) == 1  # nothing more to remove, nothing said
+    assert trim_log(tmp_path / "missing.csv", 0) == 0
