@@ -19,10 +19,13 @@ intermediate supervision), RMSprop, and these callbacks, in this order:
 4. ``AtomicCheckpoint``: ``best.keras`` and ``last.keras``, written to a temporary file
    and renamed, so a kill never leaves a corrupt checkpoint; then ``ImageSummaries``
    (skeletons and heatmaps of a few fixed validation samples, to TensorBoard).
-5. ``SafeBackupAndRestore``: Keras' ``BackupAndRestore`` (weights, optimizer state,
+5. ``FailedSamples``, ``EpochTimer`` and ``CSVLogger`` (``log.csv``: losses, learning rate, metric, times).
+6. ``SafeBackupAndRestore``: Keras' ``BackupAndRestore`` (weights, optimizer state,
    epoch) that never backs up a non-finite state; a killed run started again with the
-   same run directory resumes at the epoch it was in.
-6. ``EpochTimer``, ``CSVLogger`` (``log.csv``) and ``TensorBoard`` (losses, learning rate, metric).
+   same run directory resumes at the epoch it was in. It comes after the log row, and
+   ``trim_log`` removes rows of epochs the backup does not hold before a resumed run
+   starts, so a kill between the two leaves each epoch logged exactly once.
+7. ``TensorBoard``.
 """
 
 import dataclasses
