@@ -180,6 +180,50 @@ def jpeg_bomb(width=30_000, height=30_000, seed=0):
     return bytes(data)
 
 
+def gif_bomb(width=12_000, height=12_000, frames=1):
+    """A GIF of a few dozen bytes: a ``width`` x ``height`` logical screen and ``frames`` 1 x 1 frames (each
+    decodes to the whole screen: many frames multiply it)."""
+    import struct
+
+    head = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + bytes(6)  # 2-colour global table
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"  # one pixel, LZW
+    return head + frame * frames + b"\x3b"
+
+
+def bmp_bomb(width=20_000, height=20_000):
+    """A 54-byte BMP header declaring ``width`` x ``height`` at 24 bits, with no pixels behind it."""
+    import struct
+
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 54 + len(info) - 40, 0, 0, 54) + info
+
+
+def webp_bomb(width=16_383, height=16_383, frames=0, seed=0):
+    """A small lossy WebP whose VP8 frame header declares ``width`` x ``height``; with ``frames`` > 0 an animated
+    WebP (VP8X) with a ``width`` x ``height`` canvas and that many ANMF frames of a few bytes."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    small = np.random.default_rng(seed).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(small).save(out, format="WEBP")
+    data = bytearray(out.getvalue())
+    if not frames:
+        data[26:30] = struct.pack("<HH", width, height)
+        return bytes(data)
+    vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x02, 0, 0, 0])
+    vp8x += (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    anim = b"ANIM" + struct.pack("<I", 6) + bytes(6)
+    payload = bytes(data[12:])  # the VP8 chunk
+    anmf_body = bytes(6) + (23).to_bytes(3, "little") + (31).to_bytes(3, "little") + bytes(4) + payload
+    anmf = (b"ANMF" + struct.pack("<I", len(anmf_body)) + anmf_body + (b"\x00" if len(anmf_body) % 2 else b"")) * frames
+    body = b"WEBP" + vp8x + anim + anmf
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
 FILE_SIZE_LIMIT = """
 import resource, runpy, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk

@@ -332,6 +332,20 @@ def _check_outputs(fmt, path, crops, reference):
     return deviation
 
 
+STAGING = "staging-"  # an export is written into ``.NAME.staging-XXXXXXXX/`` beside ``NAME``, then renamed
+
+
+def remove_stale_staging(output, log=print):
+    """Deletes the staging folders a killed export to ``output`` left beside it; returns how many."""
+    output = pathlib.Path(output)
+    stale = sorted(p for p in output.parent.glob(f".{output.name}.{STAGING}*") if p.is_dir())
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        log(f"removed {len(stale)} half-written export folder(s) a killed export left beside {output}")
+    return len(stale)
+
+
 def export_model(
     model,
     output,
@@ -398,7 +412,8 @@ def export_model(
     info_json = json.dumps({**info.to_dict(), "export": export_section}, indent=1, default=str)
     output.parent.mkdir(parents=True, exist_ok=True)
     log_path = output.parent / f"{output.name}.export.log"
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    remove_stale_staging(output)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.{STAGING}", dir=output.parent))
     size = int(head.inputs[0].shape[1])
     # Check crops are uint8 values / 255, so the SavedModel's uint8 input sees exactly the same pixels.
     crops = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.float32) / 255.0

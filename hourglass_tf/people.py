@@ -397,14 +397,20 @@ class PoseEstimator:
         return self.estimate(image, boxes, scores)
 
 
+CONFIDENT_JOINT = 0.2  # a joint scoring at least this counts in the person's COCO score (HRNet's in_vis_thre)
+
+
 def to_json(person, image_id=None, category_id=1):
     """One person as JSON: the package's record, and with ``image_id`` the COCO keypoint result layout."""
     keypoints = np.asarray(person["keypoints"], np.float64)
     if image_id is not None:
-        # COCO results: flat x, y, score triples; the person's score is its mean joint score, times the box
-        # score when that is a probability (a detections file's), as mmpose and HRNet rescore
+        # COCO results: flat x, y, score triples; the person's score is the mean score of its confident joints
+        # (>= CONFIDENT_JOINT), times the box score when that is a probability (a detector's), as HRNet and
+        # mmpose rescore before their OKS non-maximum suppression (coco_eval.oks_nms)
         box_score = float(person["score"])
-        score = float(keypoints[:, 2].mean()) * (box_score if 0.0 < box_score <= 1.0 else 1.0)
+        confident = keypoints[:, 2][keypoints[:, 2] >= CONFIDENT_JOINT]
+        joint_score = float(confident.mean()) if confident.size else 0.0
+        score = joint_score * (box_score if 0.0 < box_score <= 1.0 else 1.0)
         return {
             "image_id": image_id,
             "category_id": category_id,

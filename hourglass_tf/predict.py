@@ -4,11 +4,13 @@ Each image gets ``NAME.json`` (``people``: box, score and keypoints in original 
 and joint names) and ``NAME.png`` with every person's box and skeleton drawn where a joint's score reaches
 ``min_score``. A video gets ``NAME.json`` (per frame, people with their ``track_id``) and ``NAME.mp4``: people
 are tracked from frame to frame and their keypoints smoothed (``tracking.Tracker``). ``coco_results`` collects
-every image's people in the COCO keypoint results layout (``pycocotools`` scores it). A bad input (unreadable,
+every image's people in the COCO keypoint results layout (``pycocotools`` scores it), rescored and passed
+through OKS non-maximum suppression as HRNet and mmpose do (``coco_eval.oks_nms``). A bad input (unreadable,
 not an image) is reported and skipped; the others are still processed.
 """
 
 import json
+import os
 import pathlib
 import time
 
@@ -24,14 +26,109 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def collect_inputs(paths):
-    """Expands folders (their images and videos, sorted); keeps files and missing paths as given."""
-    out = []
+    """Expands folders into their photos and videos (sorted); keeps files and missing paths as given.
+
+    Returns:
+      (inputs, passed_over): the paths to predict, and the files inside the given folders that are neither
+      photos nor videos (by suffix), so the caller can say what it did not read.
+    """
+    inputs, passed_over = [], []
     for path in map(pathlib.Path, paths):
         if path.is_dir():
-            out.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES))
+            for child in sorted(path.iterdir()):
+                if child.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+                    inputs.append(child)
+                elif child.is_file() and not child.name.startswith("."):
+                    passed_over.append(child)
         else:
-            out.append(path)
-    return out
+            inputs.append(path)
+    return inputs, passed_over
+
+
+COCO_RESULTS = "coco_results.json"
+PARTIAL = ".partial"  # in the names of files being written: ``.NAME.partial.EXT``, renamed into place whole
+
+
+def output_stems(inputs):
+    """A distinct output name (without suffix) for each input: ``{input: stem}``.
+
+    The stem is the input's path relative to the inputs' common folder, folders joined by ``__``
+    (``a/x.jpg`` and ``b/x.jpg`` -> ``a__x``, ``b__x``); inputs that would still share one keep their suffix
+    (``x.jpg``, ``x.png`` -> ``x.jpg``, ``x.png``), and ``coco_results`` is never a stem (that file collects
+    every image's people).
+    """
+    inputs = list(dict.fromkeys(pathlib.Path(p) for p in inputs))
+    if not inputs:
+        return {}
+    folders = [os.path.abspath(p.parent) for p in inputs]
+    common = pathlib.Path(os.path.commonpath(folders))
+    relative = {p: pathlib.Path(os.path.abspath(p)).relative_to(common) for p in inputs}
+
+    def joined(rel, keep_suffix):
+        name = rel.name if keep_suffix else rel.stem
+        return "__".join([*rel.parent.parts, name])
+
+    plain = {p: joined(rel, False) for p, rel in relative.items()}
+    counts = {}
+    for stem in plain.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    stems, taken = {}, {pathlib.Path(COCO_RESULTS).stem}
+    for p in inputs:
+        stem = plain[p] if counts[plain[p]] == 1 and plain[p] not in taken else joined(relative[p], True)
+        base, n = stem, 2
+        while stem in taken:
+            stem, n = f"{base}-{n}", n + 1
+        taken.add(stem)
+        stems[p] = stem
+    return stems
+
+
+def planned_outputs(path, stem, output_dir):
+    """The files one input writes: ``STEM.json`` and the overlay (``STEM.png``, or ``STEM.mp4`` for a video)."""
+    overlay_suffix = ".mp4" if path.suffix.lower() in VIDEO_SUFFIXES else ".png"
+    return [output_dir / f"{stem}.json", output_dir / f"{stem}{overlay_suffix}"]
+
+
+def check_outputs_spare_inputs(inputs, stems, output_dir):
+    """ValueError, before anything is written, when an output file would land on an input file."""
+    sources = {}
+    for path in inputs:
+        if path.exists():
+            sources[os.path.realpath(path)] = path
+    for path in inputs:
+        for out in [*planned_outputs(path, stems[path], output_dir), output_dir / COCO_RESULTS]:
+            hit = sources.get(os.path.realpath(out))
+            if hit is not None:
+                raise ValueError(
+                    f"{out} would overwrite the input {hit}; nothing was written. "
+                    "Choose another --output_dir (outputs are named after their inputs)"
+                )
+
+
+def remove_partial_files(output_dir, log=print):
+    """Deletes the ``.NAME.partial.EXT`` files a killed prediction left in ``output_dir``; returns the count."""
+    stale = sorted(pathlib.Path(output_dir).glob(f".*{PARTIAL}*"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log(f"removed {len(stale)} half-written file(s) a killed run left in {output_dir}")
+    return len(stale)
+
+
+def _partial(path):
+    return path.with_name(f".{path.stem}{PARTIAL}{path.suffix}")
+
+
+def _write_text(path, text):
+    tmp = _partial(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_png(path, image):
+    tmp = _partial(path)
+    visualize.save_png(tmp, image)
+    os.replace(tmp, path)
 
 
 def overlay(image, people, skeleton, min_score):
@@ -49,32 +146,33 @@ def overlay(image, people, skeleton, min_score):
     return drawn
 
 
-def predict_image_file(estimator, path, output_dir, min_score=0.2, boxes=None):
-    """One image: returns (written paths, people)."""
+def predict_image_file(estimator, path, output_dir, min_score=0.2, boxes=None, stem=None):
+    """One image: writes ``STEM.json`` and ``STEM.png`` (``stem``: default the file's); returns (written, people)."""
     image = read_rgb(path)
     people = estimator(image, boxes=boxes, key=str(path))
-    json_path = output_dir / f"{path.stem}.json"
+    json_path, png_path = planned_outputs(path, stem or path.stem, output_dir)
     record = {
         "input": str(path),
         "image_size": [image.shape[1], image.shape[0]],
         "joints": list(estimator.skeleton.joints),
         "people": [to_json(p) for p in people],
     }
-    json_path.write_text(json.dumps(record, indent=1))
-    png_path = output_dir / f"{path.stem}.png"
-    visualize.save_png(png_path, overlay(image, people, estimator.skeleton, min_score))
+    _write_text(json_path, json.dumps(record, indent=1))
+    _write_png(png_path, overlay(image, people, estimator.skeleton, min_score))
     return [json_path, png_path], people
 
 
-def predict_video_file(estimator, path, output_dir, min_score=0.2, tracker_options=None):
-    """One video, tracked and smoothed: returns (written paths, frame count, seconds spent)."""
+def predict_video_file(estimator, path, output_dir, min_score=0.2, tracker_options=None, stem=None):
+    """One video, tracked and smoothed, to ``STEM.json`` and ``STEM.mp4`` (``stem``: default the file's); returns
+    (written paths, frame count, seconds spent). Both files appear whole or not at all."""
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise ValueError(f"{path}: not a readable video")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     tracker = Tracker(estimator, **(tracker_options or {}))
     frames, writer = [], None
-    video_path = output_dir / f"{path.stem}.mp4"
+    json_path, video_path = planned_outputs(path, stem or path.stem, output_dir)
+    partial_video = _partial(video_path)
     start = time.perf_counter()
     try:
         while True:
@@ -87,7 +185,7 @@ def predict_video_file(estimator, path, output_dir, min_score=0.2, tracker_optio
             drawn = overlay(rgb, people, estimator.skeleton, min_score)[..., ::-1]
             if writer is None:
                 fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                writer = cv2.VideoWriter(str(video_path), fourcc, fps, (drawn.shape[1], drawn.shape[0]))
+                writer = cv2.VideoWriter(str(partial_video), fourcc, fps, (drawn.shape[1], drawn.shape[0]))
             writer.write(np.ascontiguousarray(drawn))
     finally:
         capture.release()
@@ -95,8 +193,8 @@ def predict_video_file(estimator, path, output_dir, min_score=0.2, tracker_optio
             writer.release()
     seconds = time.perf_counter() - start
     if not frames:
+        partial_video.unlink(missing_ok=True)
         raise ValueError(f"{path}: not a readable video (no frame decoded)")
-    json_path = output_dir / f"{path.stem}.json"
     record = {
         "input": str(path),
         "fps": fps,
@@ -104,7 +202,8 @@ def predict_video_file(estimator, path, output_dir, min_score=0.2, tracker_optio
         "detector_runs": tracker.detector_runs,
         "frames": frames,
     }
-    json_path.write_text(json.dumps(record, indent=1))
+    _write_text(json_path, json.dumps(record, indent=1))
+    os.replace(partial_video, video_path)
     return [json_path, video_path], len(frames), seconds
 
 
@@ -117,22 +216,37 @@ def coco_image_id(path):
 def predict_inputs(
     estimator, paths, output_dir, min_score=0.2, boxes=None, tracker_options=None, image_ids=None, log=print
 ):
-    """Runs every input; writes ``coco_results.json`` for the images; returns (written paths, {input: error}).
+    """Runs every input; writes ``coco_results.json`` for the images.
 
-    ``image_ids`` maps file names to COCO image ids (default: ``coco_image_id``).
+    Each input's files are named by ``output_stems`` (distinct for every input). An output that would land
+    on an input is refused (ValueError) before anything is written; files a killed run left half-written in
+    ``output_dir`` are removed first. ``image_ids`` maps file names to COCO image ids (default:
+    ``coco_image_id``).
+
+    Returns:
+      (written paths, {input: error}, passed over): the files on disk now, the inputs that failed, and the
+      files in the given folders that are neither photos nor videos.
     """
     output_dir = pathlib.Path(output_dir)
+    inputs, passed_over = collect_inputs(paths)
+    stems = output_stems(inputs)
+    check_outputs_spare_inputs(inputs, stems, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_files(output_dir, log)
+    for path in passed_over:
+        log(f"{path}: passed over (not a photo or video: {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
     written, failed, results = [], {}, []
-    for path in collect_inputs(paths):
+    for path in stems:
         try:
             if not path.is_file():
                 raise ValueError(f"{path}: no such file")
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                paths_out, count, seconds = predict_video_file(estimator, path, output_dir, min_score, tracker_options)
+                paths_out, count, seconds = predict_video_file(
+                    estimator, path, output_dir, min_score, tracker_options, stem=stems[path]
+                )
                 log(f"{path}: {count} frames, {count / seconds:.1f} frames/s: {', '.join(map(str, paths_out))}")
             else:
-                paths_out, people = predict_image_file(estimator, path, output_dir, min_score, boxes)
+                paths_out, people = predict_image_file(estimator, path, output_dir, min_score, boxes, stem=stems[path])
                 image_id = (image_ids or {}).get(path.name, coco_image_id(path))
                 results.extend(to_json(p, image_id=image_id) for p in people)
                 log(f"{path}: {len(people)} people: {', '.join(map(str, paths_out))}")
@@ -141,7 +255,11 @@ def predict_inputs(
             failed[str(path)] = str(err)
             log(f"error: {err}")
     if results or not failed:
-        coco_path = output_dir / "coco_results.json"
-        coco_path.write_text(json.dumps(results))
+        from hourglass_tf.evaluation import coco_eval
+
+        # a person found twice (two detector boxes on one person) is scored once, as HRNet and mmpose do
+        results = coco_eval.oks_nms(results, coco_eval.sigmas_for(estimator.skeleton))
+        coco_path = output_dir / COCO_RESULTS
+        _write_text(coco_path, json.dumps(results))
         written.append(coco_path)
-    return written, failed
+    return [p for p in dict.fromkeys(written) if p.is_file()], failed, passed_over

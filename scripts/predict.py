@@ -12,6 +12,9 @@ OpenCV's HOG people detector; none: the whole image); when the detector finds no
 as one person. Writes NAME.json (people: box, score, keypoints in original pixels, 0-based, scores, joint
 names), NAME.png with every person drawn, and coco_results.json (the COCO keypoint results layout, for
 pycocotools). Videos are tracked and smoothed (One-Euro filter): NAME.json per frame with track ids, NAME.mp4.
+NAME is the input's path relative to the inputs' common folder (a/x.jpg -> a__x; x.jpg beside x.png -> x.jpg,
+x.png), so no two inputs share an output; an output that would land on an input stops the run before anything
+is written (exit 2). Files in a given folder that are not photos or videos are listed as passed over.
 The exit status is 1 when any input failed (the others are still processed).
 """
 
@@ -131,10 +134,17 @@ def main(argv):
     chosen = {"min_cutoff": FLAGS.min_cutoff, "beta": FLAGS.beta}
     smoothing = {**ONE_EURO, **{k: v for k, v in chosen.items() if v is not None}} if FLAGS.smoothing else None
     tracker_options = {"detect_every": FLAGS.detect_every, "smoothing": smoothing}
-    written, failed = predict_inputs(
-        estimator, inputs, FLAGS.output_dir, FLAGS.min_score, tracker_options=tracker_options, image_ids=image_ids
+    try:
+        written, failed, passed_over = predict_inputs(
+            estimator, inputs, FLAGS.output_dir, FLAGS.min_score, tracker_options=tracker_options, image_ids=image_ids
+        )
+    except ValueError as err:  # an output would land on an input: refused before anything is written
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"{len(written)} file(s) written to {FLAGS.output_dir}; {len(failed)} input(s) failed"
+        + (f"; {len(passed_over)} file(s) passed over (not a photo or video)" if passed_over else "")
     )
-    print(f"{len(written)} file(s) written to {FLAGS.output_dir}; {len(failed)} input(s) failed")
     return 1 if failed else 0
 
 

@@ -191,7 +191,9 @@ def test_predict_accepts_every_exported_format(tiny, tmp_path):
     reference = keypoints_of(tmp_path / "out_cli")
     for name in ("keras", "tflite", "onnx"):
         estimator = PoseEstimator(Predictor.from_file(paths[name]), [[10, 5, 70, 60]])
-        written, failed = predict_inputs(estimator, [tmp_path / "a.png"], tmp_path / f"out_{name}", log=lambda m: None)
+        written, failed, _ = predict_inputs(
+            estimator, [tmp_path / "a.png"], tmp_path / f"out_{name}", log=lambda m: None
+        )
         assert not failed, failed
         np.testing.assert_allclose(keypoints_of(tmp_path / f"out_{name}"), reference, atol=0.5, err_msg=name)
 

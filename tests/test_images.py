@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from benchmarks.reliability import jpeg_bomb, png_bomb
+from benchmarks.reliability import bmp_bomb, gif_bomb, jpeg_bomb, png_bomb, webp_bomb
 from conftest import REPO
 from hourglass_tf import images
 from hourglass_tf.data.pipeline import decode_image
@@ -43,6 +43,7 @@ def _kinds():
         "rgba.png": (_png(rgba), RGB),
         "16bit.png": (_png(deep), RGB),
         "rgb.bmp": (cv2.imencode(".bmp", RGB[..., ::-1])[1].tobytes(), RGB),
+        "lossless.webp": (cv2.imencode(".webp", RGB[..., ::-1], [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes(), RGB),
     }
 
 
@@ -73,21 +74,62 @@ def test_header_sizes_are_read_without_decoding(name, data):
         assert images.header_size(data) == expected[::-1]
 
 
-@pytest.mark.parametrize("make", [png_bomb, jpeg_bomb])
-def test_a_decompression_bomb_is_refused_before_decoding_everywhere(tmp_path, make):
-    data = make()
+BOMBS = {
+    "png": png_bomb,
+    "jpeg": jpeg_bomb,
+    "gif": gif_bomb,  # a 12,000 x 12,000 logical screen
+    "gif frames": lambda: gif_bomb(4000, 4000, frames=7),  # 16 MP a frame, 112 MP in all
+    "bmp": bmp_bomb,
+    "webp": webp_bomb,
+    "webp frames": lambda: webp_bomb(8000, 8000, frames=2),  # an animated 64 MP canvas, 128 MP in all
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BOMBS))
+def test_a_decompression_bomb_of_every_kind_is_refused_before_decoding_everywhere(tmp_path, kind):
+    data = BOMBS[kind]()
     path = tmp_path / "bomb.img"
     path.write_bytes(data)
     assert len(data) < 4000  # a few kilobytes that would decode to gigabytes
     with pytest.raises(images.ImageTooLargeError, match=r"bomb.img: .*pixels.*refused before decoding"):
         read_rgb(path)
-    for decode in (decode_photo, decode_image):
+    for decode in (decode_photo, decode_image):  # the SavedModel's decoder and the training pipeline's
         with pytest.raises(tf.errors.InvalidArgumentError, match="decompression bomb"):
             decode(tf.constant(data))
-    under = images.MAX_IMAGE_PIXELS  # the limit is the only reason: a higher one lets the header pass
-    with pytest.raises(images.ImageTooLargeError):
-        images.check_size(data, "x", limit=under)
-    images.check_size(data, "x", limit=50_000**2)
+    pixels = images.declared_pixels(data)
+    assert int(images.declared_pixels_tf(tf.constant(data)).numpy()) == pixels  # one rule in both places
+    with pytest.raises(images.ImageTooLargeError):  # the limit is the only reason: a higher one lets it pass
+        images.check_size(data, "x", limit=images.MAX_IMAGE_PIXELS)
+    images.check_size(data, "x", limit=pixels)
+
+
+def _animated(fmt, frames=3):
+    out = io.BytesIO()
+    pictures = [Image.fromarray(np.roll(RGB, 5 * i, axis=1)) for i in range(frames)]  # distinct, so all are kept
+    pictures[0].save(out, format=fmt, save_all=True, append_images=pictures[1:])
+    return out.getvalue()
+
+
+def test_every_frame_of_an_animated_gif_or_webp_counts_in_python_and_in_the_graph():
+    for fmt in ("GIF", "WEBP"):
+        data = _animated(fmt)
+        pixels = 3 * RGB.shape[0] * RGB.shape[1]
+        assert images.declared_pixels(data) == pixels, fmt
+        assert int(images.declared_pixels_tf(tf.constant(data)).numpy()) == pixels, fmt
+        with pytest.raises(images.ImageTooLargeError, match="frames declare"):
+            images.check_size(data, "x", limit=pixels - 1)
+    first = decode_photo(tf.constant(_animated("GIF"))).numpy()  # the first frame is what is read
+    assert first.shape == RGB.shape
+
+
+@pytest.mark.parametrize("name,data", [("garbage", b"\x00\x01 not a photo header " * 20), ("short", b"GI")])
+def test_a_header_the_package_cannot_read_is_refused_not_waved_through(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(images.UnreadableImageError, match=f"{name}: not a photo whose header"):
+        read_rgb(tmp_path / name)
+    for decode in (decode_photo, decode_image):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="not a photo whose header can be read"):
+            decode(tf.constant(data))
 
 
 def test_truncated_and_corrupt_photos_are_named(tmp_path):

@@ -265,3 +265,20 @@ def test_log_rows_of_epochs_the_backup_does_not_hold_are_removed_before_resuming
     assert log.read_text() == "epoch,loss\n0,0.5\n1,0.4\n" and "removed 1 row" in said[0]
     assert trim_log(log, 2, said.append) == 0 and len(said) == 1  # nothing more to remove, nothing said
     assert trim_log(tmp_path / "missing.csv", 0) == 0
+
+
+def test_a_staging_folder_a_killed_export_left_is_removed_by_the_next_export(tmp_path):
+    from hourglass_tf import metadata, skeleton
+    from hourglass_tf.export import export_model
+    from hourglass_tf.model import build_model
+
+    stale = tmp_path / ".exported.staging-k1lled00"
+    stale.mkdir()
+    (stale / "model.keras").write_bytes(b"half a model")
+    unrelated = tmp_path / ".other.staging-k1lled00"  # another output's: not ours to remove
+    unrelated.mkdir()
+    model = build_model(num_stacks=1, filters=16, depth=2, num_joints=16, input_size=64)
+    export_model(model, tmp_path / "exported", formats=("keras",), info=metadata.describe(model, skeleton.MPII))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".other.staging-k1lled00", "exported", "exported.export.log"]
+    )

@@ -105,10 +105,14 @@ def keypoint_results(pred, ids_to_images, category_id):
 
 
 def oks_ap(gt, results, sigmas):
-    """OKS AP/AR of ``results`` (a list of COCO keypoint results) against ``gt`` (``ground_truth``), by pycocotools.
+    """OKS AP/AR of ``results`` (a list of COCO keypoint results) against ``gt`` (``ground_truth``), by pycocotools,
+    by the standard protocol: every image and every person of the ground truth take part (COCOeval's own rules
+    ignore crowds and people without keypoints, and split by area), whether or not a result names them.
 
     Returns:
-      dict of ``SUMMARY`` names -> values in [0, 1] (-1 where COCOeval has nothing to score), and ``sigmas``.
+      dict of ``SUMMARY`` names -> values in [0, 1] (-1 where COCOeval has nothing to score), ``sigmas``,
+      ``images`` (scored) and ``unmatched_people``: ground-truth people COCOeval scores (not ignored) on
+      images with no result at all, i.e. people nothing was predicted for.
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -118,8 +122,46 @@ def oks_ap(gt, results, sigmas):
         detections = gt.loadRes(copy.deepcopy(results))
         evaluator = COCOeval(gt, detections, iouType="keypoints")
         evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, np.float64)
-        evaluator.params.imgIds = sorted({r["image_id"] for r in results})
+        evaluator.params.imgIds = sorted(gt.getImgIds())
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {**{name: float(v) for name, v in zip(SUMMARY, evaluator.stats)}, "sigmas": [float(s) for s in sigmas]}
+    with_results = {r["image_id"] for r in results}
+    unmatched = sum(
+        1
+        for ann in gt.dataset.get("annotations", [])
+        if ann["image_id"] not in with_results and not ann.get("iscrowd", 0) and ann.get("num_keypoints", 0) > 0
+    )
+    return {
+        **{name: float(v) for name, v in zip(SUMMARY, evaluator.stats)},
+        "sigmas": [float(s) for s in sigmas],
+        "images": len(evaluator.params.imgIds),
+        "unmatched_people": unmatched,
+    }
+
+
+def oks(a, b, area, sigmas):
+    """Object keypoint similarity of two people's keypoints (K, 3) as x, y, score, at the object ``area``
+    (COCOeval's formula, every joint counted)."""
+    variances = (2.0 * np.asarray(sigmas, np.float64)) ** 2
+    a, b = np.asarray(a, np.float64).reshape(-1, 3), np.asarray(b, np.float64).reshape(-1, 3)
+    d2 = (a[:, 0] - b[:, 0]) ** 2 + (a[:, 1] - b[:, 1]) ** 2
+    return float(np.mean(np.exp(-d2 / variances / (2.0 * max(area, np.spacing(1))))))
+
+
+def oks_nms(results, sigmas, threshold=0.9):
+    """OKS non-maximum suppression per image, as HRNet and mmpose apply to top-down results from a detector:
+    best score first, a person whose keypoints match a kept one's at OKS > ``threshold`` (at the mean of their
+    box areas) is dropped. ``results``: COCO keypoint results with ``bbox``. Returns the kept ones, in order."""
+    kept, by_image = [], {}
+    for result in sorted(results, key=lambda r: -r["score"]):
+        others = by_image.setdefault(result["image_id"], [])
+        area = float(result["bbox"][2] * result["bbox"][3])
+        if any(
+            oks(result["keypoints"], o["keypoints"], (area + o["bbox"][2] * o["bbox"][3]) / 2.0, sigmas) > threshold
+            for o in others
+        ):
+            continue
+        others.append(result)
+        kept.append(result)
+    return kept
