@@ -28,15 +28,15 @@ setup(
         "tensorflow-serving-api>=2.21,<2.22",  # PredictionLog protos of the SavedModel's warm-up file
         "pycocotools>=2.0.8,<3",  # COCO's official keypoint AP
         "pillow>=10",  # reads photo headers (sizes) before decoding: hourglass_tf.images
+        "ai-edge-litert>=2.0,<3",  # LiteRT: predicting with a .tflite, and checking a .tflite export
     ],
     extras_require={
         "onnx": ["tf2onnx>=1.17,<2", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"],
         "dev": [
             "pytest>=8,<10",
             "pytest-xdist>=3.5,<4",
-            "ai-edge-litert>=2.0,<3",
             "ruff==0.17.6",
-        ],  # LiteRT runs the TFLite exports in the tests
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -201,12 +201,38 @@ def load_runner(path):
     return runner
 
 
+class MissingDependencyError(ImportError):
+    """A runtime the package needs for a format is not installed; the message says the ``pip install``."""
+
+
+INSTALL = {
+    "onnxruntime": "pip install 'hourglass_tf[onnx]' (ONNX Runtime)",
+    "onnx": "pip install 'hourglass_tf[onnx]' (onnx, tf2onnx, ONNX Runtime)",
+    "tf2onnx": "pip install 'hourglass_tf[onnx]' (onnx, tf2onnx, ONNX Runtime)",
+    "ai_edge_litert": "pip install ai-edge-litert (LiteRT, TFLite's runtime)",
+}
+
+
+def missing_dependency(err, what):
+    """``MissingDependencyError`` for an ImportError of one of ``INSTALL``'s modules (else None)."""
+    module = (getattr(err, "name", None) or "").split(".")[0]
+    if module not in INSTALL:
+        return None
+    return MissingDependencyError(
+        f"{what} needs the Python package {module!r}, which is not installed: {INSTALL[module]}"
+    )
+
+
 def _open(runner_class, path):
-    """``runner_class(path)``; a file its runtime cannot load is a ValueError naming the file and the cause."""
+    """``runner_class(path)``; a file its runtime cannot load is a ValueError naming the file and the cause; a
+    runtime that is not installed is a ``MissingDependencyError`` saying how to install it."""
     try:
         return runner_class(path)
-    except ImportError:
-        raise
+    except ImportError as err:
+        missing = missing_dependency(err, f"{path}")
+        if missing is None:
+            raise
+        raise missing from None
     except Exception as err:  # LiteRT and ONNX Runtime raise their own exception types for a bad file
         cause = " ".join(str(err).split())[:300]
         kind = path.suffix or "SavedModel"

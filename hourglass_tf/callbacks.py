@@ -172,6 +172,53 @@ class EpochTimer(keras.callbacks.Callback):
             logs["elapsed_seconds"] = now - self.start
 
 
+class WorkEstimate(keras.callbacks.Callback):
+    """Says, once the first steps have run, how long the run's fixed amount of work should take on this machine,
+    and after each epoch how much is left: a run that trains a fixed number of steps ends with the same model on
+    any machine; only the time differs, and this says it.
+
+    ``steps_per_epoch`` x the epochs still to run is the work; the rate is measured over ``measure`` steps
+    after the first (which traces the step function).
+    """
+
+    def __init__(self, steps_per_epoch, measure=10, log=print):
+        super().__init__()
+        self.steps_per_epoch, self.measure, self.log = steps_per_epoch, measure, log
+        self.seconds_per_step = None
+
+    def on_train_begin(self, logs=None):
+        self.first_epoch, self.batches, self.mark = None, 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+        self.epoch_start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.seconds_per_step is not None:
+            return
+        self.batches += 1
+        if self.batches == 1:
+            self.mark = time.time()
+        elif self.batches == 1 + self.measure or batch + 1 == self.steps_per_epoch:
+            self.seconds_per_step = (time.time() - self.mark) / max(1, self.batches - 1)
+            epochs = self.params.get("epochs", 1) - self.first_epoch
+            steps = epochs * self.steps_per_epoch
+            self.log(
+                f"\n{steps} training steps to run ({epochs} epoch(s) of {self.steps_per_epoch}) at "
+                f"{self.seconds_per_step:.2f} s a step here: about {steps * self.seconds_per_step / 60:.1f} minutes "
+                "of training, plus validation"
+            )
+
+    def on_epoch_end(self, epoch, logs=None):
+        left = self.params.get("epochs", epoch + 1) - epoch - 1
+        if left and self.seconds_per_step is not None:
+            per_epoch = time.time() - self.epoch_start
+            self.log(
+                f"epoch {epoch + 1} of {self.params.get('epochs')} done; about {left * per_epoch / 60:.1f} min left"
+            )
+
+
 class NaNGuard(keras.callbacks.Callback):
     """Stops training at the first non-finite loss and records why (``self.reason``)."""
 
@@ -274,18 +321,20 @@ class FailedSamples(keras.callbacks.Callback):
     Logged as ``failed_samples`` (this epoch's count; ``log.csv`` keeps it) and printed when not 0.
     """
 
-    def __init__(self, failures):
+    def __init__(self, failures, diagnose=None):
         super().__init__()
         self.failures = failures
+        self.diagnose = diagnose  # () -> str: which samples fail now and why (a new check of the split)
 
     def on_epoch_end(self, epoch, logs=None):
         new = self.failures.since_last()
         if logs is not None:
             logs["failed_samples"] = new
         if new:
+            found = f"; a new check of the training split finds: {self.diagnose()}" if self.diagnose else ""
             print(
                 f"\nepoch {epoch + 1}: {new} training sample(s) failed to decode or transform and were skipped "
-                f"({self.failures.total()} in this run); the file may have changed on disk since it was checked"
+                f"({self.failures.total()} in this run){found}"
             )
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     jit_compile: bool = False
     fused_batch_norm: bool = True  # train batch norm with TF's fused kernel (same layers, same saved model)
     run_dir: str = "runs/train"
+    fresh_start: bool = False  # discard the resume backup and log of run_dir and start afresh
     init_weights: str = None  # a .keras model whose weights start the run (heads that do not fit start afresh)
     seed: int = 0
     validation_freq: int = 1

@@ -435,7 +435,11 @@ def export_model(
             try:
                 with _captured_output(log_path):
                     path = writers[fmt]()
-            except (ValueError, TypeError, RuntimeError, OSError, tf.errors.OpError, ImportError) as err:
+            except ImportError as err:
+                from hourglass_tf.backends import missing_dependency
+
+                raise ExportError(str(missing_dependency(err, f"exporting {fmt}") or _cause(err))) from err
+            except (ValueError, TypeError, RuntimeError, OSError, tf.errors.OpError) as err:
                 name = tflite_format if fmt == "tflite" else fmt
                 raise ExportError(f"{name}: conversion failed ({_cause(err)}); full log in {log_path}") from err
             written[fmt] = str(pathlib.Path(path).relative_to(staging))
@@ -445,11 +449,21 @@ def export_model(
                     deviations[check] = _check_outputs(check, path, crops, reference)
                 except ExportError:
                     raise
+                except ImportError as err:  # its runtime is not installed: say so, not "does not load"
+                    raise ExportError(f"{check}: the written {path.name} cannot be checked: {err}") from err
                 except Exception as err:  # the runtime refused the file: the export failed
                     raise ExportError(
                         f"{check}: the written {path.name} does not load in its runtime ({_cause(err)})"
                     ) from err
-        (staging / metadata.FILENAME).write_text(info_json)
+        described = {  # the files the description beside them is for, by hash: another file is refused
+            pathlib.Path(rel).name: metadata.file_digest(staging / rel)
+            for rel in written.values()
+            if pathlib.Path(rel).suffix in (".tflite", ".onnx")
+        }
+        export_section = {**export_section, "files": described}
+        (staging / metadata.FILENAME).write_text(
+            json.dumps({**info.to_dict(), "export": export_section}, indent=1, default=str)
+        )
         report = {
             "formats": written,
             **export_section,

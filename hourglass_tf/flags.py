@@ -55,7 +55,9 @@ HELP = {
     "jit_compile": "Compile the training step with XLA.",
     "fused_batch_norm": "Train batch norm with TensorFlow's fused kernel (about 30 % faster steps on CPU); the layers "
     "and saved models stay stock Keras.",
-    "run_dir": "Run directory: checkpoints, logs, backup (resume) and the resolved flags.",
+    "run_dir": "Run directory: checkpoints, logs, backup (resume) and the resolved flags. A killed run resumes "
+    "from its backup only under the same settings (epochs and verbosity may change).",
+    "fresh_start": "Discard run_dir's resume backup and log and start afresh (a reused run_dir with other settings).",
     "init_weights": "Start from this .keras model's weights (a converted published model, or any saved one): "
     "layers of the same name and shape are loaded; heads whose joint count differs start afresh. The stem variant "
     "and input mean are the model's.",

@@ -223,7 +223,7 @@ def _gif_pixels_tf(data):
         running,
         body,
         (start, tf.constant(False), tf.constant(0, tf.int64), tf.constant(False)),
-        maximum_iterations=length + 1,
+        maximum_iterations=tf.cast(length + 1, tf.int32),
     )
     return tf.maximum(total, screen)
 
@@ -255,7 +255,7 @@ def _webp_pixels_tf(data):
             lambda pos, count: pos + 8 <= length,
             body,
             (tf.constant(12, tf.int64), tf.constant(0, tf.int64)),
-            maximum_iterations=length,
+            maximum_iterations=tf.cast(length, tf.int32),
         )
         return tf.maximum(count, 1)
 

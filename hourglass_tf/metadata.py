@@ -24,6 +24,7 @@ the caller names the skeleton: ``resolve_info(path, skeleton=...)``.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -319,8 +320,41 @@ def read_info(path):
     candidates = [path / "assets.extra" / FILENAME, path / FILENAME] if path.is_dir() else [path.parent / FILENAME]
     for candidate in candidates:
         if candidate.is_file():
+            if not path.is_dir():
+                check_describes(candidate, path)
             return read_json(candidate)
     return None
+
+
+def file_digest(path):
+    """SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_describes(description, path):
+    """MetadataError when the description file ``description`` (an export's ``hourglass_tf.json``) lists the
+    files it describes (``export.files``: name -> SHA-256) and ``path`` is not one of them, byte for byte. An
+    older description without the list is taken as it is."""
+    try:
+        files = (json.loads(pathlib.Path(description).read_text()).get("export") or {}).get("files")
+    except (ValueError, AttributeError):
+        return  # read_json names a malformed description
+    if files is None:
+        return
+    path = pathlib.Path(path)
+    if path.name not in files:
+        raise MetadataError(
+            f"{description} describes {', '.join(sorted(files))}, not {path.name}: it belongs to another export"
+        )
+    if file_digest(path) != files[path.name]:
+        raise MetadataError(
+            f"{path}: the description beside it ({description}) was written for another {path.name} "
+            "(its SHA-256 differs); export the model again, or move the file to its own description"
+        )
 
 
 def resolve(stored, skeleton, where, build):

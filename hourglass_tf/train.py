@@ -28,14 +28,17 @@ intermediate supervision), RMSprop, and these callbacks, in this order:
 7. ``TensorBoard``.
 """
 
+import contextlib
 import dataclasses
 import json
 import pathlib
+import shutil
 import tempfile
 import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from hourglass_tf import __version__, batchnorm
 from hourglass_tf.callbacks import (
@@ -52,6 +55,7 @@ from hourglass_tf.callbacks import (
     SafeBackupAndRestore,
     TimeBudget,
     ValidatedPlateau,
+    WorkEstimate,
     backup_epochs,
     check_backup,
     spent_budget_seconds,
@@ -184,6 +188,83 @@ def load_matching_weights(model, source):
     return loaded, fresh
 
 
+# Settings a resumed run may change: how long it goes on and what it prints.
+RESUMABLE_CHANGES = ("epochs", "time_budget_minutes", "verbose", "image_summaries", "fresh_start", "run_dir")
+
+
+class RunDirError(ValueError):
+    """A reused run folder holds a backup of a run with other settings."""
+
+
+def prepare_run_dir(run_dir, config):
+    """Checks a reused ``run_dir`` before anything in it changes.
+
+    With a resume backup inside, the settings of ``config.json`` must be ``config``'s but for
+    ``RESUMABLE_CHANGES``: otherwise ``RunDirError`` lists the fields that differ and how to start afresh.
+    ``config.fresh_start`` discards the backup and the log (checkpoints are overwritten as the new run
+    writes them).
+    """
+    backup, saved = run_dir / "backup", run_dir / "config.json"
+    if config.fresh_start:
+        if backup.exists() or (run_dir / "log.csv").exists():
+            print(f"fresh start: the resume backup and log of {run_dir} are discarded")
+        shutil.rmtree(backup, ignore_errors=True)
+        (run_dir / "log.csv").unlink(missing_ok=True)
+        return
+    if not backup.exists() or not saved.is_file():
+        return
+    try:
+        previous = json.loads(saved.read_text())
+    except ValueError:
+        previous = {}
+    current = dataclasses.asdict(config)
+    differ = [
+        f"{name}: {previous.get(name)!r} -> {value!r}"
+        for name, value in current.items()
+        if name not in RESUMABLE_CHANGES and previous.get(name) != value
+    ]
+    if differ:
+        raise RunDirError(
+            f"{run_dir} holds the resume backup of a run with other settings ({'; '.join(differ)}). "
+            "Resuming would continue that run under these settings: give another --run_dir, "
+            "or --fresh_start to discard the backup and start afresh there"
+        )
+
+
+def recheck_training_split(config):
+    """What a new check of the training split finds now (after samples failed at run time): a line."""
+    try:
+        _, _, report, count = sources.load_source(
+            config.dataset,
+            "train",
+            config.data_dir,
+            config.tfrecord_dir,
+            input_size=config.input_size,
+            options=config.coco_options(),
+        )
+    except (ValueError, OSError) as err:
+        return str(err)
+    if report.total_skipped:
+        return f"{report.summary()} (of {count + report.total_skipped})"
+    return "every sample reads again now (the files changed during the run?)"
+
+
+@contextlib.contextmanager
+def failures_explained(config):
+    """Turns the pipeline's guard (``pipeline.FailureCount``: many samples in a row failed) into a ValueError
+    that says which samples fail and why, from a new check of the training split."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as err:
+        if pipeline.FAILURES_IN_A_ROW not in str(err):
+            raise
+        count = pipeline.MAX_FAILURES_IN_A_ROW
+        raise ValueError(
+            f"training stopped: {count} {pipeline.FAILURES_IN_A_ROW} (the data moved or became unreadable?); "
+            f"a new check of the training split finds: {recheck_training_split(config)}"
+        ) from None
+
+
 def train(config):
     """Runs training as ``config`` says.
 
@@ -214,6 +295,7 @@ def _train(config):
     write_dir = run_dir if chief else pathlib.Path(tempfile.mkdtemp(prefix="hourglass_worker_"))
     write_dir.mkdir(parents=True, exist_ok=True)
     if chief:
+        prepare_run_dir(run_dir, config)
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
@@ -234,6 +316,7 @@ def _train(config):
         config.tfrecord_dir,
         input_size=config.input_size,
         options=config.coco_options(),
+        need_normalizers=True,
     )
     augmentation = config.augmentation()
     val_flip_test = config.val_flip_test
@@ -346,8 +429,9 @@ def _train(config):
         AtomicCheckpoint(write_dir, config.metric_name, guard, info=info),
         *pictures,
         *[AverageWeightsOut(a) for a in average_in],
-        FailedSamples(failures),
+        FailedSamples(failures, diagnose=lambda: recheck_training_split(config)),
         EpochTimer(),
+        *([WorkEstimate(steps)] if config.verbose and budget is None else []),
         keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
         backup,  # after the log row: a kill between them re-runs the epoch, and trim_log drops its first row
         keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False),
@@ -361,7 +445,7 @@ def _train(config):
         if report.total_skipped:
             print(f"{name} split: {report.summary()}")
     start = time.time()
-    with multi_worker_fit_fixes(model, strategy):
+    with multi_worker_fit_fixes(model, strategy), failures_explained(config):
         history = model.fit(
             train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=config.verbose
         )

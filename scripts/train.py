@@ -8,13 +8,17 @@ Every field of ``hourglass_tf.train.TrainConfig`` is a flag. Unknown or inconsis
 program before anything is built. Killed runs resume from ``RUN_DIR/backup`` when started again with the
 same flags.
 
-Exit status: 0 done (or the time budget spent), 1 unknown flags, 2 bad flags or data, 3 stopped early (a
-non-finite loss), 4 a file could not be written (a full disk, say: the checkpoints already written stay whole).
+Exit status: 0 done (or the time budget spent), 1 unknown flags or an unexpected error (its type and message;
+the traceback with --verbose=2), 2 bad flags, data or a reused run folder with other settings, 3 stopped early
+(a non-finite loss), 4 a file could not be read or written (the disk-full wording only for ENOSPC/EFBIG; the
+checkpoints already written stay whole).
 """
 
+import errno
 import os
 import pathlib
 import sys
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,16 +50,24 @@ def main(argv):
     (run_dir / "flags.txt").write_text(train_flags.flags_text(config))
     try:
         result = train(config)
-    except (DataFileError, ValueError) as err:
+    except (DataFileError, ValueError) as err:  # the package's own: bad flags, data or run folder
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:  # a full disk, say: every checkpoint is written beside and renamed (metadata.save_keras)
-        print(
-            f"error: {err}. The run stopped; the checkpoints already written are whole. "
-            "Free some space and start the same command again to resume.",
-            file=sys.stderr,
-        )
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EFBIG):  # every checkpoint is written beside and renamed
+            print(
+                f"error: {err}. The disk is full: the run stopped; the checkpoints already written are whole. "
+                "Free some space and start the same command again to resume.",
+                file=sys.stderr,
+            )
+        else:
+            print(f"error: {type(err).__name__}: {err}. Start the same command again to resume.", file=sys.stderr)
         return 4
+    except Exception as err:  # not the package's own: keep its type and message; the traceback with --verbose=2
+        if config.verbose >= 2:
+            traceback.print_exc()
+        print(f"error: unexpected {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
     summary = result["summary"]
     print(
         f"done: {summary['epochs_run']} epoch(s) in {summary['train_seconds']:.0f} s; "

@@ -305,3 +305,27 @@ def test_unsafe_keras_files_are_refused_by_the_package_loaders_and_their_code_ne
     keras.saving.get_custom_objects().clear()  # a program that does not have the class
     with pytest.raises(metadata.MetadataError, match=r"custom.keras: not a loadable .keras model .*Custom"):
         metadata.load_keras_model(tmp_path / "custom.keras")
+
+
+def test_a_description_belongs_to_its_file_another_tflite_beside_it_is_refused(tmp_path):
+    import shutil
+
+    from hourglass_tf.backends import load_model_file
+    from hourglass_tf.export import export_model
+    from hourglass_tf.metadata import MetadataError, describe
+
+    models = {}
+    for name, joints, sk in (("a", 16, skeleton.MPII), ("b", 14, skeleton.LSP)):
+        model = build_model(num_stacks=1, num_blocks=1, filters=16, depth=2, num_joints=joints, input_size=64)
+        export_model(model, tmp_path / name, formats=("tflite",), info=describe(model, sk))
+        models[name] = tmp_path / name / "model.tflite"
+    files = json.loads((tmp_path / "b" / "hourglass_tf.json").read_text())["export"]["files"]
+    assert list(files) == ["model.tflite"] and len(files["model.tflite"]) == 64
+    _, info = load_model_file(models["b"])
+    assert info.skeleton.name == "lsp"
+    shutil.copy(models["a"], tmp_path / "b" / "model.tflite")  # another model's file beside b's description
+    with pytest.raises(MetadataError, match="written for another model.tflite"):
+        load_model_file(tmp_path / "b" / "model.tflite")
+    shutil.copy(models["a"], tmp_path / "b" / "renamed.tflite")
+    with pytest.raises(MetadataError, match="describes model.tflite, not renamed.tflite"):
+        load_model_file(tmp_path / "b" / "renamed.tflite")

@@ -473,6 +473,31 @@ def test_training_samples_that_fail_are_counted(tmp_path, synthetic_root):
     assert failures.since_last() == 2 and failures.since_last() == 0
 
 
+def test_training_stops_with_a_clear_error_when_every_sample_fails_instead_of_looping(tmp_path, synthetic_root):
+    import shutil
+
+    import tensorflow as tf
+
+    kept, _ = _copy_with_a_broken_image(synthetic_root, tmp_path / "data", "train", 0)
+    source = pipeline.samples_to_dataset(kept, tmp_path / "data")
+    shutil.rmtree(tmp_path / "data" / "images")  # the folder moved away after the check, mid-run
+    failures = pipeline.FailureCount(max_in_a_row=10)
+    dataset = pipeline.make_dataset(source.repeat(), skeleton.MPII, 1, 4, input_size=64, failures=failures)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"10 {pipeline.FAILURES_IN_A_ROW}"):
+        next(iter(dataset))  # an infinite source that never yields: stopped, not looped over
+    assert 10 <= failures.total() < 20
+
+
+def test_fewer_failures_in_a_row_than_the_limit_are_counted_and_training_goes_on(tmp_path, synthetic_root):
+    kept, _ = _copy_with_a_broken_image(synthetic_root, tmp_path / "data", "train", 3)
+    for sample in kept[4:7]:  # four in a row: 3, 4, 5, 6
+        (tmp_path / "data" / sample.image_path).write_bytes(b"broken")
+    source = pipeline.samples_to_dataset(kept, tmp_path / "data")
+    failures = pipeline.FailureCount(max_in_a_row=5)
+    dataset = pipeline.make_dataset(source, skeleton.MPII, 1, 4, input_size=64, failures=failures)
+    assert sum(len(x) for x, _ in dataset) == 20 and failures.total() == 4
+
+
 def test_the_plateau_rule_counts_only_validated_epochs():
     import keras
 

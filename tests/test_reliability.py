@@ -251,6 +251,27 @@ def test_a_truncated_or_missing_shard_is_named_before_training_starts(tmp_path):
         tfrecords.check_shards(shards, "train", 24)
 
 
+def test_a_damaged_record_inside_a_shard_is_named_with_its_offset_before_training_starts(tmp_path):
+    """64 flipped bytes mid-shard: TensorFlow's reader would stop there and drop every record after it."""
+    from hourglass_tf.data import readers, synthetic, tfrecords
+    from hourglass_tf.data.sample import DataFileError
+
+    source, shards = tmp_path / "synthetic", tmp_path / "shards"
+    synthetic.generate(source, num_train=20, num_valid=4, image_size=96, seed=0)
+    train = readers.load_dataset("synthetic", source, "train")
+    tfrecords.write_shards(train, source, shards, "train", input_size=64, samples_per_shard=20, progress=False)
+    (shard,) = shards.glob("train-*.tfrecord")
+    offsets = tfrecords.record_offsets(shard)
+    assert len(offsets) == 20 and tfrecords.verify_records(shard) == 20
+    data = bytearray(shard.read_bytes())
+    middle = offsets[10] + 200
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    shard.write_bytes(bytes(data))
+    assert tfrecords.count_records(shard) == 20  # the length fields alone do not see it
+    with pytest.raises(DataFileError, match=rf"{shard.name}: damaged: record 10 at byte {offsets[10]} .* 10 record"):
+        tfrecords.verify_records(shard)
+
+
 def test_log_rows_of_epochs_the_backup_does_not_hold_are_removed_before_resuming(tmp_path):
     """A kill between an epoch's log row and its backup: the epoch runs again, so its first row goes."""
     from hourglass_tf.callbacks import BACKUP_METADATA, backup_epochs, trim_log
@@ -282,3 +303,24 @@ def test_a_staging_folder_a_killed_export_left_is_removed_by_the_next_export(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [".other.staging-k1lled00", "exported", "exported.export.log"]
     )
+
+
+def test_the_demo_never_deletes_a_run_folder_it_did_not_make(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    mine = tmp_path / "my_results"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("a user's file")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "demo.py"), f"--flagfile={REPO / 'demo.flags'}", f"--run_dir={mine}"]
+        + [f"--data_dir={tmp_path / 'data'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 2 and "was not made by the demo" in done.stderr, done.stderr[-2000:]
+    assert (mine / "thesis.txt").read_text() == "a user's file" and not (tmp_path / "data").exists()

@@ -582,3 +582,76 @@ def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, 
         serving.parse_response(serving.serve_in_process(saved_model, serving.metadata_request()))
     )
     assert names["skeleton"]["joints"] == list(skeleton_of("synthetic").joints)
+
+
+def test_a_reused_run_dir_with_other_settings_is_refused_and_fresh_start_discards_its_backup(data_dir, tmp_path):
+    import dataclasses
+
+    from hourglass_tf.train import RunDirError, prepare_run_dir
+
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "log.csv").write_text("epoch,loss\n0,0.5\n")
+    first = tiny_config(data_dir, run_dir)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(first)))
+    prepare_run_dir(run_dir, dataclasses.replace(first, epochs=9, verbose=2))  # same run, longer: resumes
+    other = dataclasses.replace(first, num_stacks=1, dataset="lsp")
+    with pytest.raises(RunDirError, match=r"other settings \(dataset: 'synthetic' -> 'lsp'; num_stacks: 2 -> 1\)"):
+        prepare_run_dir(run_dir, other)
+    assert (run_dir / "backup").is_dir() and (run_dir / "log.csv").is_file()  # nothing touched
+    prepare_run_dir(run_dir, dataclasses.replace(other, fresh_start=True))
+    assert not (run_dir / "backup").exists() and not (run_dir / "log.csv").exists()
+
+
+def test_train_cli_refuses_to_resume_a_run_under_other_settings_naming_the_fields(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({**json.loads(json.dumps(vars(TrainConfig()))), "filters": 99}))
+    result = run_script([*TINY_FLAGS, f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--epochs=1"])
+    assert result.returncode == 2 and "filters: 99 -> 16" in result.stderr and "--fresh_start" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads((run_dir / "config.json").read_text())["filters"] == 99  # the old run's settings stay
+
+
+def test_a_validation_split_without_any_normaliser_is_an_error_naming_it(tmp_path):
+    root = tmp_path / "data"
+    synthetic.generate(root, num_train=8, num_valid=4, image_size=96, seed=2)
+    rows = json.loads((root / "annot" / "valid.json").read_text())
+    for row in rows:
+        row.pop("head_size")
+    (root / "annot" / "valid.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match=rf"{root} \(synthetic valid split\): no person has a normaliser"):
+        train(tiny_config(root, tmp_path / "run", batch_size=2))
+
+
+def test_many_failures_in_a_row_stop_training_with_which_samples_and_why(data_dir, tmp_path):
+    import shutil
+
+    from hourglass_tf.data import pipeline
+    from hourglass_tf.train import failures_explained
+
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    shutil.rmtree(copy / "images")  # the data moved away mid-run
+    guard = tf.errors.InvalidArgumentError(None, None, f"256 {pipeline.FAILURES_IN_A_ROW}")
+    with pytest.raises(ValueError, match=r"training stopped: 256 training samples in a row .* finds: .*no usable"):
+        with failures_explained(tiny_config(copy, tmp_path / "run")):
+            raise guard
+    with pytest.raises(tf.errors.InvalidArgumentError, match="something else"):  # other errors pass unchanged
+        with failures_explained(tiny_config(copy, tmp_path / "run")):
+            raise tf.errors.InvalidArgumentError(None, None, "something else")
+
+
+def test_a_fixed_amount_of_work_is_said_in_steps_and_minutes_after_the_first_steps():
+    from hourglass_tf.callbacks import WorkEstimate
+
+    said = []
+    estimate = WorkEstimate(steps_per_epoch=5, measure=3, log=said.append)
+    estimate.set_params({"epochs": 4})
+    estimate.on_train_begin()
+    estimate.on_epoch_begin(1)  # a resumed run: epochs 2 to 4 are left
+    for batch in range(5):
+        estimate.on_train_batch_end(batch)
+    assert len(said) == 1 and "15 training steps to run (3 epoch(s) of 5)" in said[0] and "minutes" in said[0]
+    estimate.on_epoch_end(1)
+    assert said[-1].startswith("epoch 2 of 4 done; about")

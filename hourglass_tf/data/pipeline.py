@@ -125,11 +125,12 @@ def check_samples(samples, root, decode=True):
 
 
 def samples_to_dataset(samples, root):
-    """A ``tf.data.Dataset`` of per-sample dicts that read their image from ``root``.
+    """A ``tf.data.Dataset`` of per-sample dicts whose image is read from ``root`` when it is transformed.
 
-    Every element: ``image`` (encoded bytes), ``joints`` (K, 2), ``present``,
-    ``visible`` (K,), ``center`` (2,), ``scale``, ``normalizer``, ``id``, and
-    ``offset`` (2,) / ``factor`` (2,) with ``encoded = (original - offset) * factor``
+    Every element: ``path`` (the image file; ``transform_sample`` reads it, so a file that cannot be read is
+    one failed sample there, counted like one that does not decode; TFRecord shards carry ``image``, the encoded
+    bytes, instead), ``joints`` (K, 2), ``present``, ``visible`` (K,), ``center`` (2,), ``scale``,
+    ``normalizer``, ``id``, and ``offset`` (2,) / ``factor`` (2,) with ``encoded = (original - offset) * factor``
     (identity here; TFRecord shards store person regions).
     """
     if not samples:
@@ -149,7 +150,6 @@ def samples_to_dataset(samples, root):
 
     def read(element):
         element = dict(element)
-        element["image"] = tf.io.read_file(element.pop("path"))
         element["offset"] = tf.zeros([2], tf.float32)
         element["factor"] = tf.ones([2], tf.float32)
         return element
@@ -183,7 +183,8 @@ def transform_sample(element, seed, codec, flip_permutation, augmentation):
     """One sample dict -> (image (R, R, 3) float32 in [0, 1], heatmaps (R/4, R/4, K), meta dict)."""
     size = codec.input_size
     rotation, scale_factor, flip, gains = _random_params(seed, augmentation)
-    image = tf.cast(decode_image(element["image"]), tf.float32) / 255.0
+    encoded = element["image"] if "image" in element else tf.io.read_file(element["path"])
+    image = tf.cast(decode_image(encoded), tf.float32) / 255.0
     # Encoded image pixels (a stored region) <-> original pixels: enc = (orig - offset) * factor.
     fx, fy = element["factor"][0], element["factor"][1]
     ox, oy = element["offset"][0], element["offset"][1]
@@ -280,35 +281,75 @@ def make_dataset(
             return index, (crop, targets, {**meta, "index": index})
         return index, (crop, targets)
 
-    dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # A sample that fails here (its file changed on disk after check_samples, or a bug) is dropped so an
     # epoch never dies mid-way, but never silently: the gaps in the element numbers are counted into
     # ``failures`` (training), and validation carries each element's number in ``meta["index"]`` so
     # ``inference.predict_dataset`` reports every missing sample by name.
-    dataset = dataset.ignore_errors()
-    if failures is not None:
-        dataset = dataset.scan(tf.constant(-1, tf.int64), failures.count_gap)
+    if failures is None:
+        dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+    else:
+        dataset = failures.guarded(dataset, transform)
     dataset = dataset.map(lambda index, element: element)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+MAX_FAILURES_IN_A_ROW = 256
+FAILURES_IN_A_ROW = "training samples in a row failed to decode or transform"
+
+
 class FailureCount:
-    """How many samples a pipeline dropped because they failed to decode or transform (a process-local count).
+    """How many samples a training pipeline dropped because they failed to decode or transform (a process-local
+    count), and the guard that stops it when ``max_in_a_row`` fail one after another.
 
     ``make_dataset(..., failures=FailureCount())`` counts; ``total()`` reads the count so far, and
     ``since_last()`` what was added since its previous call (the training loop reports it per epoch).
+
+    Samples are transformed in chunks of ``max_in_a_row``, each followed by a marker that passes every error
+    filter, so even when every sample fails (a moved folder, a permission change) the pipeline keeps
+    yielding, and the guard raises ``InvalidArgumentError`` saying ``FAILURES_IN_A_ROW`` instead of
+    looping without a word.
     """
 
-    def __init__(self):
+    def __init__(self, max_in_a_row=MAX_FAILURES_IN_A_ROW):
+        if isinstance(max_in_a_row, bool) or not isinstance(max_in_a_row, int) or max_in_a_row < 1:
+            raise ValueError(f"max_in_a_row must be a positive integer, received max_in_a_row={max_in_a_row!r}")
+        self.max_in_a_row = max_in_a_row
         with tf.init_scope():
             self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="dropped_samples")
         self._reported = 0
 
-    def count_gap(self, previous, element):
-        index = element[0]
-        self.variable.assign_add(index - previous - 1)
-        return index, element
+    def guarded(self, indexed, transform):
+        """``indexed`` ((index, pair) elements) transformed by ``transform``, failures dropped, counted and
+        guarded; yields (index, element)."""
+        structure = indexed.map(transform).element_spec[1]
+        marker = tf.nest.map_structure(lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype), structure)
+
+        def chunk(indices, pairs):
+            done = tf.data.Dataset.from_tensor_slices((indices, pairs))
+            done = done.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+            done = done.map(lambda index, element: (index, False, element))
+            return done.concatenate(tf.data.Dataset.from_tensors((indices[-1], True, marker)))
+
+        dataset = indexed.batch(self.max_in_a_row).flat_map(chunk)
+        initial = (tf.constant(-1, tf.int64), tf.constant(0, tf.int64))
+        dataset = dataset.scan(initial, self._count).filter(lambda index, is_marker, element: not is_marker)
+        return dataset.map(lambda index, is_marker, element: (index, element))
+
+    def _count(self, state, element):
+        previous, in_a_row = state
+        index, is_marker = element[0], element[1]
+        # a sample arriving: those between it and the previous one failed; a marker: those up to it did
+        gap = tf.where(is_marker, index - previous, index - previous - 1)
+        in_a_row = in_a_row + gap
+        check = tf.debugging.assert_less(
+            in_a_row,
+            tf.constant(self.max_in_a_row, tf.int64),
+            message=f"{self.max_in_a_row} {FAILURES_IN_A_ROW}",
+        )
+        with tf.control_dependencies([check, self.variable.assign_add(gap)]):
+            in_a_row = tf.where(is_marker, in_a_row, tf.constant(0, tf.int64))
+            return (index, in_a_row), element
 
     def total(self):
         return int(self.variable.numpy())

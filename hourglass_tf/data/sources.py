@@ -1,5 +1,7 @@
 """One call from a dataset name and folder (raw files or TFRecord shards) to a pipeline source."""
 
+import numpy as np
+
 from hourglass_tf.data import pipeline, readers, tfrecords
 from hourglass_tf.data.sample import SkipReport, sides_disagree
 
@@ -16,6 +18,7 @@ def load_source(
     augmentation=None,
     input_size=None,
     options=None,
+    need_normalizers=False,
 ):
     """Per-sample source for ``pipeline.make_dataset``.
 
@@ -30,6 +33,8 @@ def load_source(
     ``drop_side_conflicts`` skips the people whose shoulders and hips face opposite ways
     (``sample.sides_disagree``: usually a left/right labelling slip), counted in the
     report under "shoulders and hips face opposite ways"; raw files only.
+    ``need_normalizers`` (a split that PCK will score): a split in which no person has a normaliser (head or
+    torso size) is a ValueError naming it, instead of a metric that reads NaN.
 
     Returns:
       (source dataset, skeleton, SkipReport, number of samples)
@@ -54,11 +59,28 @@ def load_source(
         tfrecords.check_compatible(meta, tfrecord_dir, augmentation, input_size)
         report = SkipReport(kept=meta["splits"].get(split, {}).get("kept", 0))
         tfrecords.check_shards(tfrecord_dir, split, report.kept)
-        return tfrecords.read_shards(tfrecord_dir, split, skeleton.num_joints), skeleton, report, report.kept
+        source = tfrecords.read_shards(tfrecord_dir, split, skeleton.num_joints)
+        if need_normalizers:
+            batches = source.map(lambda e: e["normalizer"]).batch(4096)
+            normalizers = np.concatenate([np.zeros(0), *(b.numpy() for b in batches)])
+            _check_normalizers(normalizers, f"{tfrecord_dir} ({split} shards)")
+        return source, skeleton, report, report.kept
     samples, skeleton = readers.load_split(dataset, data_dir, split, options)
     kept, report = pipeline.check_samples(samples, data_dir, decode=decode_check)
     if drop_side_conflicts:
         kept = report.keep(kept, lambda sample: SIDE_CONFLICT if sides_disagree(sample, skeleton) else None)
     if not kept:
         raise ValueError(f"{data_dir}: no usable {split} sample out of {len(samples)}: {report.summary()}")
+    if need_normalizers:
+        _check_normalizers([s.normalizer for s in kept], f"{data_dir} ({dataset} {split} split)")
     return pipeline.samples_to_dataset(kept, data_dir), skeleton, report, len(kept)
+
+
+def _check_normalizers(normalizers, where):
+    """ValueError naming ``where`` when no person has a usable normaliser (finite, > 0): PCK would be NaN."""
+    values = np.asarray(normalizers, np.float64)
+    if not np.any(np.isfinite(values) & (values > 0)):
+        raise ValueError(
+            f"{where}: no person has a normaliser (head or torso size), so PCK cannot be computed; "
+            "check the annotations (head boxes, torso joints) of this split"
+        )

@@ -214,8 +214,8 @@ def check_compatible(meta, shard_dir, augmentation=None, input_size=None):
         )
 
 
-def count_records(path):
-    """Records in one TFRecord file, found by walking its length fields (no record is read or decoded).
+def record_offsets(path):
+    """Byte offsets of the records in one TFRecord file, found by walking its length fields (nothing decoded).
 
     Raises:
       DataFileError naming the file when a record's length field or body runs past the end (a truncated or
@@ -223,31 +223,69 @@ def count_records(path):
     """
     path = pathlib.Path(path)
     size = path.stat().st_size
-    count, offset = 0, 0
+    offsets, offset = [], 0
     with open(path, "rb") as f:
         while offset < size:
             header = f.read(12)  # uint64 length, uint32 masked CRC of the length
             if len(header) < 12:
-                raise DataFileError(path, f"truncated: record {count} at byte {offset} has no complete header")
+                raise DataFileError(path, f"truncated: record {len(offsets)} at byte {offset} has no complete header")
             (length,) = struct.unpack("<Q", header[:8])
             end = offset + 12 + length + 4  # the body and the uint32 masked CRC of the body
             if end > size:
                 raise DataFileError(
-                    path, f"truncated: record {count} at byte {offset} needs {end} bytes, the file has {size}"
+                    path, f"truncated: record {len(offsets)} at byte {offset} needs {end} bytes, the file has {size}"
                 )
             f.seek(end)
-            offset, count = end, count + 1
-    return count
+            offsets.append(offset)
+            offset = end
+    return offsets
+
+
+def count_records(path):
+    """Records in one TFRecord file (``record_offsets``: the length fields walked, nothing decoded)."""
+    return len(record_offsets(path))
+
+
+def verify_records(path):
+    """Reads every record of one TFRecord file with its checksums (TensorFlow's reader checks the CRC of each
+    length and body). Returns the record count; DataFileError naming the file, the record and its byte offset
+    when one is damaged (the reader would stop there and drop every record after it)."""
+    offsets = record_offsets(path)
+    read = 0
+    try:
+        for _ in tf.data.TFRecordDataset(str(path)).batch(256):
+            read = min(read + 256, len(offsets))
+    except tf.errors.DataLossError:
+        read = _records_before_damage(path, read)
+        raise DataFileError(
+            path,
+            f"damaged: record {read} at byte {offsets[read]} fails its checksum; the {len(offsets) - read} "
+            f"record(s) from there on cannot be read. Write the shards again (scripts/prepare_data.py)",
+        ) from None
+    return len(offsets)
+
+
+def _records_before_damage(path, start):
+    """How many records read whole before the first damaged one (counting one at a time from ``start``)."""
+    count = 0
+    try:
+        for _ in tf.data.TFRecordDataset(str(path)).skip(start):
+            count += 1
+    except tf.errors.DataLossError:
+        pass
+    return start + count
 
 
 def check_shards(shard_dir, split, expected):
-    """Every ``split`` shard whole and, together, holding the ``expected`` records ``meta.json`` recorded.
+    """Every ``split`` shard whole, every record's checksums right and, together, the ``expected`` records
+    ``meta.json`` recorded.
 
-    A shard cut short would otherwise end each epoch early or stop training deep inside TensorFlow; a missing
-    one would silently shrink the data. Raises DataFileError naming the shard (or the folder).
+    A shard cut short or damaged inside would otherwise end each epoch early (TensorFlow's reader stops at the
+    damaged record) or stop training deep inside TensorFlow; a missing one would silently shrink the data.
+    Raises DataFileError naming the shard (and the record and byte offset) or the folder.
     """
     files = sorted(pathlib.Path(shard_dir).glob(f"{split}-*.tfrecord"))
-    found = sum(count_records(path) for path in files)
+    found = sum(verify_records(path) for path in files)
     if found != expected:
         raise DataFileError(
             shard_dir,
