@@ -325,8 +325,8 @@ def test_predict_cli_writes_json_and_png_and_reports_bad_inputs(tiny_model_file,
     out = tmp_path / "out"
     result = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", inputs, notes)
     assert result.returncode == 1  # some inputs failed
-    assert "broken.jpg: not a readable image" in result.stdout and "notes.txt: not a readable image" in result.stdout
-    for name in ("a", "b"):
+    assert "broken.jpg: not a photo whose header" in result.stdout and "notes.txt: not a photo whose" in result.stdout
+    for name in ("in__a", "in__b"):  # named by their path below the inputs' common folder (tmp_path)
         data = json.loads((out / f"{name}.json").read_text())
         (person,) = data["people"]  # noise: the detector finds nobody, the whole image is the person
         assert len(person["keypoints"]) == 16 and person["keypoints"][0]["joint"] == "r_ankle"
