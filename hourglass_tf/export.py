@@ -85,8 +85,9 @@ def decode_photo(data):
 class ServingModule(tf.Module):
     """The in-graph serving functions around a model (used for the SavedModel)."""
 
-    def __init__(self, model, info, flip_test=False):
+    def __init__(self, model, info, flip_test=False, detector=None):
         super().__init__()
+        self.detector = detector  # a detectors.SsdLitePersons: the photo-in signature
         self.model = heatmap_model(model)
         self.input_size = int(self.model.inputs[0].shape[1])
         self.skeleton = info.skeleton
@@ -139,6 +140,30 @@ class ServingModule(tf.Module):
         pixels and scores (N, K)."""
         keypoints, scores = self.codec.decode(self.heatmaps(crops))
         return tf.cast(back_project(keypoints, matrices), tf.float32), scores
+
+    def serve_photo(self, image_bytes):
+        """A photo alone: the person detector inside finds every person, then one network batch.
+
+        Returns ``boxes`` (M, 4) x, y, w, h in pixels, ``scores`` (M,) the detector's, and ``keypoints`` (M, K, 3):
+        x, y in original pixels (0-based) and the joint's score; M = 0 when nobody is found. The same rule as
+        ``people.PoseEstimator`` with the same detector (``detectors.person_boxes``).
+        """
+        from hourglass_tf import detectors
+
+        image = decode_photo(image_bytes)
+        found, scores, classes = detectors.detect_in_graph(self.detector.detector, image)
+        shape = tf.shape(image)
+        boxes, scores = detectors.person_boxes(found, scores, classes, shape[1], shape[0], **self.detector.options)
+        joints = self.skeleton.num_joints
+
+        def poses():
+            crops, matrices = crop_boxes(tf.cast(image, tf.float32) / 255.0, boxes, self.input_size)
+            keypoints, joint_scores = self._keypoints(crops, matrices)
+            return tf.concat([keypoints, joint_scores[..., None]], -1)
+
+        # nobody found: no network pass (an empty batch), an empty answer
+        keypoints = tf.cond(tf.shape(boxes)[0] > 0, poses, lambda: tf.zeros([0, joints, 3], tf.float32))
+        return {"boxes": boxes, "scores": scores, "keypoints": keypoints}
 
     def serve_images(self, image_bytes, boxes, box_count):
         """Whole images, up to M people each, in one network batch (the flip test inside when enabled).
@@ -197,8 +222,8 @@ class ServingModule(tf.Module):
         return {"keypoints": people, "valid": valid}
 
 
-def _export_saved_model(model, path, info_json, flip_test, info):
-    module = ServingModule(model, info, flip_test)
+def _export_saved_model(model, path, info_json, flip_test, info, detector=None):
+    module = ServingModule(model, info, flip_test, detector)
     size = module.input_size
     archive = keras.export.ExportArchive()
     archive.track(module.model)
@@ -221,6 +246,10 @@ def _export_saved_model(model, path, info_json, flip_test, info):
             tf.TensorSpec([None], tf.int32, name="box_count"),
         ],
     )
+    if detector is not None:
+        archive.add_endpoint(
+            "predict_photo", module.serve_photo, input_signature=[tf.TensorSpec([], tf.string, name="image_bytes")]
+        )
     # TF Serving refuses a signature without inputs (tensorflow/serving#1676): ``request`` is read and ignored.
     archive.add_endpoint(
         "metadata",
@@ -231,7 +260,7 @@ def _export_saved_model(model, path, info_json, flip_test, info):
     extra = pathlib.Path(path) / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / metadata.FILENAME).write_text(info_json)
-    serving.write_warmup(extra / serving.WARMUP_FILENAME, serving.warmup_payloads(size))
+    serving.write_warmup(extra / serving.WARMUP_FILENAME, serving.warmup_payloads(size, photo=detector is not None))
     return path
 
 
@@ -358,6 +387,7 @@ def export_model(
     version=1,
     info=None,
     skeleton=None,
+    detector=None,
 ):
     """Exports ``model`` (a Keras model or a ``.keras`` path) into the folder ``output``.
 
@@ -371,6 +401,9 @@ def export_model(
       version: the SavedModel version folder (TF Serving serves the highest).
       info: the model's ``metadata.ModelInfo`` (read from the file when ``model`` is a path); or
       skeleton: the joint set of a model that carries no description.
+      detector: ``"ssdlite"`` (or a ``detectors.SsdLitePersons``) puts the person detector inside the SavedModel:
+        a ``predict_photo`` signature takes the photo alone and answers every person's box, score and keypoints;
+        the description's ``export.detector`` (and the ``metadata`` signature) names it.
 
     Returns:
       dict format -> written path (inside ``output``).
@@ -404,7 +437,16 @@ def export_model(
     if num_stacks is not None:
         model = truncate(model, num_stacks)
     head = heatmap_model(model)
+    if isinstance(detector, str):
+        from hourglass_tf import detectors
+
+        if detector != "ssdlite":
+            raise ValueError(f"detector must be 'ssdlite' or None, received detector={detector!r}")
+        detector = detectors.SsdLitePersons()
     export_section = {
+        "detector": None
+        if detector is None
+        else {"name": detector.name, "graph": detector.path.name, **detector.options},
         "flip_test_in_graph": bool(flip_test),
         "num_stacks": len(output_names(model)),
         "tflite_quantization": quantize if "tflite" in formats else None,
@@ -422,7 +464,7 @@ def export_model(
     writers = {
         "keras": lambda: metadata.save_keras(model, staging / "model.keras", info),
         "saved_model": lambda: _export_saved_model(
-            model, staging / "saved_model" / str(version), info_json, flip_test, info
+            model, staging / "saved_model" / str(version), info_json, flip_test, info, detector
         ),
         "tflite": lambda: _export_tflite(model, staging, quantize, calibration_images),
         "onnx": lambda: _export_onnx(model, staging / "model.onnx", info_json),

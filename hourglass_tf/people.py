@@ -8,6 +8,8 @@ image. Person sources, chosen by the user:
 * ``Boxes``: boxes the user gives (x, y, w, h in image pixels);
 * ``DetectionsFile``: a detections file in the COCO results layout (a JSON list of ``{"image_id", "bbox",
   "score", "category_id"}``, what mmpose and HRNet feed their top-down models), matched to images by id;
+* ``"ssdlite"`` (the default): SSDLite-MobileNetV2 trained on persons (``hourglass_tf.detectors``; its weights come
+  from a registry package installed once, nothing is downloaded at run time);
 * ``HogDetector``: OpenCV's HOG people detector (Dalal & Triggs; ships with OpenCV, no download). It finds
   upright, whole, unoccluded people of at least about 100 px; it misses sitting, lying, cropped and
   strongly foreshortened people, and fires on some upright clutter (docs/people.md has the measurements);
@@ -267,15 +269,24 @@ class CallableSource(PersonSource):
         return as_boxes(found, where=f"person source {self.name}")
 
 
+DEFAULT_DETECTOR = "ssdlite"
+
+
 def person_source(spec):
-    """A ``PersonSource`` from a name (``"whole_image"``/``"none"``, ``"hog"``), a detections file path, a
-    ``PersonSource``, boxes (M, 4) or any callable."""
+    """A ``PersonSource`` from a name (``"ssdlite"``: the SSDLite person detector, ``hourglass_tf.detectors``;
+    ``"hog"``: OpenCV's HOG; ``"whole_image"``/``"none"``), a detections file path, a ``PersonSource``, boxes
+    (M, 4) or any callable. ``"ssdlite"`` without its weights installed is a ``detectors.MissingDetectorError``
+    that says the command installing them."""
     if isinstance(spec, PersonSource):
         return spec
     if spec is None or (isinstance(spec, str) and spec in ("none", "whole_image")):
         return WholeImage()
     if isinstance(spec, str) and spec == "hog":
         return HogDetector()
+    if isinstance(spec, str) and spec == "ssdlite":
+        from hourglass_tf import detectors
+
+        return CallableSource(detectors.SsdLitePersons())
     if isinstance(spec, (str, pathlib.Path)) and str(spec).endswith(".json"):
         return DetectionsFile(spec)
     if callable(spec):
@@ -283,7 +294,8 @@ def person_source(spec):
     if isinstance(spec, (list, tuple, np.ndarray, dict)):
         return Boxes(spec)
     raise PersonSourceError(
-        f"person source must be 'whole_image', 'hog', a detections .json file, boxes or a callable, received {spec!r}"
+        f"person source must be 'ssdlite', 'hog', 'whole_image', a detections .json file, boxes or a callable, "
+        f"received {spec!r}"
     )
 
 
@@ -309,7 +321,8 @@ class PoseEstimator:
 
     Args:
       predictor: an ``inference.Predictor`` (``PoseEstimator.from_file`` makes one from a model file).
-      people: the person source (see ``person_source``); ``"whole_image"`` by default.
+      people: the person source (see ``person_source``); the SSDLite person detector (``DEFAULT_DETECTOR``) by
+        default, ``"whole_image"`` for a photo of one person.
       min_person_score: boxes scoring below are dropped.
       max_people: at most this many people per image (the best scoring).
       fallback_whole_image: when the person source finds nobody, take the whole image as one person.
@@ -320,7 +333,7 @@ class PoseEstimator:
     """
 
     def __init__(
-        self, predictor, people="whole_image", min_person_score=None, max_people=None, fallback_whole_image=False
+        self, predictor, people=DEFAULT_DETECTOR, min_person_score=None, max_people=None, fallback_whole_image=False
     ):
         self.predictor = predictor
         self.people = person_source(people)
@@ -335,7 +348,7 @@ class PoseEstimator:
         )
 
     @classmethod
-    def from_file(cls, model, people="whole_image", skeleton=None, flip_test=True, refine="quarter", **kwargs):
+    def from_file(cls, model, people=DEFAULT_DETECTOR, skeleton=None, flip_test=True, refine="quarter", **kwargs):
         """A model file of any format the package reads (``Predictor.from_file``), and a person source."""
         return cls(Predictor.from_file(model, skeleton=skeleton, flip_test=flip_test, refine=refine), people, **kwargs)
 

@@ -73,6 +73,14 @@ def images_request(images_bytes, boxes):
     }
 
 
+def photo_request(image_bytes):
+    """REST payload for ``predict_photo`` (a SavedModel exported with a person detector inside): the photo alone."""
+    return {
+        "signature_name": "predict_photo",
+        "inputs": {"image_bytes": {"b64": base64.b64encode(bytes(image_bytes)).decode("ascii")}},
+    }
+
+
 def metadata_request():
     """REST payload for the ``metadata`` signature (its ``request`` input is ignored)."""
     return {"signature_name": "metadata", "inputs": {"request": ""}}
@@ -146,6 +154,8 @@ def _payload_tensors(payload):
         return {"images": np.asarray(inputs["images"], np.uint8)}
     if payload["signature_name"] == "metadata":
         return {"request": str(inputs.get("request", ""))}
+    if payload["signature_name"] == "predict_photo":
+        return {"image_bytes": base64.b64decode(inputs["image_bytes"]["b64"])}
     if payload["signature_name"] == "predict_images":
         return {
             "image_bytes": np.array([base64.b64decode(item["b64"]) for item in inputs["image_bytes"]], dtype=object),
@@ -175,8 +185,9 @@ def serve_in_process(saved_model_dir, payload):
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 
 
-def warmup_payloads(input_size):
-    """One small request per signature (a generated picture: no user data), as REST payloads."""
+def warmup_payloads(input_size, photo=False):
+    """One small request per signature (a generated picture: no user data), as REST payloads; ``photo``: also
+    ``predict_photo`` (a SavedModel with a person detector inside)."""
     import cv2
 
     rng = np.random.default_rng(0)
@@ -191,7 +202,7 @@ def warmup_payloads(input_size):
         image_request(jpeg, (0.0, 0.0, side, side)),
         images_request([jpeg, jpeg], [[(0.0, 0.0, side, side), (side / 2, side / 2, side, side)], []]),
         metadata_request(),
-    ]
+    ] + ([photo_request(jpeg)] if photo else [])
 
 
 def write_warmup(path, payloads, model_name="hourglass"):

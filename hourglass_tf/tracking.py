@@ -117,7 +117,8 @@ class Tracker:
         return boxes, scores
 
     def _match(self, boxes, scores):
-        """Greedy IoU matching of detections to tracks; unmatched detections start new tracks."""
+        """Greedy IoU matching of detections to tracks: a matched detection's box and score replace the track's (the
+        drift of boxes carried from keypoints is corrected); unmatched detections start new tracks."""
         matched, taken = set(), set()  # track and detection indices
         if self.tracks and len(boxes):
             overlaps = iou(np.stack([t["box"] for t in self.tracks]), boxes)
@@ -128,6 +129,9 @@ class Tracker:
                 if ti not in matched and di not in taken:
                     matched.add(ti)
                     taken.add(di)
+                    # the detection corrects the track: its box replaces the one carried from the keypoints
+                    self.tracks[ti]["box"] = np.asarray(boxes[di], np.float32)
+                    self.tracks[ti]["score"] = float(scores[di])
         for di in range(len(boxes)):
             if di not in taken:
                 self.tracks.append(self._new_track(boxes[di], scores[di]))

@@ -32,6 +32,13 @@ flags.DEFINE_string("calibration_dataset", "synthetic", "int8: dataset layout of
 flags.DEFINE_bool("calibration_tfrecords", False, "int8: --calibration_data is a TFRecord shard folder.")
 flags.DEFINE_integer("calibration_samples", 64, "int8: validation crops used for calibration.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
+flags.DEFINE_enum(
+    "detector",
+    "none",
+    ["none", "ssdlite"],
+    "ssdlite: put the SSDLite person detector inside the SavedModel (a predict_photo signature: the photo alone in, "
+    "every person's box, score and keypoints out).",
+)
 flags.DEFINE_integer("version", 1, "SavedModel version folder (TF Serving serves the highest).")
 flags.DEFINE_string(
     "skeleton",
@@ -85,6 +92,7 @@ def main(argv):
             FLAGS.overwrite,
             FLAGS.version,
             info=info,
+            detector=None if FLAGS.detector == "none" else FLAGS.detector,
         )
     except (DataFileError, ExportError, FileExistsError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

