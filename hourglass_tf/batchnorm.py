@@ -104,3 +104,22 @@ def use_fused_batch_norm(model):
             object.__setattr__(layer, FUSED_ATTRIBUTE, True)
         switched += 1
     return switched
+
+
+def synchronize(model):
+    """Makes every ``BatchNormalization`` layer of ``model`` compute its training statistics over the global batch
+    of all replicas (Keras' ``synchronized=True``: the moments are all-reduced across replicas each step).
+
+    Under one device nothing changes; under a distribution strategy each replica otherwise normalises with its own
+    slice of the batch. The layers stay stock (their config says ``synchronized: true``, which plain Keras loads);
+    synchronized layers train on Keras' own computation, not the fused kernel. Call it before the first training
+    step. Returns the number of layers.
+    """
+    if not hasattr(model, "layers"):
+        raise ValueError(f"synchronize needs a Keras model, received {type(model).__name__}")
+    count = 0
+    for layer in _layers_of(model):
+        if isinstance(layer, layers.BatchNormalization):
+            layer.synchronized = True
+            count += 1
+    return count

@@ -55,6 +55,7 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     fused_batch_norm: bool = True  # train batch norm with TF's fused kernel (same layers, same saved model)
+    sync_batch_norm: bool = False  # batch statistics over the global batch of all replicas (Keras synchronized=True)
     run_dir: str = "runs/train"
     fresh_start: bool = False  # discard the resume backup and log of run_dir and start afresh
     init_weights: str = None  # a .keras model whose weights start the run (heads that do not fit start afresh)

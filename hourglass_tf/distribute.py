@@ -128,13 +128,39 @@ def dataset_options(dataset):
     return dataset.with_options(options)
 
 
-def mixed_precision_policy(gpus=None):
-    """The Keras mixed-precision policy for this machine: float16 on GPU, bfloat16 on CPU/TPU.
+BFLOAT16_GPU_CAPABILITY = (8, 0)  # Ampere and later: bfloat16 arithmetic in the tensor cores
 
-    ``gpus``: the visible GPU list (default: ``tf.config.list_physical_devices("GPU")``).
+
+def gpu_capabilities(gpus=None, details=None):
+    """The compute capability (major, minor) of each visible GPU; (0, 0) where the driver does not say.
+
+    ``details``: a function GPU device -> dict (default ``tf.config.experimental.get_device_details``).
     """
     gpus = tf.config.list_physical_devices("GPU") if gpus is None else gpus
-    return "mixed_float16" if gpus else "mixed_bfloat16"
+    details = details or tf.config.experimental.get_device_details
+    capabilities = []
+    for gpu in gpus:
+        try:
+            capability = details(gpu).get("compute_capability") or (0, 0)
+        except (ValueError, RuntimeError):
+            capability = (0, 0)
+        capabilities.append(tuple(int(v) for v in capability))
+    return capabilities
+
+
+def mixed_precision_policy(gpus=None, details=None):
+    """The Keras mixed-precision policy for this machine.
+
+    On GPUs: ``mixed_bfloat16`` when every GPU has compute capability 8.0 or later (bfloat16 has float32's range,
+    so no loss scaling is needed), else ``mixed_float16`` (Keras scales the loss). On CPUs and TPUs:
+    ``mixed_bfloat16``. ``gpus``: the visible GPU list (default ``tf.config.list_physical_devices("GPU")``);
+    ``details``: see ``gpu_capabilities``.
+    """
+    gpus = tf.config.list_physical_devices("GPU") if gpus is None else gpus
+    if not gpus:
+        return "mixed_bfloat16"
+    capabilities = gpu_capabilities(gpus, details)
+    return "mixed_bfloat16" if min(capabilities) >= BFLOAT16_GPU_CAPABILITY else "mixed_float16"
 
 
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic

@@ -55,6 +55,9 @@ HELP = {
     "jit_compile": "Compile the training step with XLA.",
     "fused_batch_norm": "Train batch norm with TensorFlow's fused kernel (about 30 % faster steps on CPU); the layers "
     "and saved models stay stock Keras.",
+    "sync_batch_norm": "Batch norm statistics over the global batch of all replicas (all-reduced each step) instead "
+    "of each replica's slice: for a batch spread thin over several GPUs; no effect on one device. Keras' own "
+    "computation (not the fused kernel); the saved layers say synchronized=true and load in plain Keras.",
     "run_dir": "Run directory: checkpoints, logs, backup (resume) and the resolved flags. A killed run resumes "
     "from its backup only under the same settings (epochs and verbosity may change).",
     "fresh_start": "Discard run_dir's resume backup and log and start afresh (a reused run_dir with other settings).",

@@ -137,6 +137,8 @@ def build_compiled_model(config, skeleton=None):
             f"init_weights {config.init_weights}: {len(loaded)} layers loaded"
             + (f"; started afresh (no layer of that name and shape there): {', '.join(fresh)}" if fresh else "")
         )
+    if config.sync_batch_norm:
+        batchnorm.synchronize(model)  # before the fused kernel, which leaves synchronized layers to Keras
     if config.fused_batch_norm:
         batchnorm.use_fused_batch_norm(model)
     ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum)

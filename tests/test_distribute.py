@@ -33,10 +33,22 @@ def test_multi_worker_needs_a_cluster_and_unknown_strategies_are_refused():
         distribute.strategy_plan("horovod", 1)
 
 
+def _details(*capabilities):
+    """A stand-in for tf.config.experimental.get_device_details over GPUs 0, 1, ... with these capabilities."""
+    table = dict(enumerate(capabilities))
+    return lambda gpu: {"device_name": "mocked", **({"compute_capability": table[gpu]} if table[gpu] else {})}
+
+
 def test_precision_policy_and_whether_it_pays():
-    assert distribute.mixed_precision_policy(gpus=[]) == "mixed_bfloat16"
-    assert distribute.mixed_precision_policy(gpus=[GPU]) == "mixed_float16"
-    assert distribute.mixed_precision_policy(gpus=[GPU, GPU]) == "mixed_float16"
+    assert distribute.mixed_precision_policy(gpus=[]) == "mixed_bfloat16"  # CPU or TPU
+    volta, ampere, hopper = (7, 0), (8, 0), (9, 0)
+    assert distribute.mixed_precision_policy(gpus=[0], details=_details(volta)) == "mixed_float16"
+    assert distribute.mixed_precision_policy(gpus=[0], details=_details(ampere)) == "mixed_bfloat16"
+    assert distribute.mixed_precision_policy(gpus=[0, 1], details=_details(hopper, ampere)) == "mixed_bfloat16"
+    # one older GPU among them: float16 with loss scaling for all (one policy per run)
+    assert distribute.mixed_precision_policy(gpus=[0, 1], details=_details(ampere, (7, 5))) == "mixed_float16"
+    assert distribute.mixed_precision_policy(gpus=[0], details=_details(None)) == "mixed_float16"  # unknown: safe
+    assert distribute.gpu_capabilities(gpus=[0, 1], details=_details((8, 6), None)) == [(8, 6), (0, 0)]
     assert distribute.mixed_precision_pays(gpus=[GPU], flags=set())  # float16 on any GPU
     assert distribute.mixed_precision_pays(gpus=[], flags={"avx2", "avx512_bf16"})
     assert distribute.mixed_precision_pays(gpus=[], flags={"amx_bf16"})
@@ -48,3 +60,20 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16 avx512f\nbugs\t: none\n")
     assert distribute.cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512_bf16", "avx512f"}
     assert distribute.cpu_flags(tmp_path / "absent") == set()
+
+
+def test_the_tpu_branch_connects_initialises_and_builds_the_strategy(monkeypatch):
+    import tensorflow as tf
+
+    calls = []
+
+    class Resolver:
+        def __init__(self):
+            calls.append("resolver")
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", Resolver)
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster", lambda r: calls.append(("connect", type(r))))
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", lambda r: calls.append(("init", type(r))))
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda r: ("tpu strategy", type(r)))
+    assert distribute.make_strategy("tpu") == ("tpu strategy", Resolver)
+    assert calls == ["resolver", ("connect", Resolver), ("init", Resolver)]

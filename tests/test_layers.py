@@ -23,6 +23,7 @@ LAYERS = {
         "predict",
         "people",
         "tracking",
+        "detectors",
     },
     3: {"export", "serving", "weights"},
 }

@@ -494,7 +494,7 @@ def test_the_gpu_precision_path_trains_end_to_end_on_cpu(data_dir, tmp_path, mon
     from hourglass_tf import train as train_module
     from hourglass_tf.metadata import read_info
 
-    monkeypatch.setattr(train_module, "mixed_precision_policy", lambda gpus=None: "mixed_float16")
+    monkeypatch.setattr(train_module, "mixed_precision_policy", lambda gpus=None, details=None: "mixed_float16")
     config = tiny_config(data_dir, tmp_path / "run", epochs=1, mixed_precision=True, image_summaries=0)
     result = train(dataclasses.replace(config, fused_batch_norm=True))
     model = result["model"]
