@@ -207,14 +207,15 @@ def describe(
 TEMPORARY_SUFFIX = ".tmp.keras"  # Keras saves only to names ending in .keras
 
 
-def remove_stale_temporaries(folder, log=print):
-    """Deletes the ``.NAME.*.tmp.keras`` files a save killed half-way left in ``folder`` (the saved files
-    themselves are never partial: they are renamed into place whole); says how many. Returns the count."""
-    stale = sorted(pathlib.Path(folder).glob(f".*{TEMPORARY_SUFFIX}"))
+def remove_stale_temporaries(folder, log=print, pattern=f".*{TEMPORARY_SUFFIX}"):
+    """Deletes the files matching ``pattern`` (default: the ``.NAME.*.tmp.keras`` of a save killed half-way) in
+    ``folder``; the saved files themselves are never partial (they are renamed into place whole). Says how many;
+    returns the count."""
+    stale = sorted(pathlib.Path(folder).glob(pattern))
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
-        log(f"removed {len(stale)} half-written temporary file(s) a killed save left in {folder}")
+        log(f"removed {len(stale)} half-written temporary file(s) a killed run left in {folder}")
     return len(stale)
 
 

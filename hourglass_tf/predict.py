@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from hourglass_tf import visualize
+from hourglass_tf.metadata import remove_stale_temporaries
 from hourglass_tf.people import read_rgb, to_json
 from hourglass_tf.tracking import Tracker
 
@@ -103,16 +104,6 @@ def check_outputs_spare_inputs(inputs, stems, output_dir):
                     f"{out} would overwrite the input {hit}; nothing was written. "
                     "Choose another --output_dir (outputs are named after their inputs)"
                 )
-
-
-def remove_partial_files(output_dir, log=print):
-    """Deletes the ``.NAME.partial.EXT`` files a killed prediction left in ``output_dir``; returns the count."""
-    stale = sorted(pathlib.Path(output_dir).glob(f".*{PARTIAL}*"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        log(f"removed {len(stale)} half-written file(s) a killed run left in {output_dir}")
-    return len(stale)
 
 
 def _partial(path):
@@ -232,7 +223,7 @@ def predict_inputs(
     stems = output_stems(inputs)
     check_outputs_spare_inputs(inputs, stems, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    remove_partial_files(output_dir, log)
+    remove_stale_temporaries(output_dir, log, pattern=f".*{PARTIAL}*")  # what a killed run left half-written
     for path in passed_over:
         log(f"{path}: passed over (not a photo or video: {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})")
     written, failed, results = [], {}, []

@@ -233,17 +233,23 @@ def prepare_run_dir(run_dir, config):
         )
 
 
+def load_split(config, split, **extra):
+    """``sources.load_source`` for ``split`` of ``config``'s data (raw files or shards, at its input size)."""
+    return sources.load_source(
+        config.dataset,
+        split,
+        config.data_dir,
+        config.tfrecord_dir,
+        input_size=config.input_size,
+        options=config.coco_options(),
+        **extra,
+    )
+
+
 def recheck_training_split(config):
     """What a new check of the training split finds now (after samples failed at run time): a line."""
     try:
-        _, _, report, count = sources.load_source(
-            config.dataset,
-            "train",
-            config.data_dir,
-            config.tfrecord_dir,
-            input_size=config.input_size,
-            options=config.coco_options(),
-        )
+        _, _, report, count = load_split(config, "train")
     except (ValueError, OSError) as err:
         return str(err)
     if report.total_skipped:
@@ -301,25 +307,10 @@ def _train(config):
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
-    train_source, skeleton, train_report, num_train = sources.load_source(
-        config.dataset,
-        "train",
-        config.data_dir,
-        config.tfrecord_dir,
-        drop_side_conflicts=config.drop_side_conflicts,
-        augmentation=config.augmentation(),
-        input_size=config.input_size,
-        options=config.coco_options(),
+    train_source, skeleton, train_report, num_train = load_split(
+        config, "train", drop_side_conflicts=config.drop_side_conflicts, augmentation=config.augmentation()
     )
-    val_source, _, val_report, num_val = sources.load_source(
-        config.dataset,
-        "valid",
-        config.data_dir,
-        config.tfrecord_dir,
-        input_size=config.input_size,
-        options=config.coco_options(),
-        need_normalizers=True,
-    )
+    val_source, _, val_report, num_val = load_split(config, "valid", need_normalizers=True)
     augmentation = config.augmentation()
     val_flip_test = config.val_flip_test
     if not skeleton.flip_pairs and (augmentation.flip or val_flip_test):

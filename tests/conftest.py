@@ -43,3 +43,16 @@ def _float32_policy_around_each_test():
     reset()
     yield
     reset()
+
+
+def free_ports(n):
+    """``n`` TCP ports on 127.0.0.1 that were free a moment ago (for local multi-worker clusters)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -107,5 +107,5 @@ def test_files_that_are_not_photos_are_reported_and_half_written_files_of_a_kill
     written, failed, passed_over = predict.predict_inputs(_NobodyEstimator(), [photos], out, log=messages.append)
     assert passed_over == [photos / "notes.txt"] and not failed
     assert any("notes.txt: passed over" in m for m in messages)
-    assert any("removed 1 half-written file" in m for m in messages)
+    assert any("removed 1 half-written temporary file" in m for m in messages)
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.png", "coco_results.json"]

@@ -13,14 +13,13 @@ follow the one-device run step for step even with synchronized batch norm; see t
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_ports
 
 SCRIPT = """
 import json, sys
@@ -80,19 +79,9 @@ def _run(tmp_path, name, **args):
     return _finish(_start({**args, "out": out}), out)
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _multi_worker(tmp_path, name, **args):
     """Two local workers; returns worker 0's (chief's) result after checking worker 1 holds the same weights."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     outs = [str(tmp_path / f"{name}_{i}.npz") for i in range(2)]
     processes = [
         _start(

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO
+from conftest import REPO, free_ports
 from hourglass_tf.data import synthetic
 from hourglass_tf.data.readers import skeleton_of
 from hourglass_tf.train import (
@@ -432,18 +431,8 @@ def test_mirrored_strategy_over_two_logical_cpus(data_dir, tmp_path):
     assert np.isfinite(result["checksum"])
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_multi_worker_strategy_two_processes_agree_on_the_trainable_weights(data_dir, tmp_path):
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     processes = []
     for index in range(2):
