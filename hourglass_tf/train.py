@@ -220,10 +220,12 @@ def prepare_run_dir(run_dir, config):
     except ValueError:
         previous = {}
     current = dataclasses.asdict(config)
+    # a field the saved run did not know yet (an older package) had its default then
+    defaults = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
     differ = [
-        f"{name}: {previous.get(name)!r} -> {value!r}"
+        f"{name}: {previous.get(name, defaults[name])!r} -> {value!r}"
         for name, value in current.items()
-        if name not in RESUMABLE_CHANGES and previous.get(name) != value
+        if name not in RESUMABLE_CHANGES and previous.get(name, defaults[name]) != value
     ]
     if differ:
         raise RunDirError(

@@ -584,6 +584,10 @@ def test_a_reused_run_dir_with_other_settings_is_refused_and_fresh_start_discard
     first = tiny_config(data_dir, run_dir)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(first)))
     prepare_run_dir(run_dir, dataclasses.replace(first, epochs=9, verbose=2))  # same run, longer: resumes
+    older = {k: v for k, v in dataclasses.asdict(first).items() if k != "sync_batch_norm"}  # an older package's
+    (run_dir / "config.json").write_text(json.dumps(older))
+    prepare_run_dir(run_dir, first)  # a field it did not know had its default: the same settings
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(first)))
     other = dataclasses.replace(first, num_stacks=1, dataset="lsp")
     with pytest.raises(RunDirError, match=r"other settings \(dataset: 'synthetic' -> 'lsp'; num_stacks: 2 -> 1\)"):
         prepare_run_dir(run_dir, other)
