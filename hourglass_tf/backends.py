@@ -190,7 +190,9 @@ def load_runner(path):
         raise ValueError(f"{path}: no SavedModel, model.keras, model.tflite or model.onnx inside")
     suffix = path.suffix.lower()
     if suffix == ".keras":
-        runner = KerasRunner(metadata.load_keras_model(path))
+        from hourglass_tf.model import float32_copy, fold_batch_norm
+
+        runner = KerasRunner(fold_batch_norm(float32_copy(metadata.load_keras_model(path))))
     elif suffix in (".tflite", ".onnx"):
         runner = _open(TFLiteRunner if suffix == ".tflite" else OnnxRunner, path)
     else:

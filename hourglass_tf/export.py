@@ -3,7 +3,9 @@
 Every format is written from a float32 copy of the model (``model.float32_copy``): a model
 trained under ``mixed_bfloat16`` or ``mixed_float16`` exports the formats' usual float32 graph
 (or the asked TFLite quantization) with its trained weights, and its description records the
-precision it was trained in. Each written file is loaded back once by its own runtime (Keras,
+precision it was trained in. The SavedModel, TFLite and ONNX graphs are inference graphs: every batch
+norm that follows a convolution is folded into it (``model.fold_batch_norm``; ``model.keras`` keeps
+them, so it can still be trained). Each written file is loaded back once by its own runtime (Keras,
 TensorFlow, LiteRT, ONNX Runtime) and its heatmaps compared with the Keras model's before the
 export counts as done; the deviations are recorded in ``export.json``. A converter failure is
 one ``ExportError`` line naming the format and the cause; the converter's whole log is in
@@ -57,7 +59,7 @@ from hourglass_tf.geometry import (
     back_project,
     crop_boxes,
 )
-from hourglass_tf.model import float32_copy, output_names, truncate
+from hourglass_tf.model import float32_copy, fold_batch_norm, foldable_batch_norms, output_names, truncate
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -437,6 +439,7 @@ def export_model(
     if num_stacks is not None:
         model = truncate(model, num_stacks)
     head = heatmap_model(model)
+    inference = fold_batch_norm(model)  # the graphs for serving, without training's batch-norm layers
     if isinstance(detector, str):
         from hourglass_tf import detectors
 
@@ -448,6 +451,7 @@ def export_model(
         if detector is None
         else {"name": detector.name, "graph": detector.path.name, **detector.options},
         "flip_test_in_graph": bool(flip_test),
+        "batch_norm_folded": len(foldable_batch_norms(model)),
         "num_stacks": len(output_names(model)),
         "tflite_quantization": quantize if "tflite" in formats else None,
     }
@@ -464,10 +468,10 @@ def export_model(
     writers = {
         "keras": lambda: metadata.save_keras(model, staging / "model.keras", info),
         "saved_model": lambda: _export_saved_model(
-            model, staging / "saved_model" / str(version), info_json, flip_test, info, detector
+            inference, staging / "saved_model" / str(version), info_json, flip_test, info, detector
         ),
-        "tflite": lambda: _export_tflite(model, staging, quantize, calibration_images),
-        "onnx": lambda: _export_onnx(model, staging / "model.onnx", info_json),
+        "tflite": lambda: _export_tflite(inference, staging, quantize, calibration_images),
+        "onnx": lambda: _export_onnx(inference, staging / "model.onnx", info_json),
     }
     try:
         written, deviations = {}, {}

@@ -333,3 +333,63 @@ def float32_copy(model):
     copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def foldable_batch_norms(model):
+    """{batch-norm layer name: Conv2D layer name} for each ``BatchNormalization`` of ``model`` that directly follows
+    a ``Conv2D`` whose output feeds nothing else: in the pre-activation residual, the second and third batch norm
+    of each module, and the stem's and the heads' (conv -> BN -> ReLU). A module's first batch norm normalises a
+    tensor the skip connection also takes, so it stays (at inference it is a per-channel scale and shift)."""
+    pairs = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+            continue
+        producer = layer.input._keras_history.operation
+        if isinstance(producer, layers.Conv2D) and len(producer._outbound_nodes) == 1 and layer.axis in (-1, 3):
+            pairs[layer.name] = producer.name
+    return pairs
+
+
+def fold_batch_norm(model):
+    """An inference copy of ``model`` with each foldable batch norm (``foldable_batch_norms``) folded into the
+    convolution before it: the kernel scaled per output channel by gamma / sqrt(variance + epsilon), the bias
+    shifted to (bias - mean) * that scale + beta, and the batch norm replaced by a stock ``Identity`` layer of
+    the same name (so every layer name, and the file's loading with plain Keras, stay). The other layers keep
+    their weights. Same outputs as ``model`` at inference (training=False) up to float rounding; for
+    predicting and exporting, not for training (the folded layers no longer learn statistics).
+
+    ``model`` computes in float32 (``float32_copy`` first for a mixed-precision model).
+    """
+    import numpy as np
+
+    pairs = foldable_batch_norms(model)
+    convs = {conv: bn for bn, conv in pairs.items()}
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in pairs:
+            return layers.Identity(name=layer.name)
+        if layer.name in convs:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, layers.Identity):
+            kwargs.pop("mask", None)  # a batch norm's call takes a mask; Identity's does not
+        return layer(*args, **kwargs)
+
+    folded = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in folded.layers:
+        source = model.get_layer(layer.name)
+        if layer.name in pairs or not source.weights:
+            continue
+        if layer.name not in convs:
+            layer.set_weights(source.get_weights())
+            continue
+        bn = model.get_layer(convs[layer.name])
+        gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in bn.get_weights())
+        scale = gamma / np.sqrt(variance + bn.epsilon)
+        kernel = np.asarray(source.kernel, np.float64)
+        bias = np.asarray(source.bias, np.float64) if source.use_bias else np.zeros(kernel.shape[-1])
+        layer.set_weights([(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)])
+    return folded

@@ -56,3 +56,24 @@ def free_ports(n):
     for s in sockets:
         s.close()
     return ports
+
+
+def random_batch_norm_statistics(model, seed=0, shift=0.3, max_variance=2.0):
+    """Sets every batch norm's statistics and affine parameters far from their initial values (where folding them
+    into a convolution, or forgetting to, shows in the outputs); returns the generator for further draws."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape),
+                    rng.normal(0, shift, beta.shape),
+                    rng.normal(0, shift, mean.shape),
+                    rng.uniform(0.5, max_variance, variance.shape),
+                ]
+            )
+    return rng

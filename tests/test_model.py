@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, random_batch_norm_statistics
 from hourglass_tf import build_model, output_names, truncate
 
 # Trainable parameters of the original Torch code (256 features, 1 module per box, 16 joints, 256 px).
@@ -265,3 +265,29 @@ def test_the_pytorch_pose_variant_has_its_published_parameter_count():
     assert architecture_of(build_model(num_stacks=1, filters=16, depth=2, input_size=64))["variant"] == "hg.lua"
     with pytest.raises(ValueError, match="variant='umich'"):
         build_model(num_stacks=1, variant="umich")
+
+
+@pytest.mark.parametrize("variant", ["hg.lua", "pytorch_pose", "umich_t7"])
+def test_folding_batch_norm_keeps_the_heatmaps_and_every_layer_name(variant, tmp_path):
+    from hourglass_tf.model import fold_batch_norm, foldable_batch_norms
+
+    model = build_model(**{**TINY, "variant": variant})
+    rng = random_batch_norm_statistics(model)
+    pairs = foldable_batch_norms(model)
+    norms = [layer.name for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    # every module's second and third, the stem's and each head's; never a first (its input feeds the skip too)
+    assert sorted(pairs) == sorted(n for n in norms if not n.endswith("_bn1"))
+    assert all(model.get_layer(conv).output is model.get_layer(bn).input for bn, conv in pairs.items())
+    folded = fold_batch_norm(model)
+    assert [layer.name for layer in folded.layers] == [layer.name for layer in model.layers]
+    left = [layer.name for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert sorted(left) == sorted(n for n in norms if n.endswith("_bn1"))
+    crops = rng.uniform(0, 1, (3, 64, 64, 3)).astype(np.float32)
+    before, after = model(crops, training=False), folded(crops, training=False)
+    for name in output_names(model):
+        scale = float(np.max(np.abs(before[name])))
+        assert scale > 0
+        assert float(np.max(np.abs(np.asarray(after[name]) - np.asarray(before[name])))) <= 1e-5 * scale
+    folded.save(tmp_path / "folded.keras")  # stock layers only: plain Keras reloads it
+    again = keras.models.load_model(tmp_path / "folded.keras", safe_mode=True, compile=False)
+    np.testing.assert_array_equal(np.asarray(again(crops)[name]), np.asarray(after[name]))

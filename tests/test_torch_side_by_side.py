@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import benchmark
+from conftest import random_batch_norm_statistics
 from hourglass_tf.model import build_model
 
 TORCH_PYTHON = os.environ.get("HOURGLASS_TORCH_PYTHON")
@@ -23,18 +24,7 @@ needs_torch = pytest.mark.skipif(
 
 def _randomised(model, seed=1):
     """Batch-norm statistics away from (0, 1), so that a wrong copy of any of them shows in the outputs."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, gamma.shape),
-                    rng.normal(0, 0.1, beta.shape),
-                    rng.normal(0, 0.1, mean.shape),
-                    rng.uniform(0.5, 1.5, var.shape),
-                ]
-            )
+    random_batch_norm_statistics(model, seed, shift=0.1, max_variance=1.5)
     return model
 
 
