@@ -47,7 +47,7 @@ def trace_train_step(logdir, num_stacks=2, filters=256, input_size=256, batch_si
     """
     import tensorflow as tf
 
-    from benchmarks.benchmark import compiled_training_model
+    from benchmarks.training_cases import compiled_training_model
 
     model, x, y = compiled_training_model(num_stacks, filters, input_size, batch_size, num_joints)
     for _ in range(2):

@@ -3,7 +3,7 @@
 Runs in a Python that has PyTorch and NumPy (TensorFlow is not needed, nor the package): PyTorch stays out of
 the package's dependencies. The network is ``hourglass_tf.model.build_model``'s (``variant="hg.lua"``, the
 paper's): every layer keeps the Keras layer's name as its key in ``HourglassNet.layers``, so weights saved by
-``benchmarks.benchmark.save_weights_npz`` copy over by name (Conv2D kernels (kh, kw, in, out) -> (out, in, kh,
+``benchmarks.inference_cases.save_weights_npz`` copy over by name (Conv2D kernels (kh, kw, in, out) -> (out, in, kh,
 kw); batch norm gamma, beta, moving mean, moving variance, epsilon 1e-5). Keras' "same" padding is symmetric
 for the odd kernels used here; the stem's ``ZeroPadding2D(3)`` + 7x7/2 "valid" convolution is ``padding=3``.
 
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from benchmark import RESULT_PREFIX, _median_seconds, peak_rss_mb  # noqa: E402 - NumPy only, no TensorFlow
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository: benchmarks/ is a folder there
+from benchmarks.measure import RESULT_PREFIX, median_seconds, peak_rss_mb  # noqa: E402 - NumPy only, no TensorFlow
 
 STEM_FILTERS = 64
 BN_EPSILON = 1e-5
@@ -165,7 +165,7 @@ def inference_case(num_stacks, filters, input_size, precision="float32", batch_s
                 with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bfloat16"):
                     return net(x)[-1].float()
 
-            out["layouts"][layout][str(batch)] = _median_seconds(run, repeats, warmup=2)
+            out["layouts"][layout][str(batch)] = median_seconds(run, repeats, warmup=2)
         del net
     for batch in batch_sizes:
         best = min(out["layouts"], key=lambda layout: out["layouts"][layout][str(batch)])
@@ -196,7 +196,7 @@ def train_case(num_stacks, filters, input_size, batch_size=8, precision="float32
     start = time.perf_counter()
     step()
     first = time.perf_counter() - start
-    seconds = _median_seconds(step, repeats, warmup=1)
+    seconds = median_seconds(step, repeats, warmup=1)
     return {
         "precision": precision,
         "num_stacks": num_stacks,

@@ -24,6 +24,8 @@ from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository: benchmarks/ is not installed
 from benchmarks import benchmark  # noqa: E402
+from benchmarks.inference_cases import BACKENDS, QUICK_BACKENDS  # noqa: E402
+from benchmarks.training_cases import TRAIN_VARIANTS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "runs/bench", "Where bench.json and bench.md are written.")
@@ -36,13 +38,12 @@ flags.DEFINE_list("train_stacks", None, "Stack counts whose training step is tim
 flags.DEFINE_list(
     "backends",
     None,
-    f"Inference backends, any of {','.join(benchmark.BACKENDS)} (default all; quick "
-    f"{','.join(benchmark.QUICK_BACKENDS)}).",
+    f"Inference backends, any of {','.join(BACKENDS)} (default all; quick {','.join(QUICK_BACKENDS)}).",
 )
 flags.DEFINE_list(
     "train_variants",
     None,
-    f"Training variants, any of {','.join(benchmark.TRAIN_VARIANTS)} (default all; quick plain).",
+    f"Training variants, any of {','.join(TRAIN_VARIANTS)} (default all; quick plain).",
 )
 flags.DEFINE_bool(
     "allocator_comparison", None, "Also time the largest model with default allocators (default: unless quick)."

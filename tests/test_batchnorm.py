@@ -156,7 +156,7 @@ def test_training_config_switches_the_kernel(fused):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_benchmark_training_model_follows_the_training_default_unless_asked(fused):
-    from benchmarks.benchmark import compiled_training_model
+    from benchmarks.training_cases import compiled_training_model
 
     model, _, _ = compiled_training_model(1, filters=16, input_size=64, batch_size=1, fused_batch_norm=fused)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from benchmarks import benchmark
+from benchmarks import benchmark, measure
+from benchmarks.inference_cases import QUICK_BACKENDS
 
 
 def test_quick_benchmark_reports_every_field(tmp_path):
@@ -17,19 +18,24 @@ def test_quick_benchmark_reports_every_field(tmp_path):
     json_path, md_path = benchmark.write(results, tmp_path / "out")
     loaded = json.loads(json_path.read_text())
     assert loaded["gemm"]["gflops"] > 0
+    peaks = loaded["peaks"]
+    assert "error" not in peaks, peaks
+    for precision in ("float32", "bfloat16"):
+        assert peaks[precision]["best"] == max(peaks[precision]["gemm"], peaks[precision]["conv"]) > 0
     (pipe,) = loaded["pipeline"].values()
     assert pipe["images_per_s"] > 0 and pipe["batch_size"] == 8 and pipe["input_size"] == 64
     model = loaded["models"]["1 stacks"]
     assert "error" not in model, model
     assert model["flops"] > 0 and model["peak_rss_mb"] > 0
-    assert set(loaded["inference"]) == {f"1 stacks, {b}" for b in benchmark.QUICK_BACKENDS}
+    assert set(loaded["inference"]) == {f"1 stacks, {b}" for b in QUICK_BACKENDS}
     for key, result in loaded["inference"].items():
         assert "error" not in result, (key, result)
         assert result["peak_rss_mb"] > 0 and result["load_seconds"] > 0
         assert set(result["batches"]) == {"1", "8"}
         for batch in result["batches"].values():
-            for field in ("seconds", "images_per_s", "gflops_per_s", "utilisation"):
+            for field in ("seconds", "images_per_s", "gflops_per_s", "utilisation", "of_peak"):
                 assert batch[field] > 0, (key, field)
+            assert batch["of_peak"] == pytest.approx(batch["gflops_per_s"] / peaks["float32"]["best"])
     step = loaded["train_step"]["1 stacks, plain"]
     assert "error" not in step, step
     for key in (
@@ -39,6 +45,7 @@ def test_quick_benchmark_reports_every_field(tmp_path):
         "pipeline_margin",
         "gflops_per_s",
         "utilisation",
+        "of_peak",
         "peak_rss_mb",
     ):
         assert step[key] > 0, key
@@ -60,6 +67,8 @@ def test_quick_benchmark_reports_every_field(tmp_path):
         "TFLite fp32",
         "Keras eager",
         "of GEMM",
+        "of peak",
+        "Peak per precision",
         "peak RSS",
         "| target |",
         "people/s",
@@ -67,8 +76,22 @@ def test_quick_benchmark_reports_every_field(tmp_path):
         assert fragment in table, fragment
 
 
+def test_the_fma_estimate_reads_the_vector_width_from_the_flags():
+    from benchmarks import peaks
+
+    assert peaks.fma_lanes({"avx512f", "fma"}, "GenuineIntel", 6) == 32
+    assert peaks.fma_lanes({"avx512f", "fma"}, "AuthenticAMD", 25) == 16  # Zen 4: 512-bit FMAs in two halves
+    assert peaks.fma_lanes({"avx512f", "fma"}, "AuthenticAMD", 26) == 32  # Zen 5
+    assert peaks.fma_lanes({"avx2", "fma"}, "AuthenticAMD", 23) == 16
+    estimate = peaks.fma_estimate(cpus=2)
+    if "error" not in estimate:
+        lanes = estimate["fma_lanes_per_cycle"]
+        assert estimate["float32"] == pytest.approx(2 * estimate["mhz"] / 1000 * lanes * 2)
+        assert estimate["bfloat16"] in (estimate["float32"], 2 * estimate["float32"])
+
+
 def test_a_failing_case_is_reported_not_raised(tmp_path):
-    result = benchmark.run_case({"kind": "inference", "model_dir": str(tmp_path / "missing"), "backend": "tf_function"})
+    result = measure.run_case({"kind": "inference", "model_dir": str(tmp_path / "missing"), "backend": "tf_function"})
     assert "error" in result and "bench_model.json" in result["error"]
 
 

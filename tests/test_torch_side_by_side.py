@@ -12,7 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from benchmarks import benchmark
+from benchmarks import benchmark, side_by_side
+from benchmarks.inference_cases import save_weights_npz
+from benchmarks.measure import RESULT_PREFIX
 from conftest import random_batch_norm_statistics
 from hourglass_tf.model import build_model
 
@@ -30,11 +32,11 @@ def _randomised(model, seed=1):
 
 def _torch(case):
     done = subprocess.run(
-        [TORCH_PYTHON, str(benchmark.TORCH_SCRIPT), json.dumps(case)], capture_output=True, text=True, timeout=600
+        [TORCH_PYTHON, str(side_by_side.TORCH_SCRIPT), json.dumps(case)], capture_output=True, text=True, timeout=600
     )
-    lines = [line for line in done.stdout.splitlines() if line.startswith(benchmark.RESULT_PREFIX)]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     assert done.returncode == 0 and lines, done.stderr[-2000:]
-    return json.loads(lines[-1][len(benchmark.RESULT_PREFIX) :])
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 @needs_torch
@@ -44,7 +46,7 @@ def test_the_pytorch_reference_computes_the_packages_network(tmp_path, num_stack
     model = _randomised(
         build_model(num_stacks=num_stacks, num_blocks=num_blocks, filters=32, depth=depth, num_joints=5, input_size=64)
     )
-    benchmark.save_weights_npz(model, tmp_path / "w.npz")
+    save_weights_npz(model, tmp_path / "w.npz")
     images = np.random.default_rng(0).random((2, 64, 64, 3), dtype=np.float32)
     np.save(tmp_path / "x.npy", images)
     _torch(
@@ -71,7 +73,7 @@ def test_the_pytorch_reference_computes_the_packages_network(tmp_path, num_stack
 @needs_torch
 def test_a_weight_file_of_another_network_is_refused_by_layer_name(tmp_path):
     model = build_model(num_stacks=1, filters=16, depth=2, num_joints=5, input_size=64)
-    benchmark.save_weights_npz(model, tmp_path / "w.npz")
+    save_weights_npz(model, tmp_path / "w.npz")
     np.save(tmp_path / "x.npy", np.zeros((1, 64, 64, 3), np.float32))
     case = {
         "kind": "forward",
@@ -84,7 +86,9 @@ def test_a_weight_file_of_another_network_is_refused_by_layer_name(tmp_path):
         "depth": 2,
         "num_joints": 5,
     }
-    done = subprocess.run([TORCH_PYTHON, str(benchmark.TORCH_SCRIPT), json.dumps(case)], capture_output=True, text=True)
+    done = subprocess.run(
+        [TORCH_PYTHON, str(side_by_side.TORCH_SCRIPT), json.dumps(case)], capture_output=True, text=True
+    )
     assert done.returncode != 0 and "does not match" in done.stderr and "hg1_features_back" in done.stderr
 
 
@@ -107,7 +111,7 @@ def test_the_side_by_side_reports_ratios_and_targets(tmp_path):
             assert row["package"] > 0 and row["torch"] > 0
             assert row["ratio"] == pytest.approx(row["package"] / row["torch"])
             assert row["package"] == min(row["runners"].values()) and row["runner"] in row["runners"]
-        assert set(sbs["inference"][precision]["batches"]["1"]["runners"]) == set(benchmark.TF_INFERENCE[precision])
+        assert set(sbs["inference"][precision]["batches"]["1"]["runners"]) == set(side_by_side.TF_INFERENCE[precision])
         train = sbs["train"][precision]
         assert train["ratio"] == pytest.approx(train["package"]["seconds"] / train["torch"]["seconds"])
     names = [t["name"] for t in results["targets"]]
@@ -125,7 +129,7 @@ def test_side_by_side_only_needs_a_pytorch_python(tmp_path):
 
 
 def test_a_python_without_the_reference_is_reported_not_raised(tmp_path):
-    sbs = benchmark.side_by_side(tmp_path, "/nonexistent/python", num_stacks=1, filters=16, input_size=64)
+    sbs = side_by_side.side_by_side(tmp_path, "/nonexistent/python", num_stacks=1, filters=16, input_size=64)
     assert "cannot run the PyTorch reference" in sbs["error"]
     assert "failed" in benchmark.markdown({**_empty_results(), "side_by_side": sbs})
 

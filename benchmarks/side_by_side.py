@@ -1,0 +1,225 @@
+"""The package against PyTorch on the same network (``make bench TORCH_PYTHON=...``): interleaved cases, medians,
+ratios, their targets and their table."""
+
+import pathlib
+import statistics
+
+from benchmarks.inference_cases import BACKEND_TITLES
+from benchmarks.measure import REPO, log, run_case, short, target
+
+TORCH_SCRIPT = REPO / "benchmarks" / "torch_hourglass.py"
+
+TARGETS = {
+    "inference_ratio": 0.5,  # package time / PyTorch's best, same precision, batch 1 and 8
+    "bf16_train_ratio": 0.8,
+    "fp32_train_ratio": 1.0,  # float32 keeps its lead
+    "first_step_seconds": 30.0,
+    "train_memory_ratio": 1.0,  # peak RSS, float32, against PyTorch's
+}
+
+TF_INFERENCE = {"float32": ("tf_function", "tflite_fp32"), "bfloat16": ("tf_function_bf16",)}  # package runners
+
+TF_TRAINING = {"float32": "plain", "bfloat16": "mixed_precision"}
+
+
+def _median_of(results, *path):
+    values = []
+    for result in results:
+        value = result
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)):
+            values.append(value)
+    return statistics.median(values) if values else None
+
+
+def side_by_side(
+    work_dir,
+    torch_python,
+    num_stacks=8,
+    filters=256,
+    input_size=256,
+    rounds=2,
+    repeats=5,
+    train_repeats=3,
+    precisions=("float32", "bfloat16"),
+    progress=False,
+):
+    """The package against PyTorch (``TORCH_SCRIPT`` run by ``torch_python``) on the same network, interleaved:
+    every case alternates package, PyTorch, package, PyTorch ... (``rounds`` times each for inference, once for
+    training), each in a fresh process; reports the medians and their ratio (package / PyTorch).
+
+    Inference: the package's runners (``TF_INFERENCE``: the compiled ``tf.function``, what ``predict.py`` and
+    the estimator use for a ``.keras`` model, and LiteRT for an exported ``.tflite``; bfloat16 through Keras'
+    ``mixed_bfloat16`` policy) against PyTorch eager ``inference_mode``, the faster of NCHW and channels-last
+    (bfloat16 through CPU autocast), batch 1 and 8; the ratio and target use the package's fastest runner.
+    Training: the compiled Keras RMSprop step (fused batch norm; ``mixed_precision``) against PyTorch's RMSprop
+    step (channels-last; autocast), batch 8, with each side's first step and peak memory.
+    """
+    model_dir = pathlib.Path(work_dir) / "models" / f"s{num_stacks}_f{filters}_r{input_size}"
+    out = {
+        "num_stacks": num_stacks,
+        "filters": filters,
+        "input_size": input_size,
+        "rounds": rounds,
+        "inference": {},
+        "train": {},
+    }
+    probe = run_case(
+        {"kind": "inference", "num_stacks": 1, "filters": 16, "input_size": 64, "batch_sizes": [1], "repeats": 1},
+        python=torch_python,
+        script=TORCH_SCRIPT,
+    )
+    if "error" in probe:
+        out["error"] = f"{torch_python} cannot run the PyTorch reference: {probe['error']}"
+        return out
+    info = run_case(
+        {
+            "kind": "prepare",
+            "model_dir": str(model_dir),
+            "num_stacks": num_stacks,
+            "filters": filters,
+            "input_size": input_size,
+            "backends": sorted({runner for p in precisions for runner in TF_INFERENCE[p]}),
+        }
+    )
+    if "error" in info:
+        out["error"] = info["error"]
+        return out
+    out["torch"] = probe.get("torch")
+
+    def torch_case(**case):
+        model = {"num_stacks": num_stacks, "filters": filters, "input_size": input_size}
+        return run_case({**model, **case}, python=torch_python, script=TORCH_SCRIPT)
+
+    for precision in precisions:
+        runners = TF_INFERENCE[precision]
+        runs = {runner: [] for runner in (*runners, "torch")}
+        for r in range(rounds):
+            for runner in runners:
+                case = {"kind": "inference", "model_dir": str(model_dir), "backend": runner, "repeats": repeats}
+                runs[runner].append(run_case(case))
+            runs["torch"].append(torch_case(kind="inference", precision=precision, repeats=repeats))
+            said = "; ".join(f"{name} {short(results[-1])}" for name, results in runs.items())
+            log(progress, f"side by side, inference {precision}, round {r + 1}: {said}")
+        out["inference"][precision] = {"runs": runs, "batches": {}}
+        for batch in ("1", "8"):
+            times = {runner: _median_of(runs[runner], "batches", batch, "seconds") for runner in runners}
+            times = {runner: t for runner, t in times.items() if t}
+            best = min(times, key=times.get) if times else None
+            torch = _median_of(runs["torch"], "batches", batch, "seconds")
+            layouts = [r["batches"][batch]["layout"] for r in runs["torch"] if "error" not in r]
+            out["inference"][precision]["batches"][batch] = {
+                "runners": times,
+                "runner": best,
+                "package": times.get(best),
+                "torch": torch,
+                "torch_layout": layouts[0] if layouts else None,
+                "ratio": times[best] / torch if best and torch else None,
+            }
+    for precision in precisions:
+        package = run_case(
+            {
+                "kind": "train",
+                "num_stacks": num_stacks,
+                "batch_size": 8,
+                "input_size": input_size,
+                "filters": filters,
+                "repeats": train_repeats,
+                "variant": TF_TRAINING[precision],
+            }
+        )
+        torch = torch_case(kind="train", batch_size=8, repeats=train_repeats, precision=precision)
+        log(progress, f"side by side, training {precision}: package {short(package)}; PyTorch {short(torch)}")
+        row = {"package": package, "torch": torch}
+        if "error" not in package and "error" not in torch:
+            row["ratio"] = package["seconds"] / torch["seconds"]
+            row["memory_ratio"] = package["peak_rss_mb"] / torch["peak_rss_mb"]
+            row["first_step_ratio"] = package["first_step_seconds"] / torch["first_step_seconds"]
+        out["train"][precision] = row
+    return out
+
+
+def targets(sbs):
+    targets = []
+    stacks = sbs["num_stacks"]
+    for precision, entry in sbs.get("inference", {}).items():
+        for batch, row in entry["batches"].items():
+            if row["ratio"] is not None:
+                targets.append(
+                    target(
+                        f"inference, {stacks} stacks, batch {batch}, {precision}: package ({row['runner']}) / "
+                        "PyTorch time",
+                        row["ratio"],
+                        TARGETS["inference_ratio"],
+                        "<=",
+                    )
+                )
+    for precision, row in sbs.get("train", {}).items():
+        if "ratio" not in row:
+            continue
+        goal = TARGETS["bf16_train_ratio" if precision == "bfloat16" else "fp32_train_ratio"]
+        name = f"training step, {stacks} stacks, batch 8, {precision}"
+        targets.append(target(f"{name}: package / PyTorch time", row["ratio"], goal, "<="))
+        targets.append(
+            target(
+                f"{name}: package's first step (s)",
+                row["package"]["first_step_seconds"],
+                TARGETS["first_step_seconds"],
+                "<=",
+            )
+        )
+        if precision == "float32":
+            targets.append(
+                target(
+                    f"{name}: package / PyTorch peak memory",
+                    row["memory_ratio"],
+                    TARGETS["train_memory_ratio"],
+                    "<=",
+                )
+            )
+    return targets
+
+
+def markdown(sbs):
+    if not sbs:
+        return []
+    if "error" in sbs:
+        return ["", f"Side by side with PyTorch: failed: {sbs['error'][:300]}"]
+    stacks = sbs["num_stacks"]
+    lines = [
+        "",
+        f"Side by side with PyTorch {sbs.get('torch', '')} (same network, {stacks} stacks x {sbs['filters']}, "
+        f"{sbs['input_size']} px, random data, interleaved, each case in a fresh process; inference medians of "
+        f"{sbs['rounds']} rounds; PyTorch eager, its faster layout)",
+        "",
+        "| case | hourglass_tf | PyTorch best | ratio |",
+        "|---|---|---|---|",
+    ]
+    for precision, entry in sbs["inference"].items():
+        for batch, row in entry["batches"].items():
+            if row["ratio"] is None:
+                lines.append(f"| inference, batch {batch}, {precision} | failed | | |")
+                continue
+            for runner, seconds in row["runners"].items():
+                ratio = f"{seconds / row['torch']:.2f}"
+                lines.append(
+                    f"| inference, batch {batch}, {precision}, {BACKEND_TITLES.get(runner, runner)} | "
+                    f"{seconds * 1000:.0f} ms | {row['torch'] * 1000:.0f} ms ({row['torch_layout']}) | "
+                    + (f"**{ratio}** |" if runner == row["runner"] else f"{ratio} |")
+                )
+    for precision, row in sbs["train"].items():
+        if "ratio" not in row:
+            error = row["package"].get("error") or row["torch"].get("error")
+            lines.append(f"| training step, batch 8, {precision} | failed: {error[:150]} | | |")
+            continue
+        package, torch = row["package"], row["torch"]
+        lines += [
+            f"| training step, batch 8, {precision} | {package['seconds']:.2f} s | {torch['seconds']:.2f} s | "
+            f"**{row['ratio']:.2f}** |",
+            f"| first training step, {precision} | {package['first_step_seconds']:.1f} s | "
+            f"{torch['first_step_seconds']:.1f} s | {row['first_step_ratio']:.2f} |",
+            f"| peak process memory, training, {precision} | {package['peak_rss_mb'] / 1000:.2f} GB | "
+            f"{torch['peak_rss_mb'] / 1000:.2f} GB | {row['memory_ratio']:.2f} |",
+        ]
+    return lines
