@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import zipfile
 
 from hourglass_tf import skeleton as skeletons
@@ -219,6 +218,19 @@ def remove_stale_temporaries(folder, log=print, pattern=f".*{TEMPORARY_SUFFIX}")
     return len(stale)
 
 
+def _new_temporary(path):
+    """A new empty file ``.STEM.XXXXXXXX.tmp.keras`` beside ``path``, created with the permissions of any new file
+    (0666 less the umask, as ``open`` gives; ``tempfile.mkstemp``'s 0600 would make the renamed model unreadable
+    to others)."""
+    while True:
+        tmp = path.parent / f".{path.stem}.{os.urandom(4).hex()}{TEMPORARY_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
+
+
 def save_keras(model, path, info):
     """Saves ``model`` as a ``.keras`` file with ``info`` inside, atomically (temporary file, then rename).
 
@@ -226,8 +238,7 @@ def save_keras(model, path, info):
     given; callers that want a float32 file pass ``model.float32_copy(model)``.
     """
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:

@@ -34,6 +34,9 @@ def _saved(tmp_path, kwargs, skel, name="m.keras"):
 
 def test_description_round_trips_and_refuses_bad_files(tmp_path):
     model, path = _saved(tmp_path, TINY, skeleton.MPII)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any new file, not mkstemp's 0600
     info = metadata.read_keras_info(path)
     assert info.skeleton == skeleton.MPII and info.input_size == (64, 64) and info.stride == 4
     assert info.architecture == {"num_stacks": 2, "num_blocks": 1, "filters": 16, "depth": 2, "variant": "hg.lua"}
