@@ -15,6 +15,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["hourglass_tf", "hourglass_tf.*"]),
+    package_data={"hourglass_tf": ["models/*.keras", "models/*.md"]},  # the shipped models (hourglass_tf.pretrained)
     python_requires=">=3.10,<3.14",
     install_requires=[
         "tensorflow>=2.21,<2.22",  # brings Keras 3

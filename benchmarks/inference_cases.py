@@ -36,7 +36,7 @@ BACKEND_TITLES = {
     "tflite_fp16": "TFLite float16 weights",
     "tflite_int8": "TFLite int8",
     "onnxruntime": "ONNX Runtime",
-    "tf_function_bf16": "compiled `tf.function`, mixed bfloat16 policy",
+    "tf_function_bf16": "compiled `tf.function`, batch norm folded, bfloat16 (`--precision=bfloat16`)",
 }
 
 
@@ -99,14 +99,14 @@ def inference_function(backend, model_dir):
         import tensorflow as tf
 
         from hourglass_tf.backends import KerasRunner
-        from hourglass_tf.model import fold_batch_norm, output_names
+        from hourglass_tf.model import bfloat16_copy, fold_batch_norm, output_names
 
         model = keras.models.load_model(model_dir / "model.keras")
         last = output_names(model)[-1]
+        if backend in ("tf_function", "tf_function_bf16"):
+            model = fold_batch_norm(model)  # as backends.load_runner runs a .keras file
         if backend == "tf_function_bf16":
             model = bfloat16_copy(model)
-        if backend == "tf_function":
-            model = fold_batch_norm(model)  # as backends.load_runner runs a .keras file
         if backend in ("tf_function", "tf_function_unfolded", "tf_function_bf16"):
             return KerasRunner(model).raw
         if backend == "keras_eager":
@@ -127,22 +127,6 @@ def inference_function(backend, model_dir):
     if backend == "onnxruntime":
         return backends.OnnxRunner(model_dir / "model.onnx").raw
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-
-
-def bfloat16_copy(model):
-    """The same network and weights built under Keras' ``mixed_bfloat16`` policy (heatmaps stay float32)."""
-    import keras
-
-    from hourglass_tf.model import architecture_of, build_model
-
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        copy = build_model(**architecture_of(model))
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def inference_case(model_dir, backend, batch_sizes=(1, 8), repeats=5):

@@ -173,8 +173,36 @@ class OnnxRunner(Runner):
         return self.session.run(None, {self.input_name: np.asarray(crops, np.float32)})[0][None]
 
 
-def load_runner(path):
-    """The runner for a model file or folder (see the module docstring); ValueError naming it otherwise."""
+PRECISIONS = ("auto", "float32", "bfloat16")
+BFLOAT16_TOLERANCE = 0.3  # PCK points a model may lose in bfloat16 and still run in it by default
+
+
+def choose_precision(requested, path, info=None, flags=None):
+    """The precision a model file runs in: ``float32`` or ``bfloat16`` (a ``.keras`` model only, its batch norms
+    folded and every layer but the outputs computing in bfloat16: ``model.bfloat16_copy``).
+
+    ``requested``: one of ``PRECISIONS``. ``auto`` picks bfloat16 only for a ``.keras`` model on a CPU with
+    bfloat16 arithmetic (``runtime.cpu_has_bfloat16(flags)``) whose description records a passed bfloat16 check
+    (``provenance["bfloat16_check"]["passed"]``: its validation PCK in bfloat16 within ``BFLOAT16_TOLERANCE`` of
+    float32); float32 otherwise.
+    """
+    from hourglass_tf import runtime
+
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, received precision={requested!r}")
+    keras_file = pathlib.Path(path).suffix.lower() == ".keras"
+    if requested == "bfloat16" and not keras_file:
+        raise ValueError(f"{path}: bfloat16 inference runs a .keras model; this format runs in its own precision")
+    if requested != "auto":
+        return requested
+    check = (info.provenance.get("bfloat16_check") or {}) if info is not None else {}
+    return "bfloat16" if keras_file and check.get("passed") and runtime.cpu_has_bfloat16(flags) else "float32"
+
+
+def load_runner(path, precision="float32"):
+    """The runner for a model file or folder (see the module docstring); ValueError naming it otherwise.
+
+    ``precision``: ``float32``, or ``bfloat16`` for a ``.keras`` file (``choose_precision``)."""
     path = pathlib.Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such model file or folder")
@@ -190,9 +218,10 @@ def load_runner(path):
         raise ValueError(f"{path}: no SavedModel, model.keras, model.tflite or model.onnx inside")
     suffix = path.suffix.lower()
     if suffix == ".keras":
-        from hourglass_tf.model import float32_copy, fold_batch_norm
+        from hourglass_tf.model import bfloat16_copy, float32_copy, fold_batch_norm
 
-        runner = KerasRunner(fold_batch_norm(float32_copy(metadata.load_keras_model(path))))
+        model = fold_batch_norm(float32_copy(metadata.load_keras_model(path)))
+        runner = KerasRunner(bfloat16_copy(model) if precision == "bfloat16" else model)
     elif suffix in (".tflite", ".onnx"):
         runner = _open(TFLiteRunner if suffix == ".tflite" else OnnxRunner, path)
     else:
@@ -200,6 +229,7 @@ def load_runner(path):
             f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder"
         )
     runner.source = path
+    runner.precision = precision if suffix == ".keras" else "float32"
     return runner
 
 
@@ -241,14 +271,25 @@ def _open(runner_class, path):
         raise ValueError(f"{path}: not a loadable {kind} model ({type(err).__name__}: {cause})") from None
 
 
-def load_model_file(path, skeleton=None):
+def _keras_info(path):
+    """The description inside a ``.keras`` file, or None (another format, or a file ``load_runner`` will refuse)."""
+    if pathlib.Path(path).suffix.lower() != ".keras" or not pathlib.Path(path).is_file():
+        return None
+    try:
+        return metadata.read_keras_info(path)
+    except metadata.MetadataError:
+        return None
+
+
+def load_model_file(path, skeleton=None, precision="float32"):
     """(runner, ModelInfo) for a model file or folder (see ``load_runner`` and ``metadata.read_info``).
 
     Args:
       skeleton: the joint set (``Skeleton`` or name) for a model that carries no description;
         for one that does, it must agree with the stored one.
+      precision: one of ``PRECISIONS`` (``choose_precision``); the runner's ``precision`` says what it runs in.
     """
-    runner = load_runner(path)
+    runner = load_runner(path, choose_precision(precision, path, _keras_info(path) if precision == "auto" else None))
 
     def build(skel):
         return metadata.ModelInfo(

@@ -4,7 +4,7 @@ import dataclasses
 import math
 import pathlib
 
-from hourglass_tf import metrics
+from hourglass_tf import metrics, pretrained
 from hourglass_tf.data import pipeline, readers
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
@@ -180,7 +180,8 @@ class TrainConfig:
                 f"pck_normalizer must be 'box' or 'joint_a:joint_b', received pck_normalizer={normalizer!r}"
             )
         if self.init_weights and not pathlib.Path(self.init_weights).is_file():
-            problems.append(f"init_weights={self.init_weights!r} is not a file")
+            if self.init_weights not in pretrained.MODELS:
+                problems.append(f"init_weights={self.init_weights!r} is not a file or a shipped model's name")
         if problems:
             raise ValueError("invalid training configuration:\n  " + "\n  ".join(problems))
 

@@ -5,6 +5,7 @@ import os
 
 import tensorflow as tf
 
+from hourglass_tf import runtime
 from hourglass_tf.config import STRATEGIES
 
 
@@ -163,27 +164,11 @@ def mixed_precision_policy(gpus=None, details=None):
     return "mixed_bfloat16" if min(capabilities) >= BFLOAT16_GPU_CAPABILITY else "mixed_float16"
 
 
-BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic
-
-
-def cpu_flags(cpuinfo="/proc/cpuinfo"):
-    """The CPU feature flags the kernel reports (an empty set where there is no /proc/cpuinfo)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def mixed_precision_pays(gpus=None, flags=None):
     """Whether ``--mixed_precision`` speeds training here: on a GPU (float16), or a CPU with bfloat16 arithmetic.
 
     Without hardware bfloat16 a CPU emulates it and is slower than float32, so there the answer is no.
-    ``gpus`` and ``flags`` default to this machine's (``tf.config`` GPU list, ``cpu_flags()``).
+    ``gpus`` and ``flags`` default to this machine's (``tf.config`` GPU list, ``runtime.cpu_flags()``).
     """
     gpus = tf.config.list_physical_devices("GPU") if gpus is None else gpus
-    flags = cpu_flags() if flags is None else flags
-    return bool(gpus) or any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
+    return bool(gpus) or runtime.cpu_has_bfloat16(flags)

@@ -59,7 +59,14 @@ from hourglass_tf.geometry import (
     back_project,
     crop_boxes,
 )
-from hourglass_tf.model import float32_copy, fold_batch_norm, foldable_batch_norms, output_names, truncate
+from hourglass_tf.model import (
+    bfloat16_copy,
+    float32_copy,
+    fold_batch_norm,
+    foldable_batch_norms,
+    output_names,
+    truncate,
+)
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -341,7 +348,14 @@ def _cause(err):
 # Heatmap deviation allowed against the float32 Keras model, relative to the largest reference value
 # (at least 1): float32 formats differ by summation order only; float16 weights by about 1e-3 relative;
 # int8 is reported, not bounded (its error depends on the calibration data).
-TOLERANCES = {"keras": 1e-5, "saved_model": 1e-4, "tflite": 1e-4, "tflite_float16": 2e-2, "onnx": 1e-4}
+TOLERANCES = {
+    "keras": 1e-5,
+    "saved_model": 1e-4,
+    "saved_model_bfloat16": 5e-2,  # bfloat16 keeps 8 significant bits: about 0.4 % a rounding, through 60+ layers
+    "tflite": 1e-4,
+    "tflite_float16": 2e-2,
+    "onnx": 1e-4,
+}
 
 
 def _check_outputs(fmt, path, crops, reference):
@@ -390,6 +404,7 @@ def export_model(
     info=None,
     skeleton=None,
     detector=None,
+    precision="float32",
 ):
     """Exports ``model`` (a Keras model or a ``.keras`` path) into the folder ``output``.
 
@@ -406,6 +421,10 @@ def export_model(
       detector: ``"ssdlite"`` (or a ``detectors.SsdLitePersons``) puts the person detector inside the SavedModel:
         a ``predict_photo`` signature takes the photo alone and answers every person's box, score and keypoints;
         the description's ``export.detector`` (and the ``metadata`` signature) names it.
+      precision: ``float32``, or ``bfloat16`` for a SavedModel that computes in bfloat16 (every layer but the
+        outputs; heatmaps float32), for CPUs with bfloat16 arithmetic and GPUs/TPUs; checked against the float32
+        model within ``TOLERANCES["saved_model_bfloat16"]``. TFLite and ONNX are written in float32 (or the asked
+        quantization) only.
 
     Returns:
       dict format -> written path (inside ``output``).
@@ -419,6 +438,13 @@ def export_model(
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}, received formats={list(formats)}")
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, received quantize={quantize!r}")
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision must be 'float32' or 'bfloat16', received precision={precision!r}")
+    if precision == "bfloat16" and set(formats) - {"keras", "saved_model"}:
+        raise ValueError(
+            "precision='bfloat16' writes a bfloat16 SavedModel; TFLite and ONNX files are float32 (or quantized): "
+            f"export them without it, received formats={list(formats)}"
+        )
     if quantize == "int8" and "tflite" in formats and (calibration_images is None or len(calibration_images) == 0):
         raise ValueError("int8 quantization needs calibration images (a representative data split)")
     output = pathlib.Path(output)
@@ -440,6 +466,8 @@ def export_model(
         model = truncate(model, num_stacks)
     head = heatmap_model(model)
     inference = fold_batch_norm(model)  # the graphs for serving, without training's batch-norm layers
+    if precision == "bfloat16":
+        inference = bfloat16_copy(inference)
     if isinstance(detector, str):
         from hourglass_tf import detectors
 
@@ -452,6 +480,7 @@ def export_model(
         else {"name": detector.name, "graph": detector.path.name, **detector.options},
         "flip_test_in_graph": bool(flip_test),
         "batch_norm_folded": len(foldable_batch_norms(model)),
+        "precision": precision,
         "num_stacks": len(output_names(model)),
         "tflite_quantization": quantize if "tflite" in formats else None,
     }
@@ -490,6 +519,8 @@ def export_model(
                 raise ExportError(f"{name}: conversion failed ({_cause(err)}); full log in {log_path}") from err
             written[fmt] = str(pathlib.Path(path).relative_to(staging))
             check = tflite_format if fmt == "tflite" else fmt
+            if fmt == "saved_model" and precision == "bfloat16":
+                check = "saved_model_bfloat16"
             if not (fmt == "saved_model" and flip_test):  # a flip test inside changes the heatmaps on purpose
                 try:
                     deviations[check] = _check_outputs(check, path, crops, reference)

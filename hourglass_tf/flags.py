@@ -61,7 +61,8 @@ HELP = {
     "run_dir": "Run directory: checkpoints, logs, backup (resume) and the resolved flags. A killed run resumes "
     "from its backup only under the same settings (epochs and verbosity may change).",
     "fresh_start": "Discard run_dir's resume backup and log and start afresh (a reused run_dir with other settings).",
-    "init_weights": "Start from this .keras model's weights (a converted published model, or any saved one): "
+    "init_weights": "Start from this .keras model's weights (a converted published model, any saved one, or a shipped "
+    "model's name such as lspet): "
     "layers of the same name and shape are loaded; heads whose joint count differs start afresh. The stem variant "
     "and input mean are the model's.",
     "seed": "Seed of weights, shuffling and augmentation.",

@@ -105,14 +105,22 @@ class Predictor:
             flip_test = False
         self.flip_test = flip_test
         self.scales = parse_scales(scales)
+        self.precision = getattr(self.runner, "precision", "float32")
 
     @classmethod
-    def from_file(cls, path, skeleton=None, flip_test=True, refine="quarter", scales=(1.0,)):
+    def from_file(
+        cls, path=None, skeleton=None, flip_test=True, refine="quarter", scales=(1.0,), log=print, precision="float32"
+    ):
         """Loads ``.keras``, a SavedModel or ``exported/NAME`` folder, ``.tflite`` or ``.onnx`` with its description.
 
-        ``skeleton`` (a ``Skeleton`` or name) is needed only for a model that carries no description.
+        ``path``: a model file or folder, or a shipped model's name (``pretrained.MODELS``); None takes the
+        default shipped model and says so through ``log``. ``skeleton`` (a ``Skeleton`` or name) is needed only
+        for a model that carries no description. ``precision``: ``float32``, ``bfloat16`` or ``auto`` for a
+        ``.keras`` model (``backends.choose_precision``); the predictor's ``precision`` says what it runs in.
         """
-        runner, info = load_model_file(path, skeleton)
+        from hourglass_tf import pretrained
+
+        runner, info = load_model_file(pretrained.resolve(path, log), skeleton, precision)
         return cls(runner, info=info, flip_test=flip_test, refine=refine, scales=scales)
 
     def all_stack_heatmaps(self, crops):

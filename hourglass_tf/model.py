@@ -393,3 +393,25 @@ def fold_batch_norm(model):
         bias = np.asarray(source.bias, np.float64) if source.use_bias else np.zeros(kernel.shape[-1])
         layer.set_weights([(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)])
     return folded
+
+
+def bfloat16_copy(model):
+    """``model`` computing in bfloat16 (Keras' ``mixed_bfloat16``: bfloat16 arithmetic, float32 variables) except
+    the layers that produce its outputs, which stay float32, so the heatmaps come out float32. Same weights, no
+    state shared. For inference on CPUs with bfloat16 arithmetic (``distribute.cpu_has_bfloat16``); fold batch
+    norm first (``fold_batch_norm``), or the remaining batch norms cast to float32 and back around themselves.
+    """
+    outputs = {tensor._keras_history.operation.name for tensor in keras.tree.flatten(model.outputs)}
+    policy = {
+        "module": "keras",
+        "class_name": "DTypePolicy",
+        "config": {"name": "mixed_bfloat16"},
+        "registered_name": None,
+    }
+    config = model.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer" and layer["config"].get("name") not in outputs:
+            layer["config"]["dtype"] = policy
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy

@@ -17,6 +17,9 @@ of minor page faults. Two settings remove that:
 
 ``HOURGLASS_TF_TUNE_ALLOCATORS=0`` in the environment turns both off (the benchmark's
 "default allocators" rows use it).
+
+Also here, read-only: what the CPU can do (``cpu_flags``, ``cpu_has_bfloat16``), which training's precision
+choice and inference's runner choice both read.
 """
 
 import ctypes
@@ -55,3 +58,25 @@ def tune_allocators():
     if mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
         applied["trim_threshold"] = TRIM_THRESHOLD
     return dict(applied)
+
+
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU feature flags the kernel reports (an empty set where there is no /proc/cpuinfo)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_bfloat16(flags=None):
+    """Whether the CPU has bfloat16 arithmetic (``BFLOAT16_CPU_FLAGS``); ``flags`` default to ``cpu_flags()``.
+    Without it TensorFlow emulates bfloat16, slower than float32."""
+    flags = cpu_flags() if flags is None else flags
+    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)

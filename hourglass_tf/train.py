@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import __version__, batchnorm
+from hourglass_tf import __version__, batchnorm, pretrained
 from hourglass_tf.callbacks import (
     AtomicCheckpoint,
     AverageWeightsIn,
@@ -115,7 +115,7 @@ def build_compiled_model(config, skeleton=None):
     With ``config.fused_batch_norm`` its batch-norm layers train with TensorFlow's fused kernel
     (``hourglass_tf.batchnorm``); they stay stock layers, so checkpoints are unchanged.
     """
-    source = load_keras_model(config.init_weights) if config.init_weights else None
+    source = load_keras_model(pretrained.resolve(config.init_weights)) if config.init_weights else None
     variant, input_mean = "hg.lua", None
     if source is not None:  # the converted model's stem and input normalisation, so its weights mean the same
         variant = architecture_of(source)["variant"]

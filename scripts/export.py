@@ -21,7 +21,7 @@ runtime.tune_allocators()  # before TensorFlow's first op: the allocator setting
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "The .keras model to export.")
+flags.DEFINE_string("model", None, "The .keras model to export, or a shipped model's name (lspet).")
 flags.DEFINE_string("output", None, "Output folder, e.g. exported/NAME.")
 flags.DEFINE_list("formats", ["keras", "saved_model", "tflite", "onnx"], "Formats to write.")
 flags.DEFINE_integer("num_stacks", None, "Export the early-exit model of the first k stacks.")
@@ -40,6 +40,13 @@ flags.DEFINE_enum(
     "every person's box, score and keypoints out).",
 )
 flags.DEFINE_integer("version", 1, "SavedModel version folder (TF Serving serves the highest).")
+flags.DEFINE_enum(
+    "precision",
+    "float32",
+    ["float32", "bfloat16"],
+    "bfloat16: a SavedModel computing in bfloat16 (heatmaps float32), for servers whose CPUs have bfloat16 "
+    "arithmetic (AVX512_BF16, AMX) or GPUs; with --formats=saved_model (and keras).",
+)
 flags.DEFINE_string(
     "skeleton",
     None,
@@ -64,12 +71,12 @@ def calibration_crops(dataset, path, tfrecords, count, input_size):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hourglass_tf import metadata
+    from hourglass_tf import metadata, pretrained
     from hourglass_tf.data.sample import DataFileError
     from hourglass_tf.export import ExportError, export_model
 
     try:
-        model, info = metadata.load_keras(FLAGS.model, FLAGS.skeleton)
+        model, info = metadata.load_keras(pretrained.resolve(FLAGS.model), FLAGS.skeleton)
         calibration = None
         if FLAGS.quantize == "int8":
             if FLAGS.calibration_data is None:
@@ -93,6 +100,7 @@ def main(argv):
             FLAGS.version,
             info=info,
             detector=None if FLAGS.detector == "none" else FLAGS.detector,
+            precision=FLAGS.precision,
         )
     except (DataFileError, ExportError, FileExistsError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""Every person's pose in photos, folders and videos, with a trained or converted model.
+"""Every person's pose in photos, folders and videos, with the shipped model or a trained or converted one.
 
+    python scripts/predict.py photo.jpg                                    # the shipped model (LSP's 14 joints)
     python scripts/predict.py --model=runs/demo/best.keras --output_dir=runs/predict IMAGE_OR_FOLDER_OR_VIDEO...
     python scripts/predict.py --model=exported/demo photo.jpg              # SavedModel; also .tflite / .onnx files
     python scripts/predict.py --model=M.keras --detections=dets.json images/  # COCO-results person boxes
@@ -31,7 +32,12 @@ runtime.tune_allocators()  # before TensorFlow's first op: the allocator setting
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "Model: .keras, .tflite, .onnx, a SavedModel folder or an exported/NAME folder.")
+flags.DEFINE_string(
+    "model",
+    None,
+    "Model: .keras, .tflite, .onnx, a SavedModel folder, an exported/NAME folder or a shipped model's name "
+    "(lspet); without it, the shipped model lspet (LSP's 14 joints, trained on LSP Extended's athletes).",
+)
 flags.DEFINE_list("bbox", None, "Person box x,y,w,h in pixels.")
 flags.DEFINE_list("center", None, "Person centre x,y in pixels (with --scale).")
 flags.DEFINE_float("scale", None, "Person scale: box side / 200 px (with --center).")
@@ -68,13 +74,19 @@ flags.DEFINE_list(
     "(multi-scale testing, e.g. 0.9,1,1.1; the paper tests at 1 only).",
 )
 flags.DEFINE_string("output_dir", "runs/predict", "Where JSON and pictures are written.")
+flags.DEFINE_enum(
+    "precision",
+    "auto",
+    ["auto", "float32", "bfloat16"],
+    "What a .keras model computes in: auto picks bfloat16 on a CPU with bfloat16 arithmetic when the model's "
+    "description records a passed bfloat16 accuracy check (the shipped model's does), float32 otherwise.",
+)
 flags.DEFINE_string(
     "skeleton",
     None,
     "Joint set (mpii, lsp, flic, coco) of a model that carries no description; "
     "a model saved by this package knows its own.",
 )
-flags.mark_flag_as_required("model")
 
 
 def _floats(values, count, name):
@@ -127,7 +139,10 @@ def main(argv):
             flip_test=FLAGS.flip_test,
             refine=FLAGS.refine,
             scales=FLAGS.test_scales,
+            precision=FLAGS.precision,
         )
+        if FLAGS.precision == "auto" and predictor.precision == "bfloat16":
+            print("running in bfloat16: this CPU has bfloat16 arithmetic and the model passed its bfloat16 check")
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hourglass_tf import distribute
+from hourglass_tf import distribute, runtime
 
 GPU = object()  # stands for a tf.config.PhysicalDevice: only the list's length and truth matter
 
@@ -58,8 +58,8 @@ def test_precision_policy_and_whether_it_pays():
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16 avx512f\nbugs\t: none\n")
-    assert distribute.cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512_bf16", "avx512f"}
-    assert distribute.cpu_flags(tmp_path / "absent") == set()
+    assert runtime.cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512_bf16", "avx512f"}
+    assert runtime.cpu_flags(tmp_path / "absent") == set()
 
 
 def test_the_tpu_branch_connects_initialises_and_builds_the_strategy(monkeypatch):

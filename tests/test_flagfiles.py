@@ -25,11 +25,15 @@ def test_the_flagfiles_are_shipped():
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: p.name)
 def test_flagfile_parses_into_a_valid_config(path):
-    config = parse(f"--flagfile={path}")
-    config.validate()  # raises ValueError naming every inconsistent choice
     lines = [ln for ln in path.read_text().splitlines() if ln.startswith("--")]
+    # A later stage starts from an earlier stage's model, which a fresh clone lacks: a shipped name stands in.
+    stand_in = ["--init_weights=lspet"] if any(ln.startswith("--init_weights=") for ln in lines) else []
+    config = parse(f"--flagfile={path}", *stand_in)
+    config.validate()  # raises ValueError naming every inconsistent choice
     assert lines, f"{path.name} sets no flag"
     for line in lines:  # every line reached the config (none shadowed by a default)
+        if stand_in and line.startswith("--init_weights="):
+            continue
         name, text = line[2:].split("=", 1)
         value = getattr(config, name)
         expected = text.lower() == "true" if isinstance(value, bool) else type(value)(text)

@@ -26,8 +26,9 @@ def evaluate_model(
     test_scales=(1.0,),
     options=None,
     oks_sigmas=None,
+    precision="float32",
 ):
-    """Predicts a split with a ``.keras`` model and writes every result to ``output_dir``.
+    """Predicts a split with a model (any format) and writes every result to ``output_dir``.
 
     Writes: ``predictions.h5`` / ``predictions.mat`` (1-based, original layout and MPII
     submission), ``metrics.json`` (table, per joint, curves, AUC, per-stack accuracy,
@@ -42,7 +43,8 @@ def evaluate_model(
     ``options`` (``coco_keypoints.Options``) says how a ``coco_keypoints`` dataset is read. For COCO-format
     data (``coco``, ``coco_keypoints``) read from ``data_dir``, ``coco_results.json`` is written and scored by
     ``pycocotools`` (OKS AP/AR, ``coco_ap`` in the metrics; ``oks_sigmas``: one value or one per joint, see
-    ``coco_eval.sigmas_for``).
+    ``coco_eval.sigmas_for``). ``precision``: ``float32`` (the reported figures), or ``bfloat16`` / ``auto`` for
+    a ``.keras`` model (``backends.choose_precision``).
 
     Returns:
       the ``metrics.json`` dict.
@@ -60,6 +62,7 @@ def evaluate_model(
         flip_test=flip_test,
         refine=refine,
         scales=test_scales,
+        precision=precision,
     )
     source, skeleton, report, count = sources.load_source(
         dataset, split, data_dir, tfrecord_dir, input_size=predictor.input_size, options=options
@@ -81,6 +84,7 @@ def evaluate_model(
         model=str(model_path),
         flip_test=predictor.flip_test,
         refine=refine,
+        precision=predictor.precision,
         test_scales=list(predictor.scales),
         people=int(len(pred["keypoints"])),
         skipped=report.as_dict(),
