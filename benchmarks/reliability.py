@@ -94,6 +94,11 @@ BAD_FLAGS = {
     "profile_step.py": [UNKNOWN, ("--num_stacks=0", "num_stacks")],
     "benchmark.py": [UNKNOWN, ("--backends=tensorrt --work_dir=OUT", "tensorrt")],
     "demo.py": [UNKNOWN],
+    "ship_model.py": [
+        UNKNOWN,
+        ("--checkpoint=/nonexistent/c.keras --recipe=/nonexistent/r.flags", "r.flags"),
+        ("--checkpoint=MODEL --recipe=/nonexistent/r.flags --name=mpii", "'mpii' is not a shipped model's name"),
+    ],
 }
 
 

@@ -89,12 +89,14 @@ def resolve(model, log=print):
     return model
 
 
-def ship(checkpoint, name, *, recipe, figures, training_seconds=None, commit=None, folder=None):
+def ship(checkpoint, name, *, recipe, figures, training_seconds=None, commit=None, bfloat16_check=None, folder=None):
     """Writes a trained ``.keras`` checkpoint as the shipped model ``name`` (``folder``/NAME.keras).
 
     The model is saved as it is (a checkpoint the package wrote already computes in float32) with its description;
     its provenance gains ``pretrained``: the name, the recipe (the flagfile's text), the commit, the validation
-    ``figures`` (a dict, e.g. ``limb_pck_flip``) and the training time. The model card ``NAME.md`` is written by hand beside it.
+    ``figures`` (a dict, e.g. ``limb_pck_flip``) and the training time. ``bfloat16_check`` (a dict with
+    ``passed``), when given, is stored as the provenance's ``bfloat16_check``, which lets ``--precision=auto`` run
+    the model in bfloat16 (``backends.choose_precision``). The model card ``NAME.md`` is written by hand.
 
     Returns:
       the written ``.keras`` path.
@@ -119,5 +121,7 @@ def ship(checkpoint, name, *, recipe, figures, training_seconds=None, commit=Non
             "training_seconds": training_seconds,
         },
     }
+    if bfloat16_check is not None:
+        provenance["bfloat16_check"] = dict(bfloat16_check)
     shipped = dataclasses.replace(description, provenance=provenance)
     return metadata.save_keras(model, folder / f"{name}{SUFFIX}", shipped)

@@ -1,7 +1,8 @@
 """Writes a trained checkpoint as a model shipped with the package (hourglass_tf/models/NAME.keras).
 
-    python scripts/ship_model.py --checkpoint=runs/lspet/best.keras --name=lspet --recipe=lspet.flags \
-        --run_dir=runs/lspet --evaluations=flip:runs/lspet/eval,dark:runs/lspet/eval_dark
+    python scripts/ship_model.py --checkpoint=runs/lspet_long/best.keras --name=lspet \
+        --recipe=lspet.flags,lspet_long.flags --run_dir=runs/lspet,runs/lspet_long \
+        --evaluations=flip:runs/lspet_long/eval,dark:runs/lspet_long/eval_dark,bfloat16:runs/lspet_long/eval_bf16
 
 The file keeps the checkpoint's description and adds to its provenance the recipe (the flagfile's text), the
 commit, the training time (the run's log.csv) and the validation figures of each named evaluation folder
@@ -19,9 +20,15 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "The trained .keras model (a run's best.keras).")
 flags.DEFINE_string("name", "lspet", "The shipped model's name (hourglass_tf.pretrained.MODELS).")
-flags.DEFINE_string("recipe", None, "The flagfile that trained it (its text is stored).")
-flags.DEFINE_string("run_dir", None, "The run's folder: its log.csv gives the training time.")
-flags.DEFINE_list("evaluations", [], "LABEL:FOLDER pairs of evaluate.py output folders (metrics.json).")
+flags.DEFINE_list("recipe", None, "The flagfile(s) that trained it, stage by stage (their text is stored).")
+flags.DEFINE_list("run_dir", [], "The run folder(s), stage by stage: their log.csv files give the training time.")
+flags.DEFINE_list(
+    "evaluations",
+    [],
+    "LABEL:FOLDER pairs of evaluate.py output folders (metrics.json). With both 'flip' (float32) and 'bfloat16' "
+    "(--precision=bfloat16), the bfloat16 check is stored: passed when the limb PCK moved at most "
+    "backends.BFLOAT16_TOLERANCE points.",
+)
 flags.mark_flags_as_required(["checkpoint", "recipe"])
 
 
@@ -35,8 +42,25 @@ def figures_from(evaluations):
         result = json.loads((pathlib.Path(folder) / "metrics.json").read_text())
         figures[f"limb_pck_{label}"] = round(result["mean_limbs"], 2)
         figures[f"mean_pck_{label}"] = round(result["summary"]["Mean"], 2)
-        figures[f"{label}_settings"] = {k: result[k] for k in ("refine", "test_scales", "flip_test", "people")}
+        figures[f"{label}_settings"] = {
+            k: result.get(k) for k in ("refine", "test_scales", "flip_test", "precision", "people")
+        }
     return figures
+
+
+def bfloat16_check(figures):
+    """The bfloat16 accuracy check from the 'flip' and 'bfloat16' evaluations, or None without both."""
+    from hourglass_tf.backends import BFLOAT16_TOLERANCE
+
+    if "limb_pck_flip" not in figures or "limb_pck_bfloat16" not in figures:
+        return None
+    change = figures["limb_pck_bfloat16"] - figures["limb_pck_flip"]
+    return {
+        "limb_pck_float32": figures["limb_pck_flip"],
+        "limb_pck_bfloat16": figures["limb_pck_bfloat16"],
+        "tolerance": BFLOAT16_TOLERANCE,
+        "passed": abs(change) <= BFLOAT16_TOLERANCE,
+    }
 
 
 def training_seconds(run_dir):
@@ -44,7 +68,7 @@ def training_seconds(run_dir):
     from hourglass_tf.evaluation import read_training_log
 
     log = read_training_log(pathlib.Path(run_dir) / "log.csv")
-    return round(float(log["epoch_seconds"].sum()), 1) if "epoch_seconds" in log else None
+    return round(float(log["epoch_seconds"].sum()), 1)
 
 
 def main(argv):
@@ -52,14 +76,19 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from hourglass_tf import pretrained
 
+    if FLAGS.name not in pretrained.MODELS:
+        raise app.UsageError(f"{FLAGS.name!r} is not a shipped model's name; add it to pretrained.MODELS first")
+
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
     try:
+        figures = figures_from(FLAGS.evaluations)
         path = pretrained.ship(
             FLAGS.checkpoint,
             FLAGS.name,
-            recipe=pathlib.Path(FLAGS.recipe).read_text(),
-            figures=figures_from(FLAGS.evaluations),
-            training_seconds=training_seconds(FLAGS.run_dir) if FLAGS.run_dir else None,
+            recipe="".join(f"# ---- {name}\n{pathlib.Path(name).read_text()}" for name in FLAGS.recipe),
+            figures=figures,
+            bfloat16_check=bfloat16_check(figures),
+            training_seconds=sum(training_seconds(run) for run in FLAGS.run_dir) if FLAGS.run_dir else None,
             commit=commit,
         )
     except (ValueError, OSError, KeyError) as err:
