@@ -175,16 +175,21 @@ class OnnxRunner(Runner):
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 BFLOAT16_TOLERANCE = 0.3  # PCK points a model may lose in bfloat16 and still run in it by default
+# Forward FLOPs per image from which bfloat16 pays by default: measured 0.68x float32's time on the 8-stack model
+# (55 GFLOP) at batch 1 and 8, but 1.3x at batch 1 on the LSPET model (0.86 GFLOP; 0.73x at batch 8), where per-op
+# costs outweigh the arithmetic (docs/performance.md).
+BFLOAT16_MIN_FLOPS = 10e9
 
 
-def choose_precision(requested, path, info=None, flags=None):
+def choose_precision(requested, path, info=None, flags=None, flops=None):
     """The precision a model file runs in: ``float32`` or ``bfloat16`` (a ``.keras`` model only, its batch norms
     folded and every layer but the outputs computing in bfloat16: ``model.bfloat16_copy``).
 
     ``requested``: one of ``PRECISIONS``. ``auto`` picks bfloat16 only for a ``.keras`` model on a CPU with
     bfloat16 arithmetic (``runtime.cpu_has_bfloat16(flags)``) whose description records a passed bfloat16 check
     (``provenance["bfloat16_check"]["passed"]``: its validation PCK in bfloat16 within ``BFLOAT16_TOLERANCE`` of
-    float32); float32 otherwise.
+    float32) and whose forward pass is at least ``BFLOAT16_MIN_FLOPS`` per image (``flops``, when known);
+    float32 otherwise.
     """
     from hourglass_tf import runtime
 
@@ -196,13 +201,15 @@ def choose_precision(requested, path, info=None, flags=None):
     if requested != "auto":
         return requested
     check = (info.provenance.get("bfloat16_check") or {}) if info is not None else {}
-    return "bfloat16" if keras_file and check.get("passed") and runtime.cpu_has_bfloat16(flags) else "float32"
+    pays = flops is None or flops >= BFLOAT16_MIN_FLOPS
+    return "bfloat16" if keras_file and check.get("passed") and pays and runtime.cpu_has_bfloat16(flags) else "float32"
 
 
 def load_runner(path, precision="float32"):
     """The runner for a model file or folder (see the module docstring); ValueError naming it otherwise.
 
-    ``precision``: ``float32``, or ``bfloat16`` for a ``.keras`` file (``choose_precision``)."""
+    ``precision``: one of ``PRECISIONS`` for a ``.keras`` file (``choose_precision``, with the model's size for
+    ``auto``); the runner's ``precision`` says what it runs in."""
     path = pathlib.Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such model file or folder")
@@ -218,9 +225,11 @@ def load_runner(path, precision="float32"):
         raise ValueError(f"{path}: no SavedModel, model.keras, model.tflite or model.onnx inside")
     suffix = path.suffix.lower()
     if suffix == ".keras":
-        from hourglass_tf.model import bfloat16_copy, float32_copy, fold_batch_norm
+        from hourglass_tf.model import bfloat16_copy, conv_flops, float32_copy, fold_batch_norm
 
         model = fold_batch_norm(float32_copy(metadata.load_keras_model(path)))
+        if precision == "auto":
+            precision = choose_precision("auto", path, _keras_info(path), flops=conv_flops(model))
         runner = KerasRunner(bfloat16_copy(model) if precision == "bfloat16" else model)
     elif suffix in (".tflite", ".onnx"):
         runner = _open(TFLiteRunner if suffix == ".tflite" else OnnxRunner, path)
@@ -228,6 +237,8 @@ def load_runner(path, precision="float32"):
         raise ValueError(
             f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder"
         )
+    if precision == "bfloat16" and suffix != ".keras":
+        choose_precision(precision, path)  # raises: only a .keras model runs in bfloat16
     runner.source = path
     runner.precision = precision if suffix == ".keras" else "float32"
     return runner
@@ -289,7 +300,7 @@ def load_model_file(path, skeleton=None, precision="float32"):
         for one that does, it must agree with the stored one.
       precision: one of ``PRECISIONS`` (``choose_precision``); the runner's ``precision`` says what it runs in.
     """
-    runner = load_runner(path, choose_precision(precision, path, _keras_info(path) if precision == "auto" else None))
+    runner = load_runner(path, precision if precision == "auto" else choose_precision(precision, path))
 
     def build(skel):
         return metadata.ModelInfo(

@@ -79,7 +79,8 @@ flags.DEFINE_enum(
     "auto",
     ["auto", "float32", "bfloat16"],
     "What a .keras model computes in: auto picks bfloat16 on a CPU with bfloat16 arithmetic when the model's "
-    "description records a passed bfloat16 accuracy check (the shipped model's does), float32 otherwise.",
+    "description records a passed bfloat16 accuracy check and the model is large enough for it to pay "
+    "(backends.BFLOAT16_MIN_FLOPS), float32 otherwise.",
 )
 flags.DEFINE_string(
     "skeleton",

@@ -50,6 +50,8 @@ def test_auto_picks_bfloat16_only_for_a_checked_keras_model_on_a_cpu_with_bfloat
     failed = metadata.describe(model, skeleton.MPII, provenance={"bfloat16_check": {"passed": False}})
     unchecked = metadata.describe(model, skeleton.MPII)
     assert choose_precision("auto", "m.keras", passed, WITH) == "bfloat16"
+    assert choose_precision("auto", "m.keras", passed, WITH, flops=55e9) == "bfloat16"
+    assert choose_precision("auto", "m.keras", passed, WITH, flops=0.9e9) == "float32"  # too small to pay
     assert choose_precision("auto", "m.keras", passed, WITHOUT) == "float32"  # emulated bfloat16 is slower
     assert choose_precision("auto", "m.keras", failed, WITH) == "float32"
     assert choose_precision("auto", "m.keras", unchecked, WITH) == "float32"
@@ -72,6 +74,10 @@ def test_a_keras_file_runs_in_the_precision_asked(model, tmp_path):
         "bfloat16": "bfloat16",
         "auto": "float32",
     }
+    checked = tmp_path / "checked.keras"  # passed its bfloat16 check, but a tiny model: bfloat16 would not pay
+    provenance = {"bfloat16_check": {"passed": True}}
+    metadata.save_keras(model, checked, metadata.describe(model, skeleton.MPII, provenance=provenance))
+    assert load_model_file(checked, precision="auto")[0].precision == "float32"
     full, half = runs["float32"].raw(crops), runs["bfloat16"].raw(crops)
     assert half.dtype == np.float32 and 0 < np.max(np.abs(half - full)) < 5e-2 * np.max(np.abs(full))
 
