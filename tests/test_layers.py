@@ -9,7 +9,19 @@ PACKAGE = REPO / "hourglass_tf"
 # The layer of each module (a package folder counts for every module in it). A module may import its own
 # layer and the layers below it, never a layer above.
 LAYERS = {
-    0: {"skeleton", "geometry", "images", "codec", "model", "metadata", "metrics", "visualize", "batchnorm", "runtime"},
+    0: {
+        "skeleton",
+        "geometry",
+        "images",
+        "codec",
+        "model",
+        "metadata",
+        "pretrained",
+        "metrics",
+        "visualize",
+        "batchnorm",
+        "runtime",
+    },
     1: {"data"},
     2: {
         "inference",
