@@ -210,6 +210,8 @@ def load_runner(path, precision="float32"):
 
     ``precision``: one of ``PRECISIONS`` for a ``.keras`` file (``choose_precision``, with the model's size for
     ``auto``); the runner's ``precision`` says what it runs in."""
+    if precision != "auto":
+        choose_precision(precision, path)  # refuses an unknown precision, and bfloat16 for a format other than .keras
     path = pathlib.Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such model file or folder")
@@ -237,8 +239,6 @@ def load_runner(path, precision="float32"):
         raise ValueError(
             f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder"
         )
-    if precision == "bfloat16" and suffix != ".keras":
-        choose_precision(precision, path)  # raises: only a .keras model runs in bfloat16
     runner.source = path
     runner.precision = precision if suffix == ".keras" else "float32"
     return runner
@@ -300,7 +300,7 @@ def load_model_file(path, skeleton=None, precision="float32"):
         for one that does, it must agree with the stored one.
       precision: one of ``PRECISIONS`` (``choose_precision``); the runner's ``precision`` says what it runs in.
     """
-    runner = load_runner(path, precision if precision == "auto" else choose_precision(precision, path))
+    runner = load_runner(path, precision)
 
     def build(skel):
         return metadata.ModelInfo(
