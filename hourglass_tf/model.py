@@ -33,7 +33,14 @@ import keras
 from keras import layers
 
 STEM_FILTERS = 64
-HEAD_INITIALIZER = keras.initializers.RandomNormal(stddev=0.001)
+HEAD_STDDEV = 0.001  # the heads' initial weights: N(0, 0.001), as mmpose/HRNet heads
+
+
+def _head_initializer():
+    """A new initializer per head, made when the model is built: one shared instance made at import would draw
+    its seed before ``keras.utils.set_random_seed`` (so a seeded run would not repeat) and give every stack's
+    head the same weights."""
+    return keras.initializers.RandomNormal(stddev=HEAD_STDDEV)
 
 
 def _check_positive_int(name, value):
@@ -214,7 +221,7 @@ def build_model(
         # (N(0, 0.001) weights, as mmpose/HRNet heads do), so training does not first spend
         # hundreds of steps shrinking random heatmaps towards the mostly-zero targets.
         heatmaps = layers.Conv2D(
-            num_joints, 1, name=f"stack_{s}", dtype="float32", kernel_initializer=HEAD_INITIALIZER
+            num_joints, 1, name=f"stack_{s}", dtype="float32", kernel_initializer=_head_initializer()
         )(x)
         outputs[f"stack_{s}"] = heatmaps
         if s < num_stacks:
