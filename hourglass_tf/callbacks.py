@@ -6,6 +6,7 @@ import math
 import os
 import pathlib
 import time
+import types
 
 import keras
 import numpy as np
@@ -339,15 +340,57 @@ class FailedSamples(keras.callbacks.Callback):
 
 
 class ValidatedPlateau(keras.callbacks.ReduceLROnPlateau):
-    """Keras' ``ReduceLROnPlateau`` that counts only the epochs that were validated.
+    """Keras' ``ReduceLROnPlateau`` that counts only the epochs that were validated, and that a resumed run
+    continues where it stopped.
 
     With ``validation_freq`` > 1 the other epochs log no metric; the stock callback would warn
     on each of them. Here they neither wait nor warn, so ``patience`` counts validations.
+
+    ``history``: the (metric, learning rate) of each validated epoch a resumed run has behind it
+    (``plateau_history`` of its log). The stock callback starts counting afresh in every ``fit``, so after a
+    kill it would wait ``patience`` validations again and forget the best value; here those epochs are
+    replayed through the stock rule first, on a stand-in optimizer at each epoch's logged rate (the model's
+    own rate is already restored with the optimizer state), so the counters are the unkilled run's.
     """
+
+    def __init__(self, *args, history=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.history = [(float(value), float(rate)) for value, rate in history]
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if not self.history:
+            return
+        model, verbose = self.model, self.verbose
+        self.verbose = 0
+        try:
+            for epoch, (value, rate) in enumerate(self.history):
+                self.set_model(types.SimpleNamespace(optimizer=types.SimpleNamespace(learning_rate=rate)))
+                super().on_epoch_end(epoch, {self.monitor: value})
+        finally:
+            self.set_model(model)
+            self.verbose = verbose
 
     def on_epoch_end(self, epoch, logs=None):
         if (logs or {}).get(self.monitor) is not None:
             super().on_epoch_end(epoch, logs)
+
+
+def plateau_history(log_path, monitor):
+    """The (``monitor`` value, learning rate) of each validated epoch in a run's ``log.csv``; [] without a log.
+
+    What ``ValidatedPlateau`` replays when a run resumes (after ``trim_log``, so only the epochs the backup
+    holds).
+    """
+    if not pathlib.Path(log_path).exists():
+        return []
+    from hourglass_tf.evaluation import read_training_log
+
+    columns = read_training_log(log_path)
+    if monitor not in columns or "learning_rate" not in columns:
+        return []
+    values, rates = columns[monitor], columns["learning_rate"]
+    return [(v, r) for v, r in zip(values, rates) if np.isfinite(v) and np.isfinite(r)]
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):

@@ -58,6 +58,7 @@ from hourglass_tf.callbacks import (
     WorkEstimate,
     backup_epochs,
     check_backup,
+    plateau_history,
     spent_budget_seconds,
     trim_log,
 )
@@ -297,7 +298,57 @@ def train(config):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+@dataclasses.dataclass
+class _Run:
+    """Where a run writes and on what: the strategy, whether this process is the chief, the global batch."""
+
+    run_dir: pathlib.Path
+    write_dir: pathlib.Path  # run_dir on the chief; a temporary folder on other workers
+    strategy: tf.distribute.Strategy
+    chief: bool
+    global_batch: int
+
+
+@dataclasses.dataclass
+class _Data:
+    """The checked splits of a run and what training and validation do with them."""
+
+    train_source: tf.data.Dataset
+    val_source: tf.data.Dataset
+    skeleton: object
+    train_report: object
+    val_report: object
+    num_train: int
+    num_val: int
+    augmentation: object
+    val_flip_test: bool
+
+
 def _train(config):
+    run = _start_run(config)
+    data = _load_data(config, run.global_batch)
+    resumed_epochs = _check_resume_state(run.write_dir)
+    steps = config.steps_per_epoch or max(1, data.num_train // run.global_batch)
+    failures = pipeline.FailureCount()
+    train_data = _training_batches(config, data, run.global_batch, failures, skip_steps=resumed_epochs * steps)
+    val_data = _validation_batches(config, data)
+    with run.strategy.scope():
+        model = build_compiled_model(config, data.skeleton)
+    watch = _callbacks(config, run, data, model, val_data, steps, failures, resumed_epochs)
+    _say_what_trains(config, run, data, steps)
+    start = time.time()
+    with multi_worker_fit_fixes(model, run.strategy), failures_explained(config):
+        history = model.fit(
+            train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=watch.callbacks, verbose=config.verbose
+        )
+    summary = _summary(config, run, data, history, watch, failures, time.time() - start)
+    if run.chief:
+        _write_summary_and_curve(config, run.run_dir, summary, history)
+    return {"summary": summary, "model": model, "history": history.history}
+
+
+def _start_run(config):
+    """Seeds, builds the strategy and prepares the run folder (the chief checks a reused one and writes config.json)."""
     run_dir = pathlib.Path(config.run_dir)
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy, config.cpu_replicas)
@@ -307,8 +358,12 @@ def _train(config):
     if chief:
         prepare_run_dir(run_dir, config)
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
-    replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size * replicas
+    return _Run(run_dir, write_dir, strategy, chief, config.batch_size * strategy.num_replicas_in_sync)
+
+
+def _load_data(config, global_batch):
+    """Both splits, checked; a joint set without mirror pairs turns flips off (said). ValueError when a split
+    cannot train or validate."""
     train_source, skeleton, train_report, num_train = load_split(
         config, "train", drop_side_conflicts=config.drop_side_conflicts, augmentation=config.augmentation()
     )
@@ -331,23 +386,50 @@ def _train(config):
     if config.max_val_samples:
         val_source = val_source.take(config.max_val_samples)
         num_val = min(num_val, config.max_val_samples)
-    failures = pipeline.FailureCount()
-    train_data = pipeline.make_dataset(
-        train_source.repeat(),
-        skeleton,
+    return _Data(
+        train_source, val_source, skeleton, train_report, val_report, num_train, num_val, augmentation, val_flip_test
+    )
+
+
+def _check_resume_state(write_dir):
+    """Makes the run folder's resume state consistent; returns the epochs its backup holds (0: a fresh run).
+
+    A damaged backup falls back to the previous one or a fresh start (``check_backup``); log rows of epochs the
+    backup does not hold are removed (they run again); temporaries a kill left are removed.
+    """
+    check_backup(write_dir / "backup")
+    epochs = backup_epochs(write_dir / "backup")
+    trim_log(write_dir / "log.csv", epochs)
+    remove_stale_temporaries(write_dir)
+    return epochs
+
+
+def _training_batches(config, data, global_batch, failures, skip_steps=0):
+    """The endless, seeded training stream of global batches, started ``skip_steps`` batches in.
+
+    A resumed run skips the batches its backup's epochs trained on (before decoding, so skipping is cheap),
+    so it sees the very batches the unkilled run would have seen: ``fit`` keeps one iterator over this
+    stream across epochs.
+    """
+    batches = pipeline.make_dataset(
+        data.train_source.repeat(),
+        data.skeleton,
         config.num_stacks,
         global_batch,
         input_size=config.input_size,
         sigma=config.sigma,
-        augmentation=augmentation,
+        augmentation=data.augmentation,
         seed=config.seed,
         failures=failures,
+        skip=skip_steps * global_batch,
     )
-    train_data = dataset_options(train_data)
-    steps = config.steps_per_epoch or max(1, num_train // global_batch)
-    val_data = pipeline.make_dataset(
-        val_source,
-        skeleton,
+    return dataset_options(batches)
+
+
+def _validation_batches(config, data):
+    return pipeline.make_dataset(
+        data.val_source,
+        data.skeleton,
         config.num_stacks,
         config.val_batch_size,
         input_size=config.input_size,
@@ -356,37 +438,13 @@ def _train(config):
         with_meta=True,
     )
 
-    with strategy.scope():
-        model = build_compiled_model(config, skeleton)
-    info = describe(
-        model,
-        skeleton,
-        sigma=config.sigma,
-        precision=keras.mixed_precision.global_policy().name,
-        provenance={
-            "dataset": config.dataset,
-            "metric": config.metric_name,
-            "config": dataclasses.asdict(config),
-            "package": "hourglass_tf " + __version__,
-        },
-    )
 
-    guard = NaNGuard()
-    validation = PCKValidation(
-        val_data,
-        skeleton,
-        config.metric_name,
-        config.metric_threshold,
-        config.validation_freq,
-        val_flip_test,
-        guard,
-        total=num_val,
-        source=val_source,
-    )
-    check_backup(write_dir / "backup")  # a damaged backup: the previous one, or a fresh start; never a crash
-    trim_log(write_dir / "log.csv", backup_epochs(write_dir / "backup"))  # each epoch logged once after a kill
-    remove_stale_temporaries(write_dir)
-    backup = SafeBackupAndRestore(str(write_dir / "backup"), guard)
+def _schedule(config, steps, write_dir, resumed_epochs):
+    """The learning-rate callbacks (cosine per step, or plateau and fixed drops) and the time budget (or None).
+
+    A resumed run's plateau rule replays the validations of the epochs its backup holds (``plateau_history``),
+    so it drops the rate when the unkilled run would have.
+    """
     if config.lr_schedule == "cosine":
         schedule = [CosineDecay(config.learning_rate, config.min_learning_rate, config.epochs * steps)]
     else:
@@ -398,6 +456,7 @@ def _train(config):
                 patience=config.plateau_patience,
                 min_lr=config.min_learning_rate,
                 verbose=config.verbose,
+                history=plateau_history(write_dir / "log.csv", config.metric_name) if resumed_epochs else (),
             ),
             LearningRateDrops(config.drop_epochs(), config.plateau_factor, config.verbose),
         ]
@@ -411,62 +470,107 @@ def _train(config):
             config.verbose,
         )
         schedule.insert(0, budget)
+    return schedule, budget
+
+
+@dataclasses.dataclass
+class _Callbacks:
+    """The callbacks of a run in ``fit``'s order, and those the summary reads."""
+
+    callbacks: list
+    guard: NaNGuard
+    validation: PCKValidation
+    backup: SafeBackupAndRestore
+    budget: object  # TimeBudget or None
+
+
+def _callbacks(config, run, data, model, val_data, steps, failures, resumed_epochs):
+    """The callbacks in the order the module docstring gives."""
+    guard = NaNGuard()
+    validation = PCKValidation(
+        val_data,
+        data.skeleton,
+        config.metric_name,
+        config.metric_threshold,
+        config.validation_freq,
+        data.val_flip_test,
+        guard,
+        total=data.num_val,
+        source=data.val_source,
+    )
+    backup = SafeBackupAndRestore(str(run.write_dir / "backup"), guard)
+    schedule, budget = _schedule(config, steps, run.write_dir, resumed_epochs)
+    info = describe(
+        model,
+        data.skeleton,
+        sigma=config.sigma,
+        precision=keras.mixed_precision.global_policy().name,
+        provenance={
+            "dataset": config.dataset,
+            "metric": config.metric_name,
+            "config": dataclasses.asdict(config),
+            "package": "hourglass_tf " + __version__,
+        },
+    )
     pictures = []
     if config.image_summaries:
         crops = np.concatenate([c.numpy() for c, _, _ in val_data.take(1)])[: config.image_summaries]
-        pictures.append(ImageSummaries(write_dir / "logs", crops, skeleton, config.validation_freq, guard))
+        pictures.append(ImageSummaries(run.write_dir / "logs", crops, data.skeleton, config.validation_freq, guard))
     average_in = [AverageWeightsIn()] if config.ema_momentum else []
     callbacks = [
         guard,
         *average_in,
         validation,
         *schedule,
-        AtomicCheckpoint(write_dir, config.metric_name, guard, info=info),
+        AtomicCheckpoint(run.write_dir, config.metric_name, guard, info=info),
         *pictures,
         *[AverageWeightsOut(a) for a in average_in],
         FailedSamples(failures, diagnose=lambda: recheck_training_split(config)),
         EpochTimer(),
         *([WorkEstimate(steps)] if config.verbose and budget is None else []),
-        keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=True),
+        keras.callbacks.CSVLogger(str(run.write_dir / "log.csv"), append=True),
         backup,  # after the log row: a kill between them re-runs the epoch, and trim_log drops its first row
-        keras.callbacks.TensorBoard(str(write_dir / "logs"), write_graph=False),
+        keras.callbacks.TensorBoard(str(run.write_dir / "logs"), write_graph=False),
     ]
+    return _Callbacks(callbacks, guard, validation, backup, budget)
 
+
+def _say_what_trains(config, run, data, steps):
     print(
-        f"training {config.num_stacks}-stack hourglass on {config.dataset}: {num_train} train / {num_val} validation "
-        f"samples, {replicas} replica(s), global batch {global_batch}, {steps} steps per epoch"
+        f"training {config.num_stacks}-stack hourglass on {config.dataset}: {data.num_train} train / "
+        f"{data.num_val} validation samples, {run.strategy.num_replicas_in_sync} replica(s), "
+        f"global batch {run.global_batch}, {steps} steps per epoch"
     )
-    for name, report in (("train", train_report), ("valid", val_report)):
+    for name, report in (("train", data.train_report), ("valid", data.val_report)):
         if report.total_skipped:
             print(f"{name} split: {report.summary()}")
-    start = time.time()
-    with multi_worker_fit_fixes(model, strategy), failures_explained(config):
-        history = model.fit(
-            train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks, verbose=config.verbose
-        )
-    seconds = time.time() - start
-    summary = {
+
+
+def _summary(config, run, data, history, watch, failures, seconds):
+    validation, budget = watch.validation, watch.budget
+    return {
         "epochs_run": len(history.epoch),
-        "resumed_at_epoch": backup.resumed_epoch or 0,
-        "stopped_because": guard.reason or (budget.reason if budget is not None else None),
+        "resumed_at_epoch": watch.backup.resumed_epoch or 0,
+        "stopped_because": watch.guard.reason or (budget.reason if budget is not None else None),
         config.metric_name: validation.last_result["summary"]["Mean"] if validation.last_result else None,
         "validation": validation.last_result["summary"] if validation.last_result else None,
         "train_seconds": seconds,
-        "replicas": replicas,
-        "global_batch": global_batch,
-        "skipped": {"train": train_report.as_dict(), "valid": val_report.as_dict()},
+        "replicas": run.strategy.num_replicas_in_sync,
+        "global_batch": run.global_batch,
+        "skipped": {"train": data.train_report.as_dict(), "valid": data.val_report.as_dict()},
         "failed_train_samples": failures.total(),
-        "run_dir": str(run_dir),
+        "run_dir": str(run.run_dir),
     }
-    if chief:
-        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        if history.epoch:
-            from hourglass_tf.evaluation import plot_training_log
 
-            try:
-                plot_training_log(
-                    run_dir / "log.csv", run_dir / "training_curve.png", f"{config.dataset}, {config.num_stacks} stacks"
-                )
-            except ValueError as err:  # a picture must never fail a finished run
-                print(f"training curve not drawn: {err}")
-    return {"summary": summary, "model": model, "history": history.history}
+
+def _write_summary_and_curve(config, run_dir, summary, history):
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if history.epoch:
+        from hourglass_tf.evaluation import plot_training_log
+
+        try:
+            plot_training_log(
+                run_dir / "log.csv", run_dir / "training_curve.png", f"{config.dataset}, {config.num_stacks} stacks"
+            )
+        except ValueError as err:  # a picture must never fail a finished run
+            print(f"training curve not drawn: {err}")

@@ -240,6 +240,27 @@ def test_pipeline_batches_for_fit_and_is_deterministic(synthetic_root):
     assert 0.0 <= float(tf.reduce_min(x1)) and float(tf.reduce_max(x1)) <= 1.0
 
 
+def test_a_stream_started_some_batches_in_yields_what_the_whole_stream_yields_from_there(synthetic_root):
+    """What a resumed run relies on: ``skip`` elements passed over give the same later batches (images, shuffle
+    order and augmentation), across the epoch boundary of the repeated source."""
+    samples = readers.load_dataset("synthetic", synthetic_root, "train")
+    source = pipeline.samples_to_dataset(samples, synthetic_root).repeat()
+
+    def batches(skip):
+        dataset = pipeline.make_dataset(
+            source, skeleton.MPII, num_stacks=1, batch_size=4, input_size=32, seed=5, shuffle_buffer=8, skip=skip
+        )
+        return [x.numpy() for x, _ in dataset.take(12 - skip // 4)]
+
+    whole, resumed = batches(0), batches(4 * 7)
+    assert len(samples) < 4 * 7  # the skipped part crosses a pass over the source
+    for a, b in zip(whole[7:], resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(whole[0], resumed[0])
+    with pytest.raises(ValueError, match="received skip=-1"):
+        pipeline.make_dataset(source, skeleton.MPII, num_stacks=1, batch_size=4, skip=-1)
+
+
 def test_validation_meta_back_projects_to_the_original_joints(synthetic_root):
     samples = readers.load_dataset("synthetic", synthetic_root, "valid")
     source = pipeline.samples_to_dataset(samples, synthetic_root)
@@ -515,3 +536,40 @@ def test_the_plateau_rule_counts_only_validated_epochs():
         rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
     # Two validations without improvement after the first: the rate halves at the third validation only.
     assert rates == [1.0] * 6 + [0.5], rates
+
+
+def test_a_resumed_plateau_rule_drops_the_rate_when_the_unkilled_run_would():
+    """Replaying the logged validations (``plateau_history``) restores the stock rule's counters: the resumed run's
+    rates equal the unkilled run's at every split point, where a rule counting afresh drops late. Fails when
+    Keras' ``ReduceLROnPlateau`` changes how it counts."""
+    import keras
+
+    from hourglass_tf.callbacks import ValidatedPlateau
+
+    values = [40.0, 45.0, 44.0, 44.5, 46.0, 45.0, 45.5, 45.9, 46.5, 46.0, 46.1, 46.2, 46.3]
+
+    def run(values, history=(), rate=1.0):
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.SGD(rate), loss="mse")
+        plateau = ValidatedPlateau(
+            monitor="val_pck", mode="max", factor=0.5, patience=2, cooldown=1, min_lr=0.2, history=history
+        )
+        plateau.set_model(model)
+        plateau.on_train_begin()
+        logged = []
+        for epoch, value in enumerate(values, start=len(history)):
+            logs = {"val_pck": value}
+            plateau.on_epoch_end(epoch, logs)
+            logged.append((value, logs["learning_rate"]))  # what CSVLogger writes: the rate before this epoch's drop
+        return logged, float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+    unkilled, _ = run(values)
+    rates = [rate for _, rate in unkilled]
+    assert len(set(rates)) >= 3, rates  # the sequence drops more than once, down to min_lr
+    for split in range(1, len(values)):
+        _, rate_at_split = run(values[:split])
+        resumed, _ = run(values[split:], history=unkilled[:split], rate=rate_at_split)
+        assert [r for _, r in resumed] == rates[split:], split
+    # counting afresh (the stock callback after a kill) forgets the best value and the waiting: later drops
+    afresh = [[r for _, r in run(values[split:], rate=run(values[:split])[1])[0]] for split in range(1, len(values))]
+    assert sum(a != rates[split:] for split, a in enumerate(afresh, start=1)) >= len(values) // 2

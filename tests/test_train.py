@@ -339,38 +339,67 @@ def test_inconsistent_flags_fail_before_anything_is_built(tmp_path):
     assert unknown.returncode != 0 and "no_such_flag" in unknown.stderr
 
 
-def test_a_killed_run_resumes_from_its_backup(data_dir, tmp_path):
-    run_dir = tmp_path / "run"
-    args = [*TINY_FLAGS, f"--data_dir={data_dir}", f"--run_dir={run_dir}", "--epochs=40", "--steps_per_epoch=12"]
-    stderr = open(tmp_path / "stderr.txt", "w")  # a file, not a pipe: TF's logging must never block the child
+def _start_training(args, stderr_path):
+    stderr = open(stderr_path, "w")  # a file, not a pipe: TF's logging must never block the child
     process = subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / "train.py"), *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr
     )
+    stderr.close()
+    return process
+
+
+def _backed_up_epochs(run_dir):
+    try:
+        return json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):  # not there yet, or being written
+        return 0
+
+
+def test_a_killed_two_replica_run_resumes_to_the_unkilled_run_s_weights(data_dir, tmp_path):
+    """SIGKILL inside an epoch of a MirroredStrategy run over 2 logical CPUs, then the same command again: it
+    resumes from the backup (no corrupt checkpoint, each epoch logged once) and ends with the weights, losses
+    and rate drops of the same run left alone. The resumed stream starts where the backup's epochs ended, and
+    the plateau rule (patience 1, so it drops the rate in this run) replays the logged validations."""
+    epochs = 12
+    common = [*TINY_FLAGS, f"--data_dir={data_dir}", f"--epochs={epochs}", "--steps_per_epoch=12"]
+    common += ["--strategy=mirrored", "--cpu_replicas=2", "--plateau_patience=1", "--plateau_factor=0.5"]
+    killed_dir, unkilled_dir = tmp_path / "killed", tmp_path / "unkilled"
+    unkilled = _start_training([*common, f"--run_dir={unkilled_dir}"], tmp_path / "unkilled.txt")
+    process = _start_training([*common, f"--run_dir={killed_dir}"], tmp_path / "killed.txt")
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if (run_dir / "log.csv").exists() and len(read_log(run_dir)) >= 3:
+        if _backed_up_epochs(killed_dir) >= 3:
             break
         time.sleep(0.2)
-    assert process.poll() is None, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert process.poll() is None, (tmp_path / "killed.txt").read_text()[-3000:]
     time.sleep(0.5)  # inside the next epoch
     process.send_signal(signal.SIGKILL)
     process.wait()
-    stderr.close()
-    backed_up = json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"]
-    assert 3 <= backed_up < 40
+    backed_up = json.loads((killed_dir / "backup" / "training_metadata.json").read_text())["epoch"]
+    assert 3 <= backed_up < epochs - 1
     for name in ("last.keras", "best.keras"):  # no checkpoint is corrupt
-        keras.models.load_model(run_dir / name)
-    first_loss = float(read_log(run_dir)[0]["loss"])
+        keras.models.load_model(killed_dir / name)
 
-    result = run_script([*args[:-2], f"--epochs={backed_up + 2}", "--steps_per_epoch=12"])
+    result = run_script([*common, f"--run_dir={killed_dir}"])
     assert result.returncode == 0, result.stderr[-3000:]
-    epochs = [int(r["epoch"]) for r in read_log(run_dir)]
-    # The counter continues from the backup; no epoch is run twice.
-    assert epochs[-2:] == [backed_up, backed_up + 1] and epochs == sorted(set(epochs)), epochs
-    summary = json.loads((run_dir / "train_summary.json").read_text())
-    assert summary["resumed_at_epoch"] == backed_up and summary["epochs_run"] == 2
-    # Weights were restored, not re-initialised: the resumed epoch trains from the learned state.
-    assert float(read_log(run_dir)[-2]["loss"]) < first_loss
+    assert unkilled.wait(timeout=600) == 0, (tmp_path / "unkilled.txt").read_text()[-3000:]
+    summary = json.loads((killed_dir / "train_summary.json").read_text())
+    assert summary["resumed_at_epoch"] == backed_up and summary["epochs_run"] == epochs - backed_up
+    assert summary["replicas"] == 2
+    resumed_log, unkilled_log = read_log(killed_dir), read_log(unkilled_dir)
+    assert [int(r["epoch"]) for r in resumed_log] == list(range(epochs))  # each epoch logged once
+    rates = [float(r["learning_rate"]) for r in unkilled_log]
+    assert len(set(rates)) > 1, rates  # the plateau rule dropped the rate: its replay is tested
+    for column in ("loss", "learning_rate"):
+        np.testing.assert_allclose(
+            [float(r[column]) for r in resumed_log],
+            [float(r[column]) for r in unkilled_log],
+            rtol=1e-5,
+            err_msg=column,
+        )
+    resumed_model, unkilled_model = (keras.models.load_model(d / "last.keras") for d in (killed_dir, unkilled_dir))
+    for a, b in zip(resumed_model.weights, unkilled_model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 
 
 WEIGHTS_SCRIPT = """

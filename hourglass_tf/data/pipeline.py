@@ -236,6 +236,7 @@ def make_dataset(
     shuffle_buffer=2048,
     drop_remainder=None,
     failures=None,
+    skip=0,
 ):
     """Batches for ``model.fit`` / evaluation from a per-sample source.
 
@@ -251,6 +252,9 @@ def make_dataset(
       seed: seed of the shuffle and of the augmentation.
       drop_remainder: defaults to ``training``.
       failures: a ``FailureCount`` that counts the samples dropped because they failed (see below).
+      skip: elements of the shuffled stream to pass over before any is decoded: the stream then goes on exactly
+        as one that yielded those first (their shuffle positions and augmentation seeds are drawn and
+        dropped), without their cost. A resumed training run starts where its backup ended this way.
 
     The element order is fixed (parallel maps keep it), so a seeded pipeline repeats itself.
     A sample that fails to decode or transform is dropped, never silently: ``failures`` counts it,
@@ -261,6 +265,8 @@ def make_dataset(
         raise ValueError(f"`batch_size` must be a positive integer, received batch_size={batch_size!r}")
     if isinstance(num_stacks, bool) or not isinstance(num_stacks, int) or num_stacks <= 0:
         raise ValueError(f"`num_stacks` must be a positive integer, received num_stacks={num_stacks!r}")
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+        raise ValueError(f"`skip` must be a non-negative integer, received skip={skip!r}")
     codec = HeatmapCodec(input_size, input_size // 4, sigma)
     if augmentation is None:
         augmentation = Augmentation() if training else NO_AUGMENTATION
@@ -271,7 +277,10 @@ def make_dataset(
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    dataset = tf.data.Dataset.zip(dataset, seeds).enumerate()
+    dataset = tf.data.Dataset.zip(dataset, seeds)
+    if skip:
+        dataset = dataset.skip(skip)  # before the numbering: element numbers (failure counting) start at 0
+    dataset = dataset.enumerate()
 
     def transform(index, pair):
         element, element_seed = pair
