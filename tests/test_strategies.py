@@ -59,12 +59,14 @@ else:  # no batch norm: the package's compile (one MSE per stack) and Keras' fit
     with strategy.scope():
         image = keras.Input((16, 16, 3))
         x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="features")(image)
-        if mode == "plain_bn":
-            x = keras.layers.ReLU()(keras.layers.BatchNormalization(synchronized=True, name="bn")(x))
+        if mode in ("plain_bn", "local_bn"):  # local_bn: each replica normalises by its own batch's statistics
+            bn = keras.layers.BatchNormalization(momentum=0.5, synchronized=mode == "plain_bn", name="bn")
+            x = keras.layers.ReLU()(bn(x))
         model = keras.Model(image, {"stack_1": keras.layers.Conv2D(4, 1, name="stack_1")(x)})
         compile_for_training(model, keras.optimizers.Adam(1e-2))
     rng = np.random.default_rng(1)
     x, t = rng.random((24, 16, 16, 3), np.float32), rng.random((24, 16, 16, 4), np.float32)
+    x[np.arange(24) % 4 >= 2] += 0.5  # each batch's second half (the second replica's) brighter than its first
     data = dataset_options(tf.data.Dataset.from_tensor_slices((x, {"stack_1": t})).batch(4))
     with multi_worker_fit_fixes(model, strategy):
         losses = model.fit(data, epochs=2, verbose=0).history["loss"]
@@ -132,6 +134,19 @@ def test_multi_worker_over_two_workers_trains_what_one_device_trains(tmp_path, o
     replicas, chief = _multi_worker(tmp_path, "workers", mode="plain_bn", strategy="multi_worker", cpu_replicas=0)
     assert replicas == 2
     _assert_same(one_device["plain_bn"], chief)
+
+
+def test_without_synchronized_batch_norm_two_devices_differ_by_the_per_replica_statistics(tmp_path, one_device):
+    """``--sync_batch_norm`` off: each replica normalises by its own half batch, so the moving variance (a mean
+    of per-replica variances, missing the spread between the halves' means) is not the one-device run's, and
+    the training follows from there; the BN-free model of the test above matches, so nothing else differs."""
+    _, local = _run(tmp_path, "local_bn", mode="local_bn", strategy="mirrored", cpu_replicas=2)
+    reference = one_device["plain_bn"]
+    assert sorted(local) == sorted(reference)
+    (variance,) = [k for k in reference if k.endswith("moving_variance")]
+    gap = np.abs(local[variance] - reference[variance]) / np.abs(reference[variance])
+    assert gap.max() > 1e-2, gap  # far outside the 2e-4 of the synchronized runs
+    assert not np.allclose(local["losses"], reference["losses"], rtol=2e-4, atol=2e-5)
 
 
 def _assert_same(a, b, exact=False, rtol=2e-4, atol=2e-5):
