@@ -70,8 +70,24 @@ def summary(name=DEFAULT):
     size = description.input_size[0]
     said = f"{description.skeleton.name} joints ({description.skeleton.num_joints}), {size} px input"
     if figure is not None:
-        said += f", {float(figure):.1f} limb PCK@0.2 on {provenance.get('dataset', '?')} validation"
+        said += f", {float(figure):.2f} limb PCK@0.2 on {provenance.get('dataset', '?')} validation"
     return f"the shipped model {name!r} ({said})"
+
+
+def inherited_training_seconds(checkpoint):
+    """The training time (seconds) of the shipped model a checkpoint's run started from, else 0.
+
+    A run started with ``--init_weights=NAME`` (a shipped model's name, as the stages of a recipe are) inherits that
+    model's ``training_seconds``, so a shipped model made in stages counts all of them, even when the earlier
+    stages' run folders are gone. A start from a file path, or no start, inherits nothing.
+    """
+    from hourglass_tf import metadata
+
+    config = (metadata.read_keras_info(checkpoint).provenance or {}).get("config") or {}
+    start = config.get("init_weights")
+    if start not in MODELS or pathlib.Path(start).exists():
+        return 0.0
+    return float((info(start).provenance.get("pretrained") or {}).get("training_seconds") or 0.0)
 
 
 def resolve(model, log=print):

@@ -5,7 +5,8 @@
         --evaluations=flip:runs/lspet_long/eval,dark:runs/lspet_long/eval_dark,bfloat16:runs/lspet_long/eval_bf16
 
 The file keeps the checkpoint's description and adds to its provenance the recipe (the flagfile's text), the
-commit, the training time (the run's log.csv) and the validation figures of each named evaluation folder
+commit, the training time (the runs' log.csv files, plus the training time of the shipped model the first of
+them started from, when it started from one by name: ``--init_weights=lspet``) and the validation figures of each named evaluation folder
 (``scripts/evaluate.py``'s metrics.json: limbs and mean). The model card hourglass_tf/models/NAME.md is written
 by hand.
 """
@@ -88,7 +89,12 @@ def main(argv):
             recipe="".join(f"# ---- {name}\n{pathlib.Path(name).read_text()}" for name in FLAGS.recipe),
             figures=figures,
             bfloat16_check=bfloat16_check(figures),
-            training_seconds=sum(training_seconds(run) for run in FLAGS.run_dir) if FLAGS.run_dir else None,
+            training_seconds=(
+                sum(training_seconds(run) for run in FLAGS.run_dir)
+                + pretrained.inherited_training_seconds(FLAGS.checkpoint)
+                if FLAGS.run_dir
+                else None
+            ),
             commit=commit,
         )
     except (ValueError, OSError, KeyError) as err:

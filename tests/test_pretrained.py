@@ -24,7 +24,15 @@ def _ship_tiny(tmp_path):
     metadata.save_keras(model, checkpoint, metadata.describe(model, skeleton.LSP, provenance={"dataset": "lspet"}))
     folder = tmp_path / "models"
     figures = {"limb_pck_flip": 12.5}
-    pretrained.ship(checkpoint, "lspet", recipe="--dataset=lspet\n", figures=figures, commit="abc", folder=folder)
+    pretrained.ship(
+        checkpoint,
+        "lspet",
+        recipe="--dataset=lspet\n",
+        figures=figures,
+        commit="abc",
+        folder=folder,
+        training_seconds=100,
+    )
     (folder / "lspet.md").write_text("# card\n")
     return folder, checkpoint
 
@@ -34,7 +42,7 @@ def test_names_resolve_to_shipped_files_and_none_to_the_default_said_once(tmp_pa
     monkeypatch.setattr(pretrained, "FOLDER", folder)
     said = []
     assert pretrained.resolve(None, said.append) == folder / "lspet.keras"
-    assert len(said) == 1 and "lspet" in said[0] and "12.5 limb PCK" in said[0] and "lsp joints (14)" in said[0]
+    assert len(said) == 1 and "lspet" in said[0] and "12.50 limb PCK" in said[0] and "lsp joints (14)" in said[0]
     assert pretrained.resolve("lspet", said.append) == folder / "lspet.keras" and len(said) == 1
     assert pretrained.resolve("runs/x/best.keras") == "runs/x/best.keras"
     monkeypatch.chdir(tmp_path)
@@ -57,6 +65,25 @@ def test_ship_keeps_the_description_and_adds_recipe_commit_and_figures(tmp_path)
     assert shipped["figures"] == {"limb_pck_flip": 12.5} and after.provenance["dataset"] == "lspet"
     with pytest.raises(ValueError, match="not a shipped model's name"):
         pretrained.ship(checkpoint, "coco", recipe="", figures={}, folder=folder)
+
+
+def test_a_model_trained_in_stages_from_a_shipped_model_inherits_its_training_time(tmp_path, monkeypatch):
+    folder, _ = _ship_tiny(tmp_path)
+    monkeypatch.setattr(pretrained, "FOLDER", folder)
+    monkeypatch.chdir(tmp_path)
+    model = build_model(**LSP_TINY)
+
+    def stage_from(start):
+        checkpoint = tmp_path / "stage.keras"
+        provenance = {"dataset": "lspet", "config": {"init_weights": start}}
+        metadata.save_keras(model, checkpoint, metadata.describe(model, skeleton.LSP, provenance=provenance))
+        return checkpoint
+
+    assert pretrained.inherited_training_seconds(stage_from("lspet")) == 100.0
+    assert pretrained.inherited_training_seconds(stage_from("runs/stage_2/best.keras")) == 0.0
+    assert pretrained.inherited_training_seconds(stage_from(None)) == 0.0
+    (tmp_path / "lspet").mkdir()  # a folder of that name is what the run started from, not the shipped model
+    assert pretrained.inherited_training_seconds(stage_from("lspet")) == 0.0
 
 
 def test_init_weights_and_the_predictor_take_a_shipped_name(tmp_path, monkeypatch):
