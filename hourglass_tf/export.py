@@ -100,7 +100,10 @@ class ServingModule(tf.Module):
         self.model = heatmap_model(model)
         self.input_size = int(self.model.inputs[0].shape[1])
         self.skeleton = info.skeleton
-        self.codec = HeatmapCodec(self.input_size, int(self.model.outputs[0].shape[1]))
+        # The model's own decoding (its description's sigma and sub-pixel rule), as Predictor decodes it.
+        self.codec = HeatmapCodec(
+            self.input_size, int(self.model.outputs[0].shape[1]), sigma=info.sigma, refine=info.decoding
+        )
         self.flip_test = flip_test
 
     def heatmaps(self, crops):

@@ -71,13 +71,14 @@ class Predictor:
         read from the model). Exactly one of the two.
       flip_test: average with the mirrored crop (the paper's procedure). A joint set without
         mirror pairs is predicted without it (a warning says so).
-      refine: the codec's sub-pixel step, ``"quarter"`` (the paper's) or ``"dark"``.
+      refine: the codec's sub-pixel step, ``"quarter"`` (the paper's) or ``"dark"``; None: the model's own
+        (``info.decoding``: what its description says it was validated with, the paper's rule unless chosen).
       scales: test scales, person box side multipliers whose heatmaps are averaged
         (``(1.0,)``: the paper's single scale; e.g. ``(0.9, 1.0, 1.1)``). Each scale
         costs one more pass (two with the flip test).
     """
 
-    def __init__(self, model, info=None, skeleton=None, flip_test=True, refine="quarter", scales=(1.0,)):
+    def __init__(self, model, info=None, skeleton=None, flip_test=True, refine=None, scales=(1.0,)):
         self.runner = model if isinstance(model, Runner) else KerasRunner(model)
         if (info is None) == (skeleton is None):
             raise ValueError(
@@ -96,7 +97,9 @@ class Predictor:
         self.info = info
         self.skeleton = info.skeleton
         self.input_size = self.runner.input_size
-        self.codec = HeatmapCodec(self.input_size, self.runner.heatmap_size, sigma=info.sigma, refine=refine)
+        self.codec = HeatmapCodec(
+            self.input_size, self.runner.heatmap_size, sigma=info.sigma, refine=refine or info.decoding
+        )
         if flip_test and not self.skeleton.flip_pairs:
             warnings.warn(
                 f"the joint set {self.skeleton.name!r} has no mirror pairs: predicting without the flip test",
@@ -109,7 +112,7 @@ class Predictor:
 
     @classmethod
     def from_file(
-        cls, path=None, skeleton=None, flip_test=True, refine="quarter", scales=(1.0,), log=print, precision="float32"
+        cls, path=None, skeleton=None, flip_test=True, refine=None, scales=(1.0,), log=print, precision="float32"
     ):
         """Loads ``.keras``, a SavedModel or ``exported/NAME`` folder, ``.tflite`` or ``.onnx`` with its description.
 

@@ -348,7 +348,7 @@ class PoseEstimator:
         )
 
     @classmethod
-    def from_file(cls, model=None, people=DEFAULT_DETECTOR, skeleton=None, flip_test=True, refine="quarter", **kwargs):
+    def from_file(cls, model=None, people=DEFAULT_DETECTOR, skeleton=None, flip_test=True, refine=None, **kwargs):
         """A model file of any format the package reads or a shipped model's name (``Predictor.from_file``; None:
         the default shipped model), and a person source."""
         return cls(Predictor.from_file(model, skeleton=skeleton, flip_test=flip_test, refine=refine), people, **kwargs)

@@ -105,14 +105,27 @@ def resolve(model, log=print):
     return model
 
 
-def ship(checkpoint, name, *, recipe, figures, training_seconds=None, commit=None, bfloat16_check=None, folder=None):
+def ship(
+    checkpoint,
+    name,
+    *,
+    recipe,
+    figures,
+    training_seconds=None,
+    commit=None,
+    bfloat16_check=None,
+    decoding=None,
+    folder=None,
+):
     """Writes a trained ``.keras`` checkpoint as the shipped model ``name`` (``folder``/NAME.keras).
 
     The model is saved as it is (a checkpoint the package wrote already computes in float32) with its description;
     its provenance gains ``pretrained``: the name, the recipe (the flagfile's text), the commit, the validation
     ``figures`` (a dict, e.g. ``limb_pck_flip``) and the training time. ``bfloat16_check`` (a dict with
     ``passed``), when given, is stored as the provenance's ``bfloat16_check``, which lets ``--precision=auto`` run
-    the model in bfloat16 (``backends.choose_precision``). The model card ``NAME.md`` is written by hand.
+    the model in bfloat16 (``backends.choose_precision``). ``decoding`` (``"quarter"`` or ``"dark"``), when given,
+    becomes the description's ``decoding``: the sub-pixel rule every predictor and export of the model then uses
+    unless told otherwise (choose it on the validation figures). The model card ``NAME.md`` is written by hand.
 
     Returns:
       the written ``.keras`` path.
@@ -139,5 +152,5 @@ def ship(checkpoint, name, *, recipe, figures, training_seconds=None, commit=Non
     }
     if bfloat16_check is not None:
         provenance["bfloat16_check"] = dict(bfloat16_check)
-    shipped = dataclasses.replace(description, provenance=provenance)
+    shipped = dataclasses.replace(description, provenance=provenance, decoding=decoding or description.decoding)
     return metadata.save_keras(model, folder / f"{name}{SUFFIX}", shipped)

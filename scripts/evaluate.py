@@ -52,10 +52,12 @@ flags.DEFINE_enum("split", "valid", ["train", "valid"], "Model mode: split to ev
 flags.DEFINE_bool("flip_test", True, "Model mode: average with the mirrored image (the paper's test procedure).")
 flags.DEFINE_enum(
     "refine",
-    "quarter",
+    None,
     ["quarter", "dark"],
     "Model mode: sub-pixel step of the decoder: quarter "
-    "(the paper: a quarter pixel toward the higher neighbour) or dark (Newton step on the log-heatmap).",
+    "(the paper: a quarter pixel toward the higher neighbour) or dark (Newton step on the log-heatmap). "
+    "Default: the model's own (its description's decoding: quarter for a model trained here, dark for the "
+    "shipped lspet model).",
 )
 flags.DEFINE_list(
     "test_scales",

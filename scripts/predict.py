@@ -63,9 +63,10 @@ flags.DEFINE_float("min_score", 0.2, "Joints whose heatmap maximum is below this
 flags.DEFINE_bool("flip_test", True, "Average with the mirrored image (the paper's test procedure).")
 flags.DEFINE_enum(
     "refine",
-    "quarter",
+    None,
     ["quarter", "dark"],
-    "Sub-pixel step of the decoder: quarter (the paper) or dark (Newton step on the log-heatmap).",
+    "Sub-pixel step of the decoder: quarter (the paper) or dark (Newton step on the log-heatmap). Default: the "
+    "model's own (its description's decoding: quarter for a model trained here, dark for the shipped lspet model).",
 )
 flags.DEFINE_list(
     "test_scales",

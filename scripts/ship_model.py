@@ -30,6 +30,13 @@ flags.DEFINE_list(
     "(--precision=bfloat16), the bfloat16 check is stored: passed when the limb PCK moved at most "
     "backends.BFLOAT16_TOLERANCE points.",
 )
+flags.DEFINE_enum(
+    "decoding",
+    None,
+    ["quarter", "dark"],
+    "The sub-pixel rule the shipped model is decoded with by default (its description's decoding); chosen on "
+    "the validation figures. Default: the checkpoint's (quarter for a model trained here).",
+)
 flags.mark_flags_as_required(["checkpoint", "recipe"])
 
 
@@ -96,6 +103,7 @@ def main(argv):
                 else None
             ),
             commit=commit,
+            decoding=FLAGS.decoding,
         )
     except (ValueError, OSError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)

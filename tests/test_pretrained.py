@@ -65,6 +65,11 @@ def test_ship_keeps_the_description_and_adds_recipe_commit_and_figures(tmp_path)
     assert shipped["figures"] == {"limb_pck_flip": 12.5} and after.provenance["dataset"] == "lspet"
     with pytest.raises(ValueError, match="not a shipped model's name"):
         pretrained.ship(checkpoint, "coco", recipe="", figures={}, folder=folder)
+    assert after.decoding == "quarter"  # the checkpoint's, unless the shipping chooses another
+    dark = pretrained.ship(checkpoint, "lspet", recipe="", figures={}, decoding="dark", folder=tmp_path / "dark")
+    assert metadata.read_keras_info(dark).decoding == "dark"
+    with pytest.raises(ValueError, match="decoding must be one of"):
+        pretrained.ship(checkpoint, "lspet", recipe="", figures={}, decoding="soft-argmax", folder=tmp_path / "bad")
 
 
 def test_a_model_trained_in_stages_from_a_shipped_model_inherits_its_training_time(tmp_path, monkeypatch):

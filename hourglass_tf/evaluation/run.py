@@ -22,7 +22,7 @@ def evaluate_model(
     batch_size=16,
     max_samples=0,
     progress=True,
-    refine="quarter",
+    refine=None,
     test_scales=(1.0,),
     options=None,
     oks_sigmas=None,
@@ -36,7 +36,7 @@ def evaluate_model(
     ``examples.png`` (best, median, worst people).
 
     ``refine`` is the decoder's sub-pixel step (``HeatmapCodec``): ``"quarter"`` (the
-    paper's) or ``"dark"``; ``test_scales`` the person box multipliers whose heatmaps are
+    paper's) or ``"dark"``, None for the model's own (its description's ``decoding``); ``test_scales`` the person box multipliers whose heatmaps are
     averaged (``Predictor``; the paper's single scale by default). ``metrics.json``
     records both.
 
@@ -83,7 +83,7 @@ def evaluate_model(
         split=split,
         model=str(model_path),
         flip_test=predictor.flip_test,
-        refine=refine,
+        refine=predictor.codec.refine,
         precision=predictor.precision,
         test_scales=list(predictor.scales),
         people=int(len(pred["keypoints"])),
