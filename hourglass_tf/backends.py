@@ -218,13 +218,18 @@ def load_runner(path, precision="float32"):
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return _open(SavedModelRunner, path)
-        versions = sorted((p for p in (path / "saved_model").glob("*") if p.name.isdigit()), key=lambda p: int(p.name))
+        # An export folder (its saved_model/ holds numbered versions), or that saved_model/ itself (TF Serving's
+        # model base path): the highest version.
+        numbered = [p for base in (path / "saved_model", path) for p in base.glob("*") if p.name.isdigit()]
+        versions = sorted((p for p in numbered if (p / "saved_model.pb").is_file()), key=lambda p: int(p.name))
         if versions:
             return _open(SavedModelRunner, versions[-1])
         for name in ("model.keras", "model.tflite", "model.onnx"):
             if (path / name).is_file():
                 return load_runner(path / name)
-        raise ValueError(f"{path}: no SavedModel, model.keras, model.tflite or model.onnx inside")
+        raise ValueError(
+            f"{path}: no SavedModel (nor numbered SavedModel versions), model.keras, model.tflite or model.onnx inside"
+        )
     suffix = path.suffix.lower()
     if suffix == ".keras":
         from hourglass_tf.model import bfloat16_copy, conv_flops, float32_copy, fold_batch_norm

@@ -191,7 +191,8 @@ def test_predict_accepts_every_exported_format(tiny, tmp_path):
         return np.array([[k["x"], k["y"]] for k in data["people"][0]["keypoints"]])
 
     reference = keypoints_of(tmp_path / "out_cli")
-    for name in ("keras", "tflite", "onnx"):
+    paths["saved_model_base"] = paths["saved_model"].parent  # TF Serving's base path: it takes the highest version
+    for name in ("keras", "tflite", "onnx", "saved_model", "saved_model_base"):
         estimator = PoseEstimator(Predictor.from_file(paths[name]), [[10, 5, 70, 60]])
         written, failed, _ = predict_inputs(
             estimator, [tmp_path / "a.png"], tmp_path / f"out_{name}", log=lambda m: None
@@ -208,6 +209,9 @@ def test_unknown_model_files_are_refused(tmp_path):
         load_runner(tmp_path / "weights.bin")
     with pytest.raises(ValueError, match="no such model"):
         load_runner(tmp_path / "missing.keras")
+    (tmp_path / "empty" / "1").mkdir(parents=True)  # a numbered folder without a SavedModel is not one
+    with pytest.raises(ValueError, match="empty: no SavedModel"):
+        load_runner(tmp_path / "empty")
 
 
 def test_serving_client_payloads_round_trip_through_the_saved_model(tiny, tmp_path):
