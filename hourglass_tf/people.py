@@ -10,6 +10,8 @@ image. Person sources, chosen by the user:
   "score", "category_id"}``, what mmpose and HRNet feed their top-down models), matched to images by id;
 * ``"ssdlite"`` (the default): SSDLite-MobileNetV2 trained on persons (``hourglass_tf.detectors``; its weights come
   from a registry package installed once, nothing is downloaded at run time);
+* ``"blazepose"``: MediaPipe's BlazePose person detector (``hourglass_tf.blazepose``; it has seen athletes and
+  unusual poses, and finds the body's centre and extent; its weights are copied out of a registry wheel once);
 * ``HogDetector``: OpenCV's HOG people detector (Dalal & Triggs; ships with OpenCV, no download). It finds
   upright, whole, unoccluded people of at least about 100 px; it misses sitting, lying, cropped and
   strongly foreshortened people, and fires on some upright clutter (docs/people.md has the measurements);
@@ -274,9 +276,10 @@ DEFAULT_DETECTOR = "ssdlite"
 
 def person_source(spec):
     """A ``PersonSource`` from a name (``"ssdlite"``: the SSDLite person detector, ``hourglass_tf.detectors``;
-    ``"hog"``: OpenCV's HOG; ``"whole_image"``/``"none"``), a detections file path, a ``PersonSource``, boxes
-    (M, 4) or any callable. ``"ssdlite"`` without its weights installed is a ``detectors.MissingDetectorError``
-    that says the command installing them."""
+    ``"blazepose"``: MediaPipe's BlazePose person detector, ``hourglass_tf.blazepose``; ``"hog"``: OpenCV's HOG;
+    ``"whole_image"``/``"none"``), a detections file path, a ``PersonSource``, boxes (M, 4) or any callable. A
+    detector without its weights installed is an error (``FileNotFoundError``) that says the command installing
+    them."""
     if isinstance(spec, PersonSource):
         return spec
     if spec is None or (isinstance(spec, str) and spec in ("none", "whole_image")):
@@ -287,6 +290,10 @@ def person_source(spec):
         from hourglass_tf import detectors
 
         return CallableSource(detectors.SsdLitePersons())
+    if isinstance(spec, str) and spec == "blazepose":
+        from hourglass_tf import blazepose
+
+        return CallableSource(blazepose.BlazePosePersons())
     if isinstance(spec, (str, pathlib.Path)) and str(spec).endswith(".json"):
         return DetectionsFile(spec)
     if callable(spec):
@@ -294,7 +301,7 @@ def person_source(spec):
     if isinstance(spec, (list, tuple, np.ndarray, dict)):
         return Boxes(spec)
     raise PersonSourceError(
-        f"person source must be 'ssdlite', 'hog', 'whole_image', a detections .json file, boxes or a callable, "
+        f"person source must be 'ssdlite', 'blazepose', 'hog', 'whole_image', a detections .json file, boxes or a callable, "
         f"received {spec!r}"
     )
 

