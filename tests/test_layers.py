@@ -36,6 +36,7 @@ LAYERS = {
         "people",
         "tracking",
         "detectors",
+        "blazepose",
     },
     3: {"export", "serving", "weights"},
 }

@@ -17,6 +17,9 @@ WITHOUT = {"avx512f", "avx2"}
 
 @pytest.fixture(scope="module")
 def model():
+    import keras
+
+    keras.utils.set_random_seed(0)  # the same random network whatever ran before in this process
     built = build_model(**TINY)
     random_batch_norm_statistics(built)
     for name in output_names(built):  # heads that make peaks, so decoded keypoints mean something
@@ -36,13 +39,27 @@ def test_the_bfloat16_copy_computes_in_bfloat16_and_answers_float32_heatmaps(mod
         assert got[name].dtype == "float32"
         scale = float(np.max(np.abs(expected[name])))
         assert float(np.max(np.abs(np.asarray(got[name]) - np.asarray(expected[name])))) < 5e-2 * scale
-    codec = HeatmapCodec(64, 16)
+    # The peaks: where a float32 peak stands above everything more than one heatmap pixel from it by more than
+    # twice the largest bfloat16 error, the bfloat16 peak cannot leave its 3 x 3 neighbourhood. A random model's
+    # flat maps have few such peaks, so the rule is checked where it applies (and must apply somewhere).
     last = output_names(model)[-1]
-    moved = np.linalg.norm(
-        np.asarray(codec.decode(np.asarray(got[last]))[0]) - np.asarray(codec.decode(np.asarray(expected[last]))[0]),
-        axis=-1,
-    )
-    assert (moved <= 4).mean() >= 0.9  # within one heatmap pixel for (nearly) every joint of a random model
+    full, half = np.asarray(expected[last]), np.asarray(got[last])
+    error = float(np.max(np.abs(half - full)))
+    n, h, w, k = full.shape
+    flat_full = full.transpose(0, 3, 1, 2).reshape(n * k, h, w)
+    flat_half = half.transpose(0, 3, 1, 2).reshape(n * k, h, w)
+    checked = 0
+    for f, b in zip(flat_full, flat_half):
+        y, x = np.unravel_index(np.argmax(f), f.shape)
+        rest = f.copy()
+        rest[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = -np.inf
+        if f[y, x] - rest.max() > 2 * error:
+            checked += 1
+            by, bx = np.unravel_index(np.argmax(b), b.shape)
+            assert max(abs(by - y), abs(bx - x)) <= 1, (y, x, by, bx)
+    assert checked >= 0.1 * n * k, checked
+    keypoints = [np.asarray(HeatmapCodec(64, 16).decode(maps)[0]) for maps in (full, half)]
+    assert np.isfinite(keypoints[1]).all() and keypoints[1].shape == keypoints[0].shape
 
 
 def test_auto_picks_bfloat16_only_for_a_checked_keras_model_on_a_cpu_with_bfloat16(model):
