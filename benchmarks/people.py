@@ -78,10 +78,8 @@ def lspet_detection(model, data_dir, limit=None, detector="ssdlite", skeleton=No
         annotated[i] = estimator.estimate(image, [truth])[0]["keypoints"][:, :2]
         first = estimator.estimate(image, [box], check_inside=False)[0]
         detected[i] = first["keypoints"][:, :2]
-        if refine:
-            again = people.box_of_keypoints(first["keypoints"])  # the tracker's rule between frames
-            again = box if again is None else again
-            refined[i] = estimator.estimate(image, [again], check_inside=False)[0]["keypoints"][:, :2]
+        if refine:  # PoseEstimator(recrop=True)'s second pass (the tracker's rule between frames)
+            refined[i] = estimator.estimate_again(image, [first])[0]["keypoints"][:, :2]
     result = {
         "photos": n,
         "detector": detector,

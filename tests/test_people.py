@@ -408,3 +408,24 @@ def test_a_matched_detection_corrects_the_track_box_carried_from_keypoints():
     assert spy.crops[1][0, 0] == detection[0, 0] + 10  # between detections the box follows the keypoints
     np.testing.assert_allclose(spy.crops[2], detection)
     assert [t["id"] for t in tracker.tracks] == [1]  # the same track, corrected, not a new one
+
+
+def test_recrop_predicts_each_person_again_from_the_box_of_their_first_pass_keypoints(tiny):
+    model, info = tiny
+    estimator = people.PoseEstimator(Predictor(model, info=info), [[10, 5, 40, 90], [60, 20, 50, 80]], recrop=True)
+    image = _picture()
+    first = estimator.estimate(image, estimator.boxes(image)[0], [1.0, 1.0])
+    calls = []
+    original = estimator.estimate
+    estimator.estimate = lambda *a, **kw: calls.append(np.asarray(a[1], np.float32).copy()) or original(*a, **kw)
+    again = estimator(image)
+    assert len(calls) == 2 and len(again) == 2  # one batch for the boxes, one for the re-crops
+    for person, box in zip(first, calls[1]):
+        expected = people.box_of_keypoints(person["keypoints"])
+        np.testing.assert_allclose(box, person["box"] if expected is None else expected, atol=1e-4)
+    for person, box in zip(again, calls[1]):
+        np.testing.assert_allclose(person["box"], box)
+        np.testing.assert_allclose(person["keypoints"], original(image, box[None], check_inside=False)[0]["keypoints"])
+    low = [dict(first[0], keypoints=first[0]["keypoints"] * [1, 1, 0])]  # no keypoint scores 0.2: the box stays
+    np.testing.assert_allclose(estimator.estimate_again(image, low)[0]["box"], first[0]["box"])
+    assert people.PoseEstimator(Predictor(model, info=info), [[10, 5, 40, 90]]).recrop is False  # opt-in
