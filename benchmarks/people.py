@@ -176,6 +176,86 @@ def coco_detection(coco_dir, detector="ssdlite", min_keypoints=8):
     }
 
 
+def _coco_name(name):
+    """An LSP/MPII joint name in COCO's words (``r_ankle`` -> ``right_ankle``), or the name itself."""
+    for short, long in (("r_", "right_"), ("l_", "left_")):
+        if name.startswith(short):
+            return long + name[len(short) :]
+    return name
+
+
+def coco_keypoint_ap(model, coco_dir, sources=("ground_truth", "ssdlite", "blazepose"), recrop=False):
+    """COCO keypoint AP (pycocotools, the standard OKS protocol of ``coco_eval.oks_ap``: every image and person) on
+    the coco_mini photos, the model fed with the ground-truth person boxes and with each detector's.
+
+    A model of another joint set (the shipped LSP model) is scored on the COCO joints it shares, by name (LSP's 12
+    limb joints: shoulders, elbows, wrists, hips, knees, ankles): the other COCO joints (the face) are removed from
+    the ground truth, so OKS counts only shared joints; COCO's sigmas. Results are rescored and passed through OKS
+    non-maximum suppression as ``predict.py``'s ``coco_results.json`` is.
+    """
+    import tempfile
+
+    from hourglass_tf import skeleton as skeletons
+    from hourglass_tf.evaluation import coco_eval
+
+    predictor = Predictor.from_file(model)
+    coco_joints = skeletons.COCO.joints
+    to_coco = {
+        i: coco_joints.index(_coco_name(n))
+        for i, n in enumerate(predictor.skeleton.joints)
+        if _coco_name(n) in coco_joints
+    }
+    shared = sorted(to_coco.values())
+    root = pathlib.Path(coco_dir)
+    truth = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
+    photos = []
+    for split in ("train2017", "val2017"):
+        path = root / "annotations" / f"person_keypoints_{split}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        for annotation in data["annotations"]:
+            keypoints = np.asarray(annotation["keypoints"], np.float64).reshape(-1, 3)
+            keep = np.zeros(len(keypoints), bool)
+            keep[shared] = True
+            keypoints[~keep] = 0.0
+            annotation = dict(annotation, keypoints=keypoints.reshape(-1).tolist())
+            annotation["num_keypoints"] = int((keypoints[:, 2] > 0).sum())
+            truth["annotations"].append(annotation)
+        truth["images"].extend(data["images"])
+        photos.extend((root / split / image["file_name"], image["id"]) for image in data["images"])
+    with tempfile.TemporaryDirectory() as folder:
+        gt_path = pathlib.Path(folder) / "gt.json"
+        gt_path.write_text(json.dumps(truth))
+        gt = coco_eval.ground_truth(gt_path)
+    boxes_of = {}
+    for annotation in truth["annotations"]:
+        if not annotation.get("iscrowd"):
+            boxes_of.setdefault(annotation["image_id"], []).append(annotation["bbox"])
+    sigmas = np.array(coco_eval.COCO_SIGMAS)
+    result = {"photos": len(photos), "joints_scored": [coco_joints[j] for j in shared], "recrop": recrop}
+    for source in sources:
+        estimator = people.PoseEstimator(
+            predictor, "whole_image" if source == "ground_truth" else source, recrop=recrop
+        )
+        results = []
+        for file, image_id in photos:
+            image = people.read_rgb(file)
+            if source == "ground_truth":
+                given = boxes_of.get(image_id, [])
+                found = estimator(image, boxes=given) if given else []
+            else:
+                found = estimator(image)
+            for person in found:
+                keypoints = np.zeros((len(coco_joints), 3), np.float32)
+                for i, j in to_coco.items():
+                    keypoints[j] = person["keypoints"][i]
+                results.append(people.to_json(dict(person, keypoints=keypoints), image_id=image_id))
+        results = coco_eval.oks_nms(results, sigmas)
+        result[source] = coco_eval.oks_ap(gt, results, sigmas) if results else None
+    return result
+
+
 def _jitter(track):
     """Mean |x[t+1] - 2 x[t] + x[t-1]| over joints and frames (px / frame^2)."""
     accel = track[2:] - 2 * track[1:-1] + track[:-2]
@@ -226,6 +306,9 @@ if __name__ == "__main__":
     flags.DEFINE_integer("limit", None, "First N validation photos.")
     flags.DEFINE_string("coco", None, "coco_mini folder: the detector's recall and precision.")
     flags.DEFINE_bool("video_only", False, "Only the video measurement.")
+    flags.DEFINE_bool(
+        "coco_ap", False, "With --coco and --model: COCO keypoint AP with ground-truth and detected boxes."
+    )
     flags.DEFINE_string("detector", "ssdlite", "Person detector: ssdlite, blazepose or hog.")
     flags.DEFINE_bool("refine", False, "LSPET: also the second pass that re-crops from the first pass's keypoints.")
     flags.DEFINE_string("out", "runs/people.json", "Where the JSON goes.")
@@ -236,6 +319,9 @@ if __name__ == "__main__":
         if f.coco and not f.video_only:
             result["coco"] = coco_detection(f.coco, f.detector)
             print(json.dumps(result["coco"], indent=1))
+        if f.coco and f.coco_ap and f.model:
+            result["coco_ap"] = coco_keypoint_ap(f.model, f.coco, recrop=f.refine)
+            print(json.dumps(result["coco_ap"], indent=1))
         if f.lspet and not f.video_only:
             result["lspet"] = lspet_detection(f.model, f.lspet, f.limit, f.detector, f.skeleton, f.refine)
             print(json.dumps(result["lspet"], indent=1))
