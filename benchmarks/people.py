@@ -103,6 +103,14 @@ def lspet_detection(model, data_dir, limit=None, detector="ssdlite", skeleton=No
     return result
 
 
+def _coco_splits(root):
+    """(split, its annotation JSON) for coco_mini's train2017 and val2017 splits present under ``root``."""
+    for split in ("train2017", "val2017"):
+        path = pathlib.Path(root) / "annotations" / f"person_keypoints_{split}.json"
+        if path.exists():
+            yield split, json.loads(path.read_text())
+
+
 def _square(boxes):
     """Boxes (M, 4) x, y, w, h -> squares of the same centre and the larger side."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -131,11 +139,7 @@ def coco_detection(coco_dir, detector="ssdlite", min_keypoints=8):
     counts = {"people": 0, "people_min_kp": 0, "hits": 0, "hits_min_kp": 0, "detections": 0, "true": 0}
     counts.update(square_hits=0, square_hits_min_kp=0, square_true=0)
     seconds = []
-    for split in ("train2017", "val2017"):
-        path = root / "annotations" / f"person_keypoints_{split}.json"
-        if not path.exists():
-            continue
-        data = json.loads(path.read_text())
+    for split, data in _coco_splits(root):
         by_image = {}
         for a in data["annotations"]:
             if not a.get("iscrowd"):
@@ -209,11 +213,7 @@ def coco_keypoint_ap(model, coco_dir, sources=("ground_truth", "ssdlite", "blaze
     root = pathlib.Path(coco_dir)
     truth = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
     photos = []
-    for split in ("train2017", "val2017"):
-        path = root / "annotations" / f"person_keypoints_{split}.json"
-        if not path.exists():
-            continue
-        data = json.loads(path.read_text())
+    for split, data in _coco_splits(root):
         for annotation in data["annotations"]:
             keypoints = np.asarray(annotation["keypoints"], np.float64).reshape(-1, 3)
             keep = np.zeros(len(keypoints), bool)

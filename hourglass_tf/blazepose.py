@@ -181,11 +181,17 @@ def letterbox(image):
     return canvas[None], (scale, pad_x, pad_y)
 
 
-def person_boxes(keypoints, transform, box_scale=BOX_SCALE):
-    """Keypoints (N, 4, 2) in [0, 1] of the letterboxed input -> person boxes (N, 4) x, y, w, h in image pixels:
-    squares centred on the hips' midpoint, side ``box_scale`` x the body circle's diameter."""
+def to_image(points, transform):
+    """Points (..., 2) in [0, 1] of the letterboxed input -> image pixels (``letterbox``'s ``transform``)."""
     scale, pad_x, pad_y = transform
-    points = (np.asarray(keypoints, np.float32) * INPUT_SIZE - np.array([pad_x, pad_y], np.float32)) / scale
+    pixels = (np.asarray(points, np.float32) * INPUT_SIZE - np.array([pad_x, pad_y], np.float32)) / scale
+    return pixels.astype(np.float32)
+
+
+def person_boxes(points, box_scale=BOX_SCALE):
+    """Keypoints (N, 4, 2) in image pixels -> person boxes (N, 4) x, y, w, h in image pixels: squares centred on
+    the hips' midpoint, side ``box_scale`` x the body circle's diameter."""
+    points = np.asarray(points, np.float32)
     centre = points[:, 0]
     side = 2.0 * np.linalg.norm(points[:, 1] - points[:, 0], axis=1) * box_scale
     return np.column_stack([centre - side[:, None] / 2, side, side]).astype(np.float32)
@@ -206,12 +212,11 @@ class BlazePosePersons:
     def __init__(
         self, path=None, min_score=MIN_SCORE, nms_iou=NMS_IOU, box_scale=BOX_SCALE, max_people=20, threads=None
     ):
-        for field, value in (("min_score", min_score), ("nms_iou", nms_iou)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{field} must lie in [0, 1], received {field}={value!r}")
-        if float(box_scale) <= 0 or int(max_people) < 1:
-            raise ValueError(f"box_scale must be > 0 and max_people >= 1, received {box_scale!r}, {max_people!r}")
         from ai_edge_litert.interpreter import Interpreter
+
+        from hourglass_tf.detectors import check_options
+
+        check_options(min_score, nms_iou, box_scale, max_people)
 
         self.path = pathlib.Path(path) if path is not None else installed_weights()
         try:
@@ -234,10 +239,9 @@ class BlazePosePersons:
     def detect(self, image):
         """Detections of one (H, W, 3) uint8 RGB image: scores (M,), keypoints (M, 4, 2) in image pixels, and the
         person boxes (M, 4), best first."""
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be (H, W, 3) uint8 RGB, received {image.dtype} {image.shape}")
-        tensor, transform = letterbox(image)
+        from hourglass_tf.detectors import checked_image
+
+        tensor, transform = letterbox(checked_image(image))
         self.interpreter.set_tensor(self.input, tensor)
         self.interpreter.invoke()
         found = decode(
@@ -247,10 +251,8 @@ class BlazePosePersons:
         )
         scores, _, keypoints = weighted_nms(*found, iou=self.options["nms_iou"])
         scores, keypoints = scores[: self.max_people], keypoints[: self.max_people]
-        boxes = person_boxes(keypoints, transform, self.options["box_scale"])
-        scale, pad_x, pad_y = transform
-        pixels = (keypoints * INPUT_SIZE - np.array([pad_x, pad_y], np.float32)) / scale
-        return scores, pixels.astype(np.float32), boxes
+        pixels = to_image(keypoints, transform)
+        return scores, pixels, person_boxes(pixels, self.options["box_scale"])
 
     def __call__(self, image, key=None):
         scores, _, boxes = self.detect(image)

@@ -114,6 +114,24 @@ NMS_IOU = 0.5
 BOX_SCALE = 0.85
 
 
+def check_options(min_score, nms_iou, box_scale, max_people):
+    """A person detector's options, checked (this detector's and ``blazepose.BlazePosePersons``'): ValueError
+    naming what was received."""
+    for field, value in (("min_score", min_score), ("nms_iou", nms_iou)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{field} must lie in [0, 1], received {field}={value!r}")
+    if float(box_scale) <= 0 or int(max_people) < 1:
+        raise ValueError(f"box_scale must be > 0 and max_people >= 1, received {box_scale!r}, {max_people!r}")
+
+
+def checked_image(image):
+    """``image`` as a NumPy array when it is (H, W, 3) uint8 RGB, what a person detector takes; ValueError else."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8 RGB, received {image.dtype} {image.shape}")
+    return image
+
+
 class SsdLitePersons:
     """The SSDLite person detector as a person source: ``detector(image, key=None) -> (boxes (M, 4), scores (M,))``
     with boxes x, y, w, h in image pixels (0-based), best first.
@@ -126,11 +144,7 @@ class SsdLitePersons:
     name = "ssdlite"
 
     def __init__(self, path=None, min_score=MIN_SCORE, nms_iou=NMS_IOU, max_people=20, box_scale=BOX_SCALE):
-        for field, value in (("min_score", min_score), ("nms_iou", nms_iou)):
-            if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{field} must lie in [0, 1], received {field}={value!r}")
-        if float(box_scale) <= 0 or int(max_people) < 1:
-            raise ValueError(f"box_scale must be > 0 and max_people >= 1, received {box_scale!r}, {max_people!r}")
+        check_options(min_score, nms_iou, box_scale, max_people)
         self.path = pathlib.Path(path) if path is not None else graph_path()
         self.detector = detector_function(load_graph_def(self.path))
         self.options = dict(
@@ -144,8 +158,5 @@ class SsdLitePersons:
         return person_boxes(boxes, scores, classes, shape[1], shape[0], **self.options)
 
     def __call__(self, image, key=None):
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be (H, W, 3) uint8 RGB, received {image.dtype} {image.shape}")
-        boxes, scores = self._detect(tf.constant(image))
+        boxes, scores = self._detect(tf.constant(checked_image(image)))
         return boxes.numpy().astype(np.float32), scores.numpy().astype(np.float32)

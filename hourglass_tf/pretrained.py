@@ -85,7 +85,7 @@ def inherited_training_seconds(checkpoint):
 
     config = (metadata.read_keras_info(checkpoint).provenance or {}).get("config") or {}
     start = config.get("init_weights")
-    if start not in MODELS or pathlib.Path(start).exists():
+    if not names_shipped_model(start):
         return 0.0
     return float((info(start).provenance.get("pretrained") or {}).get("training_seconds") or 0.0)
 
@@ -100,9 +100,15 @@ def resolve(model, log=print):
         file = path(DEFAULT)
         log(f"no model given: using {summary(DEFAULT)}, {file}")
         return file
-    if str(model) in MODELS and not pathlib.Path(model).exists():
+    if names_shipped_model(model):
         return path(str(model))
     return model
+
+
+def names_shipped_model(value):
+    """Whether a model argument names a shipped model: one of ``MODELS`` that is not an existing file or folder
+    (a user's own ``lspet`` folder is never shadowed)."""
+    return value is not None and str(value) in MODELS and not pathlib.Path(value).exists()
 
 
 def ship(

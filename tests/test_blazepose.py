@@ -75,7 +75,7 @@ def test_the_person_box_is_a_square_on_the_hips_sized_by_the_body_circle_in_imag
     assert tensor[0, 0, 0, 0] == 0.0 and tensor[0, 112, 112, 0] == -1.0  # padding 0, black pixels -1
     hips, circle = np.array([100.0, 50.0]), np.array([100.0, 10.0])  # image pixels: radius 40
     keypoints = ((np.stack([hips, circle, hips, circle]) * 1.12 + [0, 56]) / 224)[None]
-    box = blazepose.person_boxes(keypoints, transform, box_scale=0.8)[0]
+    box = blazepose.person_boxes(blazepose.to_image(keypoints, transform), box_scale=0.8)[0]
     np.testing.assert_allclose(box, [100 - 32, 50 - 32, 64, 64], atol=1e-3)
 
 

@@ -36,9 +36,9 @@ def evaluate_model(
     ``examples.png`` (best, median, worst people).
 
     ``refine`` is the decoder's sub-pixel step (``HeatmapCodec``): ``"quarter"`` (the
-    paper's) or ``"dark"``, None for the model's own (its description's ``decoding``); ``test_scales`` the person box multipliers whose heatmaps are
-    averaged (``Predictor``; the paper's single scale by default). ``metrics.json``
-    records both.
+    paper's) or ``"dark"``, None for the model's own (its description's ``decoding``);
+    ``test_scales`` the person box multipliers whose heatmaps are averaged (``Predictor``;
+    the paper's single scale by default). ``metrics.json`` records both.
 
     ``options`` (``coco_keypoints.Options``) says how a ``coco_keypoints`` dataset is read. For COCO-format
     data (``coco``, ``coco_keypoints``) read from ``data_dir``, ``coco_results.json`` is written and scored by
