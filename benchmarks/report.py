@@ -14,6 +14,8 @@ TARGETS = {
     "inference_peak_gb": 2.0,
     "pipeline_margin": 3.0,
     "video_fps": 25.0,  # one tracked person, 640 x 480, the LSPET-size model with the flip test
+    "litert_ratio": 1.10,  # a .keras model's and a SavedModel's time / LiteRT float32's, batch 1 and 8
+    "bf16_inference_of_peak": 0.75,  # bfloat16 inference, fraction of the measured bfloat16 peak
 }
 
 BFLOAT16_ROWS = ("tf_function_bf16", "mixed_precision")  # backends and training variants computing in bfloat16
@@ -103,6 +105,7 @@ def derive(results):
             targets.append(
                 target(f"{name}: peak memory (GB)", v["peak_rss_mb"] / 1000, TARGETS["inference_peak_gb"], "<=")
             )
+        targets += _runner_targets([v for v in infer if v["num_stacks"] == stacks], stacks)
     if "side_by_side" in results and "error" not in results["side_by_side"]:
         targets += side_by_side.targets(results["side_by_side"])
     video = results.get("people", {}).get("video")
@@ -116,6 +119,24 @@ def derive(results):
             )
         )
     results["targets"] = targets
+
+
+def _runner_targets(rows, stacks):
+    """The speed issue's inference goals on the largest model: ``.keras`` (``tf_function``) and SavedModel within
+    ``litert_ratio`` of LiteRT's float32 time, bfloat16 at ``bf16_inference_of_peak`` of its peak; batch 1 and 8."""
+    by_backend = {v["backend"]: v["batches"] for v in rows}
+    litert = by_backend.get("tflite_fp32", {})
+    targets = []
+    for backend in ("tf_function", "saved_model"):
+        for batch in sorted(set(by_backend.get(backend, {})) & set(litert)):
+            ratio = by_backend[backend][batch]["seconds"] / litert[batch]["seconds"]
+            name = f"inference, {stacks} stacks, batch {batch}, {backend} / LiteRT float32 time"
+            targets.append(target(name, ratio, TARGETS["litert_ratio"], "<="))
+    for batch, row in sorted(by_backend.get("tf_function_bf16", {}).items()):
+        if "of_peak" in row:
+            name = f"inference, {stacks} stacks, batch {batch}, bfloat16: fraction of the bfloat16 peak"
+            targets.append(target(name, row["of_peak"], TARGETS["bf16_inference_of_peak"], ">="))
+    return targets
 
 
 def markdown(results):

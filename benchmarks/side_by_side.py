@@ -9,12 +9,12 @@ from benchmarks.measure import REPO, log, run_case, short, target
 
 TORCH_SCRIPT = REPO / "benchmarks" / "torch_hourglass.py"
 
-TARGETS = {
-    "inference_ratio": 0.5,  # package time / PyTorch's best, same precision, batch 1 and 8
-    "bf16_train_ratio": 0.8,
+TARGETS = {  # the speed issue's goals
+    "bf16_inference_ratio": 0.8,  # package's bfloat16 / PyTorch's autocast time, batch 1 and 8
+    "bf16_train_ratio": 0.85,
     "fp32_train_ratio": 1.0,  # float32 keeps its lead
-    "first_step_seconds": 30.0,
-    "train_memory_ratio": 1.0,  # peak RSS, float32, against PyTorch's
+    "first_step_ratio": 3.0,  # the first (tracing) training step, package / PyTorch
+    "train_memory_ratio": 1.1,  # peak RSS of the training process, package / PyTorch
 }
 
 TF_INFERENCE = {"float32": ("tf_function", "tflite_fp32"), "bfloat16": ("tf_function_bf16",)}  # package runners
@@ -141,20 +141,15 @@ def side_by_side(
 
 
 def targets(sbs):
+    """The speed issue's goals against PyTorch: bfloat16 inference (the package's fastest bfloat16 runner) at
+    batch 1 and 8, training time per precision, the first step and peak memory (float32 inference has no PyTorch
+    goal: it is held to LiteRT's time in ``report.derive``)."""
     targets = []
     stacks = sbs["num_stacks"]
-    for precision, entry in sbs.get("inference", {}).items():
-        for batch, row in entry["batches"].items():
-            if row["ratio"] is not None:
-                targets.append(
-                    target(
-                        f"inference, {stacks} stacks, batch {batch}, {precision}: package ({row['runner']}) / "
-                        "PyTorch time",
-                        row["ratio"],
-                        TARGETS["inference_ratio"],
-                        "<=",
-                    )
-                )
+    for batch, row in sbs.get("inference", {}).get("bfloat16", {}).get("batches", {}).items():
+        if row["ratio"] is not None:
+            name = f"inference, {stacks} stacks, batch {batch}, bfloat16: package ({row['runner']}) / PyTorch time"
+            targets.append(target(name, row["ratio"], TARGETS["bf16_inference_ratio"], "<="))
     for precision, row in sbs.get("train", {}).items():
         if "ratio" not in row:
             continue
@@ -162,22 +157,11 @@ def targets(sbs):
         name = f"training step, {stacks} stacks, batch 8, {precision}"
         targets.append(target(f"{name}: package / PyTorch time", row["ratio"], goal, "<="))
         targets.append(
-            target(
-                f"{name}: package's first step (s)",
-                row["package"]["first_step_seconds"],
-                TARGETS["first_step_seconds"],
-                "<=",
-            )
+            target(f"{name}: package / PyTorch first step", row["first_step_ratio"], TARGETS["first_step_ratio"], "<=")
         )
-        if precision == "float32":
-            targets.append(
-                target(
-                    f"{name}: package / PyTorch peak memory",
-                    row["memory_ratio"],
-                    TARGETS["train_memory_ratio"],
-                    "<=",
-                )
-            )
+        targets.append(
+            target(f"{name}: package / PyTorch peak memory", row["memory_ratio"], TARGETS["train_memory_ratio"], "<=")
+        )
     return targets
 
 

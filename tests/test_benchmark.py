@@ -58,6 +58,7 @@ def test_quick_benchmark_reports_every_field(tmp_path):
     assert any("peak memory" in n and "inference" in n for n in names)
     assert any("input pipeline" in n for n in names)
     assert any("video, one tracked person" in n for n in names)
+    assert sum("tf_function / LiteRT float32 time" in n for n in names) == 2  # batch 1 and 8
     for target in loaded["targets"]:
         assert isinstance(target["met"], bool) and target["measured"] > 0
     table = md_path.read_text()
@@ -152,3 +153,46 @@ def test_op_type_names_are_readable():
     assert profiling.op_type("model/conv/Conv2D:_MklNativeConv2D") == "Conv2D"
     assert profiling.op_type("a/b:_MklNativeFusedConv2D") == "FusedConv2D"
     assert profiling.op_type("a/b:AddV2") == "AddV2"
+
+
+def test_runner_targets_hold_the_keras_runner_to_litert_and_bfloat16_to_its_peak():
+    from benchmarks import report
+
+    def batches(one, eight, of_peak=None):
+        rows = {"1": {"seconds": one}, "8": {"seconds": eight}}
+        if of_peak is not None:
+            rows["1"]["of_peak"] = rows["8"]["of_peak"] = of_peak
+        return rows
+
+    rows = [
+        {"backend": "tflite_fp32", "batches": batches(0.100, 0.800)},
+        {"backend": "tf_function", "batches": batches(0.117, 0.760)},
+        {"backend": "tf_function_bf16", "batches": batches(0.08, 0.5, of_peak=0.6)},
+    ]
+    found = {t["name"]: t for t in report._runner_targets(rows, 8)}
+    one = found["inference, 8 stacks, batch 1, tf_function / LiteRT float32 time"]
+    eight = found["inference, 8 stacks, batch 8, tf_function / LiteRT float32 time"]
+    assert one["measured"] == pytest.approx(1.17) and not one["met"]
+    assert eight["measured"] == pytest.approx(0.95) and eight["met"]
+    assert not found["inference, 8 stacks, batch 1, bfloat16: fraction of the bfloat16 peak"]["met"]
+    assert not any("saved_model" in name for name in found)  # no SavedModel row measured: no target made up
+
+
+def _graph_optimizer_after(call, **env_overrides):
+    """(returned options, ``runtime.graph_optimizer_state()``) after ``call`` in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k != "HOURGLASS_TF_TUNE_GRAPH_OPTIMIZER"}
+    env.update(env_overrides)
+    code = (
+        "import json; from hourglass_tf import runtime; "
+        f"options = {call}; print(json.dumps([options, runtime.graph_optimizer_state()]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_the_graph_optimiser_is_switched_off_only_for_a_cpu_process_that_asks():
+    assert _graph_optimizer_after("{}") == [{}, "on"]  # importing the package changes nothing
+    assert _graph_optimizer_after("runtime.tune_graph_optimizer(gpus=[])") == [{"disable_meta_optimizer": True}, "off"]
+    assert _graph_optimizer_after("runtime.tune_graph_optimizer(gpus=['GPU:0'])") == [{}, "on"]  # cuDNN's layouts
+    off = _graph_optimizer_after("runtime.tune_graph_optimizer(gpus=[])", HOURGLASS_TF_TUNE_GRAPH_OPTIMIZER="0")
+    assert off == [{}, "on"]
