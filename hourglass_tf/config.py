@@ -179,9 +179,13 @@ class TrainConfig:
             problems.append(
                 f"pck_normalizer must be 'box' or 'joint_a:joint_b', received pck_normalizer={normalizer!r}"
             )
-        if self.init_weights and not pathlib.Path(self.init_weights).is_file():
-            if self.init_weights not in pretrained.MODELS:
-                problems.append(f"init_weights={self.init_weights!r} is not a file or a shipped model's name")
+        weights = self.init_weights
+        if weights and not pathlib.Path(weights).is_file() and not pretrained.names_shipped_model(weights):
+            shadowed = " (a folder of that name is here, and it is taken before the shipped model)"
+            problems.append(
+                f"init_weights={weights!r} is not a file or a shipped model's name"
+                + (shadowed if pathlib.Path(weights).is_dir() and weights in pretrained.MODELS else "")
+            )
         if problems:
             raise ValueError("invalid training configuration:\n  " + "\n  ".join(problems))
 

@@ -101,6 +101,10 @@ def test_init_weights_and_the_predictor_take_a_shipped_name(tmp_path, monkeypatc
     TrainConfig(dataset="synthetic", data_dir="d", init_weights="lspet").validate()
     with pytest.raises(ValueError, match="init_weights='nope' is not a file or a shipped model's name"):
         TrainConfig(dataset="synthetic", data_dir="d", init_weights="nope").validate()
+    (tmp_path / "lspet").mkdir()  # a user's folder named like the shipped model: resolve would take the folder
+    with pytest.raises(ValueError, match="init_weights='lspet' is not a file .*a folder of that name is here"):
+        TrainConfig(dataset="synthetic", data_dir="d", init_weights="lspet").validate()
+    (tmp_path / "lspet").rmdir()
     said = []
     predictor = Predictor.from_file(None, log=said.append)
     assert predictor.skeleton == skeleton.LSP and said and "no model given" in said[0]
