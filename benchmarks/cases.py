@@ -13,7 +13,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 
 from benchmarks import inference_cases, peaks, people_cases, training_cases  # noqa: E402
 from benchmarks.measure import RESULT_PREFIX, peak_rss_mb  # noqa: E402
-from hourglass_tf import runtime  # noqa: E402
 
 CASES = {
     "prepare": inference_cases.prepare_models,
@@ -27,13 +26,8 @@ CASES = {
 def run(case):
     """The result dict of one case (``kind`` names it in ``CASES``), with the process's peak memory."""
     case = dict(case)
-    kind = case.pop("kind")
-    function = CASES[kind]
-    if kind == "train" and case.get("variant", "plain") not in training_cases.DEFAULT_GRAPH_VARIANTS:
-        runtime.tune_graph_optimizer()  # as scripts/train.py does
+    function = CASES[case.pop("kind")]
     result = function(**case)
-    if kind == "train":
-        result["graph_optimizer"] = runtime.graph_optimizer_state()
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -41,5 +35,7 @@ def run(case):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python benchmarks/cases.py CASE_JSON")
+    from hourglass_tf import runtime
+
     runtime.tune_allocators()  # as the package's scripts do (HOURGLASS_TF_TUNE_ALLOCATORS=0: the defaults rows)
     print(RESULT_PREFIX + json.dumps(run(json.loads(sys.argv[1]))), flush=True)

@@ -7,11 +7,7 @@ import numpy as np
 
 from benchmarks.measure import median_seconds
 
-TRAIN_VARIANTS = ("plain", "grappler", "stock_batch_norm", "xla", "mixed_precision")
-
-# Variants run as scripts/train.py runs (Grappler off on a CPU-only machine: runtime.tune_graph_optimizer); "grappler"
-# keeps TensorFlow's default graph optimiser, what a program calling hourglass_tf.train.train() gets.
-DEFAULT_GRAPH_VARIANTS = ("grappler",)
+TRAIN_VARIANTS = ("plain", "stock_batch_norm", "xla", "mixed_precision")
 
 
 def compiled_training_model(
@@ -48,9 +44,7 @@ def compiled_training_model(
 def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repeats=3, variant="plain"):
     """Seconds per compiled RMSprop training step (``train_on_batch``, the ``model.fit`` step).
 
-    ``variant``: ``plain`` (float32, batch norm on TF's fused kernel as in training), ``grappler`` (``plain`` with
-    TensorFlow's graph optimiser on; ``cases.py`` switches it off for the others, as ``scripts/train.py`` does on a
-    CPU-only machine), ``stock_batch_norm``
+    ``variant``: ``plain`` (float32, batch norm on TF's fused kernel as in training), ``stock_batch_norm``
     (float32, Keras' own element-wise batch norm), ``xla`` (jit_compile) or ``mixed_precision`` (bfloat16
     on CPU, float16 on GPU; outputs and loss float32).
     """

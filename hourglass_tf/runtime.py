@@ -18,11 +18,6 @@ of minor page faults. Two settings remove that:
 ``HOURGLASS_TF_TUNE_ALLOCATORS=0`` in the environment turns both off (the benchmark's
 "default allocators" rows use it).
 
-``tune_graph_optimizer()``, called by the training scripts only, switches TensorFlow's graph optimiser (Grappler) off
-for a process that trains on CPUs: on the paper's 8-stack model it spent 15-34 s of the first training step
-rewriting a 52,000-op graph, for no gain in step time on CPU (docs/performance.md). A process with a GPU keeps
-it (its layout optimiser feeds cuDNN). ``HOURGLASS_TF_TUNE_GRAPH_OPTIMIZER=0`` keeps TensorFlow's default.
-
 Also here, read-only: what the CPU can do (``cpu_flags``, ``cpu_has_bfloat16``), which training's precision
 choice and inference's runner choice both read.
 """
@@ -63,36 +58,6 @@ def tune_allocators():
     if mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
         applied["trim_threshold"] = TRIM_THRESHOLD
     return dict(applied)
-
-
-GRAPH_SWITCH = "HOURGLASS_TF_TUNE_GRAPH_OPTIMIZER"
-
-
-def tune_graph_optimizer(gpus=None):
-    """Switches Grappler off for this process (``disable_meta_optimizer``) when it has no GPU and the switch above
-    is not ``0``; returns the options set ({} when none).
-
-    Process-wide: for programs that own their process (the training scripts); the library never calls it.
-    ``gpus``: the visible GPUs (default ``tf.config.list_physical_devices("GPU")``).
-    """
-    import tensorflow as tf
-
-    if os.environ.get(GRAPH_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return {}
-    if gpus is None:
-        gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        return {}
-    options = {"disable_meta_optimizer": True}
-    tf.config.optimizer.set_experimental_options(options)
-    return options
-
-
-def graph_optimizer_state():
-    """``"off"`` when Grappler is switched off in this process, else ``"on"`` (for run summaries)."""
-    import tensorflow as tf
-
-    return "off" if tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer") else "on"
 
 
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import __version__, batchnorm, pretrained, runtime
+from hourglass_tf import __version__, batchnorm, pretrained
 from hourglass_tf.callbacks import (
     AtomicCheckpoint,
     AverageWeightsIn,
@@ -557,7 +557,6 @@ def _summary(config, run, data, history, watch, failures, seconds):
         "train_seconds": seconds,
         "replicas": run.strategy.num_replicas_in_sync,
         "global_batch": run.global_batch,
-        "graph_optimizer": runtime.graph_optimizer_state(),
         "skipped": {"train": data.train_report.as_dict(), "valid": data.val_report.as_dict()},
         "failed_train_samples": failures.total(),
         "run_dir": str(run.run_dir),

@@ -52,7 +52,6 @@ def main(argv):
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    runtime.tune_graph_optimizer()  # this process trains: no Grappler on CPU-only machines (runtime's docstring)
     start = time.time()
     data_dir, run_dir = pathlib.Path(config.data_dir), pathlib.Path(config.run_dir)
     if run_dir.exists():

@@ -45,8 +45,6 @@ def main(argv):
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if config.strategy != "tpu":  # a TPU's functions are compiled by XLA
-        runtime.tune_graph_optimizer()  # this process trains: no Grappler on CPU-only machines (runtime's docstring)
     run_dir = pathlib.Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "flags.txt").write_text(train_flags.flags_text(config))

@@ -177,22 +177,3 @@ def test_runner_targets_hold_the_keras_runner_to_litert_and_bfloat16_to_its_peak
     assert not found["inference, 8 stacks, batch 1, bfloat16: fraction of the bfloat16 peak"]["met"]
     assert not any("saved_model" in name for name in found)  # no SavedModel row measured: no target made up
 
-
-def _graph_optimizer_after(call, **env_overrides):
-    """(returned options, ``runtime.graph_optimizer_state()``) after ``call`` in a fresh process."""
-    env = {k: v for k, v in os.environ.items() if k != "HOURGLASS_TF_TUNE_GRAPH_OPTIMIZER"}
-    env.update(env_overrides)
-    code = (
-        "import json; from hourglass_tf import runtime; "
-        f"options = {call}; print(json.dumps([options, runtime.graph_optimizer_state()]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def test_the_graph_optimiser_is_switched_off_only_for_a_cpu_process_that_asks():
-    assert _graph_optimizer_after("{}") == [{}, "on"]  # importing the package changes nothing
-    assert _graph_optimizer_after("runtime.tune_graph_optimizer(gpus=[])") == [{"disable_meta_optimizer": True}, "off"]
-    assert _graph_optimizer_after("runtime.tune_graph_optimizer(gpus=['GPU:0'])") == [{}, "on"]  # cuDNN's layouts
-    off = _graph_optimizer_after("runtime.tune_graph_optimizer(gpus=[])", HOURGLASS_TF_TUNE_GRAPH_OPTIMIZER="0")
-    assert off == [{}, "on"]

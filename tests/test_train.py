@@ -107,7 +107,6 @@ def test_fit_lowers_the_loss_and_logs_per_stack_losses_and_validation_pckh(data_
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["epochs_run"] == 4 and summary["stopped_because"] is None
     assert 0.0 <= summary["val_pckh"] <= 100.0
-    assert summary["graph_optimizer"] == "on"  # the library leaves the process's settings alone
     assert json.loads((tmp_path / "run" / "config.json").read_text())["num_stacks"] == 2
     for name in ("best.keras", "last.keras"):
         loaded = keras.models.load_model(tmp_path / "run" / name)
@@ -386,7 +385,7 @@ def test_a_killed_two_replica_run_resumes_to_the_unkilled_run_s_weights(data_dir
     assert unkilled.wait(timeout=600) == 0, (tmp_path / "unkilled.txt").read_text()[-3000:]
     summary = json.loads((killed_dir / "train_summary.json").read_text())
     assert summary["resumed_at_epoch"] == backed_up and summary["epochs_run"] == epochs - backed_up
-    assert summary["replicas"] == 2 and summary["graph_optimizer"] == "off"  # train.py on CPUs: no Grappler
+    assert summary["replicas"] == 2
     resumed_log, unkilled_log = read_log(killed_dir), read_log(unkilled_dir)
     assert [int(r["epoch"]) for r in resumed_log] == list(range(epochs))  # each epoch logged once
     rates = [float(r["learning_rate"]) for r in unkilled_log]
