@@ -176,4 +176,3 @@ def test_runner_targets_hold_the_keras_runner_to_litert_and_bfloat16_to_its_peak
     assert eight["measured"] == pytest.approx(0.95) and eight["met"]
     assert not found["inference, 8 stacks, batch 1, bfloat16: fraction of the bfloat16 peak"]["met"]
     assert not any("saved_model" in name for name in found)  # no SavedModel row measured: no target made up
-
