@@ -181,11 +181,10 @@ class TrainConfig:
             )
         weights = self.init_weights
         if weights and not pathlib.Path(weights).is_file() and not pretrained.names_shipped_model(weights):
-            shadowed = " (a folder of that name is here, and it is taken before the shipped model)"
-            problems.append(
-                f"init_weights={weights!r} is not a file or a shipped model's name"
-                + (shadowed if pathlib.Path(weights).is_dir() and weights in pretrained.MODELS else "")
-            )
+            problem = f"init_weights={weights!r} is not a file or a shipped model's name"
+            if weights in pretrained.MODELS:  # then not a shipped name only because a folder of that name exists
+                problem += " (a folder of that name is here, and it is taken before the shipped model)"
+            problems.append(problem)
         if problems:
             raise ValueError("invalid training configuration:\n  " + "\n  ".join(problems))
 

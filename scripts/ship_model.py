@@ -7,8 +7,8 @@
 The file keeps the checkpoint's description and adds to its provenance the recipe (the flagfile's text), the
 commit, the training time (the runs' log.csv files, plus the training time of the shipped model the first of
 them started from, when it started from one by name: ``--init_weights=lspet``) and the validation figures of
-each named evaluation folder (``scripts/evaluate.py``'s metrics.json: limbs and mean). The model card hourglass_tf/models/NAME.md is written
-by hand.
+each named evaluation folder (``scripts/evaluate.py``'s metrics.json: limbs and mean). The model card
+hourglass_tf/models/NAME.md is written by hand.
 """
 
 import json

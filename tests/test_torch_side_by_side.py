@@ -115,8 +115,8 @@ def test_the_side_by_side_reports_ratios_and_targets(tmp_path):
         train = sbs["train"][precision]
         assert train["ratio"] == pytest.approx(train["package"]["seconds"] / train["torch"]["seconds"])
     names = [t["name"] for t in results["targets"]]
-    assert sum("/ PyTorch time" in n for n in names) == 4  # bfloat16 inference at batch 1 and 8 (the fastest
-    # runner), training in both precisions
+    # bfloat16 inference at batch 1 and 8 (the fastest runner), training in both precisions
+    assert sum("/ PyTorch time" in n for n in names) == 4
     assert (
         sum("/ PyTorch first step" in n for n in names) == 2 and sum("/ PyTorch peak memory" in n for n in names) == 2
     )
