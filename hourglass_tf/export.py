@@ -105,13 +105,23 @@ class ServingModule(tf.Module):
             self.input_size, int(self.model.outputs[0].shape[1]), sigma=info.sigma, refine=info.decoding
         )
         self.flip_test = flip_test
+        # Every signature calls the network through this one function: its graph is built once, not once per
+        # signature and trace (the SavedModel holds it once; serving inlines it).
+        self.network = tf.function(
+            lambda crops: self.model(crops, training=False),
+            input_signature=[tf.TensorSpec([None, self.input_size, self.input_size, 3], tf.float32)],
+            autograph=False,
+        )
+        self.decode = tf.function(
+            decode_photo, input_signature=[tf.TensorSpec([], tf.string)], autograph=False
+        )  # likewise: the header check and decoder once
 
     def heatmaps(self, crops):
         """float32 crops (N, R, R, 3) in [0, 1] -> heatmaps (N, R/4, R/4, K), flip test inside when enabled."""
         if not self.flip_test:
-            return self.model(crops, training=False)
+            return self.network(crops)
         n = tf.shape(crops)[0]
-        both = self.model(tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0), training=False)
+        both = self.network(tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0))
         return average_with_mirror(both[:n], both[n:], self.skeleton.flip_permutation)
 
     def serve_crops(self, images):
@@ -130,7 +140,7 @@ class ServingModule(tf.Module):
         return {"heatmaps": heatmaps, "keypoints": keypoints, "scores": scores}
 
     def serve_image(self, image_bytes, box):
-        image = decode_photo(image_bytes)
+        image = self.decode(image_bytes)
         shape = tf.cast(tf.shape(image), tf.float32)
         height, width = shape[0], shape[1]
         x, y, w, h = box[0], box[1], box[2], box[3]
@@ -162,7 +172,7 @@ class ServingModule(tf.Module):
         """
         from hourglass_tf import detectors
 
-        image = decode_photo(image_bytes)
+        image = self.decode(image_bytes)
         found, scores, classes = detectors.detect_in_graph(self.detector.detector, image)
         shape = tf.shape(image)
         boxes, scores = detectors.person_boxes(found, scores, classes, shape[1], shape[0], **self.detector.options)
@@ -209,7 +219,7 @@ class ServingModule(tf.Module):
 
         def one_image(args):
             data, image_boxes, image_valid = args
-            image = decode_photo(data)
+            image = self.decode(data)
             shape = tf.cast(tf.shape(image), tf.float32)
             x, y, w, h = tf.unstack(image_boxes, axis=-1)
             inside = (x < shape[1]) & (y < shape[0]) & (x + w > 0.0) & (y + h > 0.0)
