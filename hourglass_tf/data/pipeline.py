@@ -282,6 +282,7 @@ def make_dataset(
         dataset = dataset.skip(skip)  # before the numbering: element numbers (failure counting) start at 0
     dataset = dataset.enumerate()
 
+    @tf.autograph.experimental.do_not_convert  # plain TensorFlow ops, no Python control flow on tensors
     def transform(index, pair):
         element, element_seed = pair
         crop, heatmaps, meta = transform_sample(element, element_seed, codec, flip_permutation, augmentation)
