@@ -93,6 +93,12 @@ def test_tflite_matches_keras(tiny, quantize, tolerance):
     path = export(model, root / f"tfl_{quantize}", formats=("tflite",), quantize=quantize)["tflite"]
     heatmaps = _tflite_heatmaps(path, crops.astype(np.float32) / 255.0)
     assert np.abs(heatmaps - expected).max() < tolerance * np.abs(expected).max()  # relative to the heatmaps' range
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert Interpreter(model_path=str(path)).get_signature_list() == {
+        "serving_default": {"inputs": ["image"], "outputs": ["heatmaps"]}
+    }
+    assert not list(path.parent.glob(".tflite_source.*"))  # the converter's source SavedModel is removed
     if quantize == "none":
         codec = HeatmapCodec(64, 16)
         np.testing.assert_array_equal(codec.decode(heatmaps)[0].numpy(), codec.decode(expected)[0].numpy())
