@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from hourglass_tf import metrics, visualize
 from hourglass_tf.inference import Predictor, predict_dataset
-from hourglass_tf.metadata import save_keras
+from hourglass_tf.metadata import copy_keras, save_keras
 from hourglass_tf.model import float32_copy
 
 
@@ -431,7 +431,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self._save("last.keras", epoch, value)
         if value is not None and value > self.best:
             self.best = value
-            self._save("best.keras", epoch, value)
+            copy_keras(self.run_dir / "last.keras", self.run_dir / "best.keras")  # the same model: not saved twice
             (self.run_dir / "best.json").write_text(
                 json.dumps({"epoch": epoch + 1, "value": self.best, "metric": self.monitor})
             )

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import zipfile
 
 from hourglass_tf import skeleton as skeletons
@@ -237,12 +238,28 @@ def save_keras(model, path, info):
     A kill or a full disk leaves the previous file at ``path`` untouched. The model is saved as
     given; callers that want a float32 file pass ``model.float32_copy(model)``.
     """
-    path = pathlib.Path(path)
-    tmp = _new_temporary(path)
-    try:
+
+    def write(tmp):
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(FILENAME, info.to_json())
+
+    return _write_atomically(path, write)
+
+
+def copy_keras(source, path):
+    """Copies the ``.keras`` file ``source`` to ``path`` with ``save_keras``' guarantees (a previous file at
+    ``path`` stays whole until the copy is complete)."""
+    return _write_atomically(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def _write_atomically(path, write):
+    """``write(temporary)``, then the temporary renamed to ``path``; on any failure the temporary is removed and
+    ``path`` is as it was (an ``OSError`` names ``path``)."""
+    path = pathlib.Path(path)
+    tmp = _new_temporary(path)
+    try:
+        write(tmp)
         os.replace(tmp, path)
     except OSError as err:  # a full disk, say: say which file could not be written
         pathlib.Path(tmp).unlink(missing_ok=True)

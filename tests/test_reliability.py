@@ -324,3 +324,17 @@ def test_the_demo_never_deletes_a_run_folder_it_did_not_make(tmp_path):
     )
     assert done.returncode == 2 and "was not made by the demo" in done.stderr, done.stderr[-2000:]
     assert (mine / "thesis.txt").read_text() == "a user's file" and not (tmp_path / "data").exists()
+
+
+def test_copy_keras_replaces_the_file_whole_or_not_at_all(tmp_path):
+    from hourglass_tf.metadata import copy_keras
+
+    source, target = tmp_path / "last.keras", tmp_path / "best.keras"
+    source.write_bytes(b"this epoch's model")
+    target.write_bytes(b"the previous best")
+    with pytest.raises(OSError, match="cannot write .*best.keras"):
+        copy_keras(tmp_path / "missing.keras", target)
+    assert target.read_bytes() == b"the previous best"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.keras", "last.keras"]  # no temporary left
+    copy_keras(source, target)
+    assert target.read_bytes() == b"this epoch's model"
