@@ -360,8 +360,8 @@ def test_a_killed_two_replica_run_resumes_to_the_unkilled_run_s_weights(data_dir
     resumes from the backup (no corrupt checkpoint, each epoch logged once) and ends with the weights, losses
     and rate drops of the same run left alone. The resumed stream starts where the backup's epochs ended, and
     the plateau rule (patience 1, so it drops the rate in this run) replays the logged validations."""
-    epochs = 8
-    common = [*TINY_FLAGS, f"--data_dir={data_dir}", f"--epochs={epochs}", "--steps_per_epoch=8"]
+    epochs = 6
+    common = [*TINY_FLAGS, f"--data_dir={data_dir}", f"--epochs={epochs}", "--steps_per_epoch=6"]
     common += ["--strategy=mirrored", "--cpu_replicas=2", "--plateau_patience=1", "--plateau_factor=0.5"]
     killed_dir, unkilled_dir = tmp_path / "killed", tmp_path / "unkilled"
     unkilled = _start_training([*common, f"--run_dir={unkilled_dir}"], tmp_path / "unkilled.txt")
