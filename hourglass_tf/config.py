@@ -5,7 +5,8 @@ import math
 import pathlib
 
 from hourglass_tf import metrics, pretrained
-from hourglass_tf.data import pipeline, readers
+from hourglass_tf.data import DATASETS
+from hourglass_tf.data.augmentation import Augmentation
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("rmsprop", "adam")
@@ -92,8 +93,8 @@ class TrainConfig:
     def validate(self):
         """Raises ValueError naming every inconsistent choice, before anything is built."""
         problems = []
-        if self.dataset not in readers.DATASETS:
-            problems.append(f"dataset={self.dataset!r} is not one of {readers.DATASETS}")
+        if self.dataset not in DATASETS:
+            problems.append(f"dataset={self.dataset!r} is not one of {DATASETS}")
         if (self.data_dir is None) == (self.tfrecord_dir is None):
             problems.append(
                 f"give exactly one of data_dir and tfrecord_dir (data_dir={self.data_dir!r}, "
@@ -208,9 +209,7 @@ class TrainConfig:
         )
 
     def augmentation(self):
-        return pipeline.Augmentation(
-            self.rotation, self.scale_min, self.scale_max, self.flip, self.color, self.rotation_prob
-        )
+        return Augmentation(self.rotation, self.scale_min, self.scale_max, self.flip, self.color, self.rotation_prob)
 
 
 def _sorted_list(text, convert, valid, message):

@@ -36,15 +36,15 @@ train_flags.define_train_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hourglass_tf.data.sample import DataFileError
-    from hourglass_tf.train import train
-
     config = train_flags.config_from_flags()
     try:
         config.validate()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from hourglass_tf.data.sample import DataFileError  # TensorFlow loads from here: bad flags are said before it
+    from hourglass_tf.train import train
+
     run_dir = pathlib.Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "flags.txt").write_text(train_flags.flags_text(config))

@@ -19,3 +19,26 @@ def test_bad_flags_end_with_one_clear_line(script, model_file, tmp_path):
     results = reliability.bad_flags(script, model_file, tmp_path)
     problems = [f"{r['args']}: {r['outcome']}: {r['message']}" for r in results if r["outcome"] != "clear error"]
     assert not problems, "\n".join(problems)
+
+
+def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path):
+    """The settings are checked by modules that do not import TensorFlow: a bad flag is said in a fraction of a
+    second, and the run folder is not made."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run_dir = tmp_path / "run"
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['train.py', '--dataset=synthetic', '--batch_size=0', '--run_dir={run_dir}']\n"
+        "try:\n"
+        "    runpy.run_path('scripts/train.py', run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    print('EXIT', end.code, 'tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.stdout.split() == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
+    assert "batch_size must be a positive integer" in done.stderr
+    assert not run_dir.exists()

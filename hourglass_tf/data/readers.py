@@ -41,7 +41,7 @@ import posixpath
 import numpy as np
 
 from hourglass_tf import metrics, skeleton
-from hourglass_tf.data import coco_keypoints
+from hourglass_tf.data import DATASETS, coco_keypoints
 from hourglass_tf.data.sample import DataFileError, PoseSample, load_h5, load_mat, require_file
 from hourglass_tf.geometry import center_scale_from_joints
 
@@ -373,7 +373,6 @@ def read_coco(path, image_prefix):
 
 # ---------------------------------------------------------------- one entry point
 
-DATASETS = ("mpii", "lsp", "lspet", "flic", "coco", "synthetic", "coco_keypoints")
 SPLITS = ("train", "valid")
 
 
