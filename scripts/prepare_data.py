@@ -20,10 +20,10 @@ runtime.tune_allocators()  # before TensorFlow's first op: the allocator setting
 from absl import app, flags  # noqa: E402
 
 from hourglass_tf import flags as train_flags  # noqa: E402
-from hourglass_tf.data import readers  # noqa: E402
+from hourglass_tf.data import DATASETS  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, list(readers.DATASETS), "Dataset layout of --source.")
+flags.DEFINE_enum("dataset", None, list(DATASETS), "Dataset layout of --source.")
 flags.DEFINE_string("source", None, "Dataset root folder (see README: expected layouts).")
 flags.DEFINE_string("output", None, "Output folder for the shards and meta.json.")
 flags.DEFINE_integer("input_size", 256, "Network input size the stored resolution is chosen for.")
@@ -39,7 +39,7 @@ flags.mark_flags_as_required(["dataset", "source", "output"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hourglass_tf.data import synthetic, tfrecords
+    from hourglass_tf.data import readers, synthetic, tfrecords  # TensorFlow loads from here
     from hourglass_tf.data.sample import DataFileError
 
     if FLAGS.dataset == "synthetic" and not os.path.exists(os.path.join(FLAGS.source, "annot", "valid.json")):

@@ -16,7 +16,7 @@ runtime.tune_allocators()  # before TensorFlow's first op: the allocator setting
 
 from absl import app, flags  # noqa: E402
 
-from hourglass_tf.data.readers import DATASETS  # noqa: E402
+from hourglass_tf.data import DATASETS  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", None, list(DATASETS), "Dataset layout.")
