@@ -31,14 +31,14 @@ from hourglass_tf.codec import HeatmapCodec
 from hourglass_tf.geometry import crop_matrix, warp_image, warp_images
 
 
-def parse_scales(scales):
-    """Test scales -> tuple of positive finite floats; raises ``ValueError`` naming what was received."""
+def parse_scales(scales, name="test scales"):
+    """Scales -> tuple of positive finite floats; raises ``ValueError`` naming ``name`` and what was received."""
     try:
         values = tuple(float(s) for s in scales)
     except (TypeError, ValueError):
-        raise ValueError(f"test scales must be numbers, received {scales!r}") from None
+        raise ValueError(f"{name} must be numbers, received {scales!r}") from None
     if not values or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"test scales must be one or more positive numbers, received {scales!r}")
+        raise ValueError(f"{name} must be one or more positive numbers, received {scales!r}")
     return values
 
 

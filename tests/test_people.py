@@ -312,14 +312,14 @@ def test_predict_cli_finds_several_people_from_a_detections_file_and_writes_coco
         f"--output_dir={out}",
     ]
     done = subprocess.run(
-        [*run, f"--detections={tmp_path / 'dets.json'}", tmp_path / "000000000042.jpg"],
+        [*run, f"--detections={tmp_path / 'dets.json'}", "--scale_search", tmp_path / "000000000042.jpg"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((out / "000000000042.json").read_text())
-    assert [p["box"] for p in record["people"]] == [[10, 10, 60, 150], [150, 20, 70, 160]]
+    assert [p["box"] for p in record["people"]] == [[10, 10, 60, 150], [150, 20, 70, 160]]  # kept by the search
     results = json.loads((out / "coco_results.json").read_text())
     assert [r["image_id"] for r in results] == [42, 42] and len(results[0]["keypoints"]) == 16 * 3
     both = subprocess.run(
@@ -429,3 +429,55 @@ def test_recrop_predicts_each_person_again_from_the_box_of_their_first_pass_keyp
     low = [dict(first[0], keypoints=first[0]["keypoints"] * [1, 1, 0])]  # no keypoint scores 0.2: the box stays
     np.testing.assert_allclose(estimator.estimate_again(image, low)[0]["box"], first[0]["box"])
     assert people.PoseEstimator(Predictor(model, info=info), [[10, 5, 40, 90]]).recrop is False  # opt-in
+
+
+class _BrightnessPredictor:
+    """A stand-in network whose joints score 1 - |white fraction of the crop - 0.16|: the crop a quarter wider
+    (BOX_PAD 1.25) than a white square scores 1; each joint sits at crop pixel (j, j), so where it lands in the
+    image tells which box it was read from."""
+
+    skeleton = skeleton.MPII
+    input_size = 32
+
+    def __init__(self):
+        self.batches = []
+
+    def predict_crops(self, crops):
+        self.batches.append(len(crops))
+        fraction = crops.mean(axis=(1, 2, 3))
+        k = self.skeleton.num_joints
+        scores = np.repeat(1 - np.abs(fraction - 0.16)[:, None], k, axis=1).astype(np.float32)
+        keypoints = np.tile(np.arange(k, dtype=np.float32)[None, :, None], (len(crops), 1, 2))
+        return {"keypoints": keypoints, "scores": scores}
+
+
+def test_box_scales_keep_each_person_s_best_scoring_try_in_one_batch_and_their_given_box():
+    image = np.zeros((200, 320, 3), np.uint8)
+    image[80:120, 80:120] = 255  # person A: a 40 px square in an 80 px box -> scale 1.0 crops 100 px, 16 % white
+    image[80:120, 220:260] = 255  # person B: a 40 px square in a 40 px box -> scale 2.0 crops 100 px
+    boxes = np.array([[60, 60, 80, 80], [220, 80, 40, 40]], np.float32)
+    predictor = _BrightnessPredictor()
+    searching = people.PoseEstimator(predictor, boxes, box_scales=(0.5, 1.0, 2.0))
+    found = searching(image)
+    assert predictor.batches == [6]  # two people x three scales, one network batch
+    single = people.PoseEstimator(predictor, "whole_image")
+    for person, box, best in zip(found, boxes, (1.0, 2.0)):
+        np.testing.assert_allclose(person["box"], box)  # the given box, not the scaled try
+        expected = single.estimate(image, people.scale_boxes(box, best), check_inside=False)[0]
+        np.testing.assert_allclose(person["keypoints"], expected["keypoints"], atol=1e-4)
+        assert person["keypoints"][0, 2] == pytest.approx(1.0, abs=0.02)
+    # with the second pass: two batches of six, each person still their best try
+    predictor.batches.clear()
+    both = people.PoseEstimator(predictor, boxes, recrop=True, box_scales=(0.5, 1.0, 2.0))(image)
+    assert predictor.batches == [6, 6] and len(both) == 2
+    # (1.0,) is the one-try path: the same people as no box_scales at all
+    plain = people.PoseEstimator(predictor, boxes)(image)
+    one = people.PoseEstimator(predictor, boxes, box_scales=[1])(image)
+    for a, b in zip(plain, one):
+        np.testing.assert_allclose(a["keypoints"], b["keypoints"])
+    assert people.SCALE_SEARCH[people.SCALE_SEARCH.index(1.0)] == 1.0  # the search includes the box as given
+    for bad in ((), (1.0, 0.0), (1.0, float("nan")), "wide", None):
+        with pytest.raises(ValueError, match="box_scales must be .*received"):
+            people.PoseEstimator(predictor, boxes, box_scales=bad)
+    with pytest.raises(ValueError, match=r"lies outside the 320x200 image"):
+        searching(image, boxes=[[400, 0, 10, 10]])
