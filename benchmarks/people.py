@@ -35,14 +35,14 @@ def _detector(name):
     return people.person_source(name)
 
 
-def lspet_detection(model, data_dir, limit=None, detector="ssdlite", skeleton=None, refine=False, box_scales=None):
+def lspet_detection(model, data_dir, limit=None, detector="ssdlite", skeleton=None, refine=False, search=None):
     """The detector on LSPET validation (one annotated athlete a photo): how often a detection covers the athlete
     (IoU >= 0.5 with the box of the annotated joints), the box calibration (annotated crop side over the detection's
     larger side, and the centre offset over that side), and the limb PCK@0.2 of ``model`` fed with the detection
     that overlaps the athlete most (the whole image when there is none) against the annotated boxes and the whole
-    image. ``refine``: also the second pass that re-crops from the first pass's keypoints. ``box_scales``: also
-    ``PoseEstimator(recrop=True, box_scales=...)``, the detection tried at these scales, each with its second pass,
-    the try whose joints score highest kept (``people.SCALE_SEARCH``: ``predict.py --scale_search``)."""
+    image. ``refine``: also the second pass that re-crops from the first pass's keypoints. ``search``: also
+    ``PoseEstimator(recrop=True, search=...)``, a ``people.BoxSearch`` about the detection, each try with its
+    second pass (``people.BOX_SEARCH``: ``predict.py --box_search``)."""
     from hourglass_tf.data.readers import load_dataset
 
     samples = load_dataset("lspet", data_dir, "valid")[:limit]
@@ -55,9 +55,7 @@ def lspet_detection(model, data_dir, limit=None, detector="ssdlite", skeleton=No
     k = predictor.skeleton.num_joints if predictor else 14
     annotated, detected, whole, refined, searched = (np.zeros((n, k, 2)) for _ in range(5))
     searching = (
-        people.PoseEstimator(predictor, "whole_image", recrop=True, box_scales=box_scales)
-        if predictor and box_scales
-        else None
+        people.PoseEstimator(predictor, "whole_image", recrop=True, search=search) if predictor and search else None
     )
     for i, sample in enumerate(samples):
         image = people.read_rgb(pathlib.Path(data_dir) / sample.image_path)
@@ -106,8 +104,8 @@ def lspet_detection(model, data_dir, limit=None, detector="ssdlite", skeleton=No
         if refine:
             runs.append(("detected_then_keypoint_boxes", refined))
         if searching is not None:
-            result["box_scales"] = list(searching.box_scales)
-            runs.append(("detected_scale_search_then_keypoint_boxes", searched))
+            result["search"] = repr(search)
+            runs.append(("detected_box_search_then_keypoint_boxes", searched))
         result["limb_pck_0.2"] = {
             name: metrics.evaluate(pred, gt, present, norm, predictor.skeleton, threshold=0.2)["mean_limbs"]
             for name, pred in runs
@@ -200,17 +198,15 @@ def _coco_name(name):
     return name
 
 
-def coco_keypoint_ap(
-    model, coco_dir, sources=("ground_truth", "ssdlite", "blazepose"), recrop=False, box_scales=(1.0,)
-):
+def coco_keypoint_ap(model, coco_dir, sources=("ground_truth", "ssdlite", "blazepose"), recrop=False, search=None):
     """COCO keypoint AP (pycocotools, the standard OKS protocol of ``coco_eval.oks_ap``: every image and person) on
     the coco_mini photos, the model fed with the ground-truth person boxes and with each detector's.
 
     A model of another joint set (the shipped LSP model) is scored on the COCO joints it shares, by name (LSP's 12
     limb joints: shoulders, elbows, wrists, hips, knees, ankles): the other COCO joints (the face) are removed from
     the ground truth, so OKS counts only shared joints; COCO's sigmas. Results are rescored and passed through OKS
-    non-maximum suppression as ``predict.py``'s ``coco_results.json`` is. ``recrop``, ``box_scales``: the
-    estimator's options (``predict.py --recrop``, ``--scale_search``).
+    non-maximum suppression as ``predict.py``'s ``coco_results.json`` is. ``recrop``, ``search``: the
+    estimator's options (``predict.py --recrop``, ``--box_search``).
     """
     import tempfile
 
@@ -249,10 +245,10 @@ def coco_keypoint_ap(
             boxes_of.setdefault(annotation["image_id"], []).append(annotation["bbox"])
     sigmas = np.array(coco_eval.COCO_SIGMAS)
     result = {"photos": len(photos), "joints_scored": [coco_joints[j] for j in shared], "recrop": recrop}
-    result["box_scales"] = list(people.checked_box_scales(box_scales))
+    result["search"] = repr(search)
     for source in sources:
         estimator = people.PoseEstimator(
-            predictor, "whole_image" if source == "ground_truth" else source, recrop=recrop, box_scales=box_scales
+            predictor, "whole_image" if source == "ground_truth" else source, recrop=recrop, search=search
         )
         results = []
         for file, image_id in photos:
@@ -328,10 +324,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("detector", "ssdlite", "Person detector: ssdlite, blazepose or hog.")
     flags.DEFINE_bool("refine", False, "LSPET: also the second pass that re-crops from the first pass's keypoints.")
     flags.DEFINE_bool(
-        "scale_search",
+        "box_search",
         False,
-        "LSPET: also people.SCALE_SEARCH's box scales, each with the second pass (7x the time); --coco_ap: "
-        "that instead of --refine alone.",
+        "LSPET: also people.BOX_SEARCH about the detection, each try with the second pass (21x the time); "
+        "--coco_ap: that instead of --refine alone.",
     )
     flags.DEFINE_string("out", "runs/people.json", "Where the JSON goes.")
 
@@ -345,8 +341,8 @@ if __name__ == "__main__":
             result["coco_ap"] = coco_keypoint_ap(
                 f.model,
                 f.coco,
-                recrop=f.refine or f.scale_search,
-                box_scales=people.SCALE_SEARCH if f.scale_search else (1.0,),
+                recrop=f.refine or f.box_search,
+                search=people.BOX_SEARCH if f.box_search else None,
             )
             print(json.dumps(result["coco_ap"], indent=1))
         if f.lspet and not f.video_only:
@@ -357,7 +353,7 @@ if __name__ == "__main__":
                 f.detector,
                 f.skeleton,
                 f.refine,
-                box_scales=people.SCALE_SEARCH if f.scale_search else None,
+                search=people.BOX_SEARCH if f.box_search else None,
             )
             print(json.dumps(result["lspet"], indent=1))
         if f.video_only or not (f.lspet or f.coco):

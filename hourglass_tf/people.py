@@ -323,14 +323,66 @@ def read_rgb(path):
     return image[..., ::-1].copy()
 
 
-# The box scales ``PoseEstimator(box_scales=SCALE_SEARCH)`` tries (``predict.py --scale_search``), chosen on the
-# first 300 LSPET validation photos with BlazePose's boxes and the second pass (docs/people.md).
-SCALE_SEARCH = (0.6, 0.75, 0.9, 1.0, 1.15, 1.3, 1.5)
+class BoxSearch:
+    """Each person's box tried at several scales and vertical shifts, the best tries combined.
+
+    Tries are every (scale, shift) pair: the box scaled by ``scale`` about its centre, then moved down by ``shift``
+    times the given box's larger side (negative: up). Each try is predicted (with ``PoseEstimator``'s ``recrop``, each makes
+    its second pass); the ``top`` tries whose joints score highest on average are combined by their median, joint
+    by joint (x, y and score each; a median stays on one try's limb where a mean would average a left/right mix).
+
+    Args:
+      scales: positive factors, e.g. ``(0.6, 1.0, 1.5)``.
+      shifts: vertical moves as fractions of the given box's larger side, finite.
+      top: how many of the best tries are combined, 1 to the number of tries.
+    """
+
+    def __init__(self, scales=(1.0,), shifts=(0.0,), top=1):
+        self.scales = parse_scales(scales, "BoxSearch scales")
+        try:
+            self.shifts = tuple(float(v) for v in shifts)
+        except (TypeError, ValueError):
+            raise ValueError(f"BoxSearch shifts must be numbers, received {shifts!r}") from None
+        if not self.shifts or not all(np.isfinite(v) for v in self.shifts):
+            raise ValueError(f"BoxSearch shifts must be one or more finite numbers, received {shifts!r}")
+        tries = len(self.scales) * len(self.shifts)
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= tries:
+            raise ValueError(f"BoxSearch top must be an integer from 1 to the {tries} tries, received {top!r}")
+        self.top = int(top)
+
+    def __repr__(self):
+        return f"BoxSearch(scales={self.scales}, shifts={self.shifts}, top={self.top})"
+
+    def __eq__(self, other):
+        return isinstance(other, BoxSearch) and repr(self) == repr(other)
+
+    @property
+    def num_tries(self):
+        return len(self.scales) * len(self.shifts)
+
+    def tries(self, boxes):
+        """Boxes (N, 4) x, y, w, h -> tries (T * N, 4), try-major: row t * N + i is try t of box i."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        side = boxes[:, 2:].max(axis=1)
+        out = []
+        for scale in self.scales:
+            scaled = scale_boxes(boxes, scale)
+            for shift in self.shifts:
+                out.append(scaled + np.stack([0 * side, np.float32(shift) * side, 0 * side, 0 * side], axis=1))
+        return np.concatenate(out).astype(np.float32)
+
+    def combine(self, keypoints):
+        """Keypoints (T, N, K, 3) of each try of each person -> (N, K, 3): the median of the ``top`` best tries
+        (by mean joint score; the first of equals in try order)."""
+        keypoints = np.asarray(keypoints, np.float32)
+        order = np.argsort(-keypoints[..., 2].mean(axis=-1), axis=0, kind="stable")[: self.top]  # (top, N)
+        best = np.take_along_axis(keypoints, order[:, :, None, None], axis=0)
+        return np.median(best, axis=0).astype(np.float32)
 
 
-def checked_box_scales(box_scales):
-    """``box_scales`` as a tuple of positive finite floats; ValueError naming what was received otherwise."""
-    return parse_scales(box_scales, "box_scales")
+# The search ``PoseEstimator(search=BOX_SEARCH)`` makes (``predict.py --box_search``), chosen on the first 300 LSPET
+# validation photos with BlazePose's boxes and the second pass, checked on the other 700 (docs/people.md).
+BOX_SEARCH = BoxSearch(scales=(0.6, 0.7, 0.9, 1.0, 1.1, 1.35, 1.5), shifts=(-0.1, 0.0, 0.1), top=5)
 
 
 def scale_boxes(boxes, factor):
@@ -364,10 +416,10 @@ class PoseEstimator:
         at least 0.2, ``box_of_keypoints``: the training convention, and the tracker's rule between frames) and
         predicts again; a person whose first pass has under two such joints keeps the first. It costs a second
         network batch and, with detected boxes, gains about 4 limb PCK points on LSPET (docs/people.md).
-      box_scales: each person's box is tried at these scales about its centre (with ``recrop``, each try then
-        makes its second pass), and the try whose joints score highest on average is kept; the person's ``box``
-        stays the given one. ``(1.0,)``, the default, is one try; ``SCALE_SEARCH`` is the measured search (with
-        ``recrop``, about 3 more limb PCK points on LSPET with detected boxes, at 7 times the network time).
+      search: a ``BoxSearch``: each person's box tried at several scales and shifts, the best tries combined
+        (the person's ``box`` and ``score`` stay the given ones). None, the default, is one try; ``BOX_SEARCH`` is
+        the measured search (with ``recrop``, about 4 more limb PCK points on LSPET with detected boxes, at 21
+        times the network time).
 
     Calling it returns a list of people, best score first, each a dict: ``box`` (4,) x, y, w, h; ``score``;
     ``keypoints`` (K, 3) x, y in original pixels (0-based) and score; ``joints``, the names from the model's
@@ -382,11 +434,13 @@ class PoseEstimator:
         max_people=None,
         fallback_whole_image=False,
         recrop=False,
-        box_scales=(1.0,),
+        search=None,
     ):
         self.predictor = predictor
         self.recrop = bool(recrop)
-        self.box_scales = checked_box_scales(box_scales)
+        if search is not None and not isinstance(search, BoxSearch):
+            raise ValueError(f"search must be a people.BoxSearch or None, received {search!r}")
+        self.search = search
         self.people = person_source(people)
         self.fallback = WholeImage() if fallback_whole_image else None
         self.min_person_score = min_person_score
@@ -458,8 +512,8 @@ class PoseEstimator:
         return self.estimate_people(image, boxes, scores)
 
     def estimate_people(self, image, boxes, scores=None, check_inside=True):
-        """``estimate``, then ``recrop``'s second pass, over ``box_scales``' tries: what ``__call__`` returns."""
-        if self.box_scales == (1.0,):
+        """``estimate``, then ``recrop``'s second pass, over ``search``'s tries: what ``__call__`` returns."""
+        if self.search is None:
             found = self.estimate(image, boxes, scores, check_inside=check_inside)
             return self.estimate_again(image, found) if self.recrop else found
         boxes, scores = as_boxes(boxes, scores)
@@ -467,13 +521,15 @@ class PoseEstimator:
             return []
         if check_inside:
             _check_inside(boxes, np.asarray(image))
-        tries = np.concatenate([scale_boxes(boxes, s) for s in self.box_scales])  # scale-major: try s of box i
-        found = self.estimate(image, tries, np.tile(scores, len(self.box_scales)), check_inside=False)
+        tries = self.search.tries(boxes)
+        found = self.estimate(image, tries, np.tile(scores, self.search.num_tries), check_inside=False)
         if self.recrop:
             found = self.estimate_again(image, found)
-        mean_score = np.array([person["keypoints"][:, 2].mean() for person in found]).reshape(-1, len(boxes))
-        best = np.argmax(mean_score, axis=0)  # the first of equals: the order of box_scales
-        return [dict(found[best[i] * len(boxes) + i], box=boxes[i]) for i in range(len(boxes))]
+        keypoints = np.stack([person["keypoints"] for person in found]).reshape(
+            self.search.num_tries, len(boxes), -1, 3
+        )
+        combined = self.search.combine(keypoints)
+        return [dict(found[i], box=boxes[i], keypoints=combined[i]) for i in range(len(boxes))]
 
     def estimate_again(self, image, found):
         """The second pass of ``recrop``: each person of ``found`` (``estimate``'s list) cropped again from the box

@@ -240,7 +240,9 @@ def predict_inputs(
                 paths_out, people = predict_image_file(estimator, path, output_dir, min_score, boxes, stem=stems[path])
                 image_id = (image_ids or {}).get(path.name, coco_image_id(path))
                 results.extend(to_json(p, image_id=image_id) for p in people)
-                log(f"{path}: {len(people)} people: {', '.join(map(str, paths_out))}")
+                log(
+                    f"{path}: {len(people)} {'person' if len(people) == 1 else 'people'}: {', '.join(map(str, paths_out))}"
+                )
             written.extend(paths_out)
         except (ValueError, OSError) as err:
             failed[str(path)] = str(err)

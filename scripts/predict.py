@@ -62,11 +62,11 @@ flags.DEFINE_bool(
     "detected boxes about 4 limb PCK points more on LSPET athletes).",
 )
 flags.DEFINE_bool(
-    "scale_search",
+    "box_search",
     False,
-    "Photos: try each person's box at several scales (people.SCALE_SEARCH), each with the --recrop second pass, "
-    "and keep the pose whose joints score highest (7 times --recrop's network time; on LSPET athletes with "
-    "detected boxes about 3 limb PCK points more than --recrop). Implies --recrop.",
+    "Photos: try each person's box at 7 scales and 3 heights (people.BOX_SEARCH), each with the --recrop second "
+    "pass, and combine the 5 best-scoring tries (21 times --recrop's network time; on LSPET athletes with detected "
+    "boxes about 4 limb PCK points more than --recrop). Implies --recrop.",
 )
 flags.DEFINE_integer("detect_every", 30, "Videos: run the detector every this many frames (and when a track is lost).")
 flags.DEFINE_bool("smoothing", True, "Videos: smooth keypoints with the One-Euro filter.")
@@ -169,8 +169,8 @@ def main(argv):
         min_person_score=FLAGS.min_person_score,
         max_people=FLAGS.max_people,
         fallback_whole_image=FLAGS.detector != "none" and not given,
-        recrop=FLAGS.recrop or FLAGS.scale_search,
-        box_scales=people.SCALE_SEARCH if FLAGS.scale_search else (1.0,),
+        recrop=FLAGS.recrop or FLAGS.box_search,
+        search=people.BOX_SEARCH if FLAGS.box_search else None,
     )
     chosen = {"min_cutoff": FLAGS.min_cutoff, "beta": FLAGS.beta}
     smoothing = {**ONE_EURO, **{k: v for k, v in chosen.items() if v is not None}} if FLAGS.smoothing else None

@@ -312,7 +312,7 @@ def test_predict_cli_finds_several_people_from_a_detections_file_and_writes_coco
         f"--output_dir={out}",
     ]
     done = subprocess.run(
-        [*run, f"--detections={tmp_path / 'dets.json'}", "--scale_search", tmp_path / "000000000042.jpg"],
+        [*run, f"--detections={tmp_path / 'dets.json'}", "--box_search", tmp_path / "000000000042.jpg"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -451,33 +451,60 @@ class _BrightnessPredictor:
         return {"keypoints": keypoints, "scores": scores}
 
 
-def test_box_scales_keep_each_person_s_best_scoring_try_in_one_batch_and_their_given_box():
+def test_a_box_search_tries_every_scale_and_shift_in_one_batch_and_combines_the_best_tries():
     image = np.zeros((200, 320, 3), np.uint8)
     image[80:120, 80:120] = 255  # person A: a 40 px square in an 80 px box -> scale 1.0 crops 100 px, 16 % white
     image[80:120, 220:260] = 255  # person B: a 40 px square in a 40 px box -> scale 2.0 crops 100 px
     boxes = np.array([[60, 60, 80, 80], [220, 80, 40, 40]], np.float32)
     predictor = _BrightnessPredictor()
-    searching = people.PoseEstimator(predictor, boxes, box_scales=(0.5, 1.0, 2.0))
-    found = searching(image)
-    assert predictor.batches == [6]  # two people x three scales, one network batch
     single = people.PoseEstimator(predictor, "whole_image")
-    for person, box, best in zip(found, boxes, (1.0, 2.0)):
-        np.testing.assert_allclose(person["box"], box)  # the given box, not the scaled try
-        expected = single.estimate(image, people.scale_boxes(box, best), check_inside=False)[0]
-        np.testing.assert_allclose(person["keypoints"], expected["keypoints"], atol=1e-4)
+
+    def alone(box):
+        return single.estimate(image, np.asarray(box, np.float32).reshape(1, 4), check_inside=False)[0]["keypoints"]
+
+    # top 1: each person's best-scoring scale, their given box and score kept, one batch for all tries
+    best_scale = people.BoxSearch(scales=(0.5, 1.0, 2.0))
+    found = people.PoseEstimator(predictor, boxes, search=best_scale)(image)
+    assert predictor.batches[-1] == 6  # two people x three scales, one network batch
+    for person, box, scale in zip(found, boxes, (1.0, 2.0)):
+        np.testing.assert_allclose(person["box"], box)  # the given box, not a try
+        np.testing.assert_allclose(person["keypoints"], alone(people.scale_boxes(box, scale)), atol=1e-4)
         assert person["keypoints"][0, 2] == pytest.approx(1.0, abs=0.02)
-    # with the second pass: two batches of six, each person still their best try
+    # shifts move each try down by that fraction of the given box's larger side, try-major
+    search = people.BoxSearch(scales=(1.0, 2.0), shifts=(-0.25, 0.0), top=3)
+    tries = search.tries(boxes)
+    np.testing.assert_allclose(tries[0], [60, 40, 80, 80])  # try 0 of box 0: scale 1, up by 0.25 x 80
+    np.testing.assert_allclose(tries[1 * 2 + 1], [220, 80, 40, 40])  # try 1 of box 1: scale 1, no shift
+    np.testing.assert_allclose(tries[2 * 2 + 0], [20, 0, 160, 160])  # try 2 of box 0: scale 2, up 0.25 x 80
+    # top 3: the joint-by-joint median of the three best tries
     predictor.batches.clear()
-    both = people.PoseEstimator(predictor, boxes, recrop=True, box_scales=(0.5, 1.0, 2.0))(image)
-    assert predictor.batches == [6, 6] and len(both) == 2
-    # (1.0,) is the one-try path: the same people as no box_scales at all
+    combined = people.PoseEstimator(predictor, boxes, search=search)(image)
+    assert predictor.batches == [8]
+    for i, person in enumerate(combined):
+        each = np.stack([alone(tries[t * 2 + i]) for t in range(4)])
+        best3 = np.argsort(-each[..., 2].mean(axis=1), kind="stable")[:3]
+        np.testing.assert_allclose(person["keypoints"], np.median(each[best3], axis=0), atol=1e-4)
+    # with the second pass: two batches of all tries
+    predictor.batches.clear()
+    both = people.PoseEstimator(predictor, boxes, recrop=True, search=people.BOX_SEARCH)(image)
+    assert predictor.batches == [2 * people.BOX_SEARCH.num_tries] * 2 and len(both) == 2
+    # one try at scale 1 is the plain path
     plain = people.PoseEstimator(predictor, boxes)(image)
-    one = people.PoseEstimator(predictor, boxes, box_scales=[1])(image)
+    one = people.PoseEstimator(predictor, boxes, search=people.BoxSearch())(image)
     for a, b in zip(plain, one):
         np.testing.assert_allclose(a["keypoints"], b["keypoints"])
-    assert people.SCALE_SEARCH[people.SCALE_SEARCH.index(1.0)] == 1.0  # the search includes the box as given
-    for bad in ((), (1.0, 0.0), (1.0, float("nan")), "wide", None):
-        with pytest.raises(ValueError, match="box_scales must be .*received"):
-            people.PoseEstimator(predictor, boxes, box_scales=bad)
+    bad = [
+        (dict(scales=()), "BoxSearch scales must be .*received"),
+        (dict(scales=(1.0, 0.0)), "BoxSearch scales must be .*received"),
+        (dict(shifts=(float("nan"),)), "BoxSearch shifts must be .*received"),
+        (dict(shifts="up"), "BoxSearch shifts must be .*received"),
+        (dict(scales=(1.0, 2.0), top=3), "top must be an integer from 1 to the 2 tries, received 3"),
+        (dict(top=0.5), "top must be an integer .*received 0.5"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            people.BoxSearch(**kwargs)
+    with pytest.raises(ValueError, match=r"search must be a people.BoxSearch or None, received \(0.5, 1.0\)"):
+        people.PoseEstimator(predictor, boxes, search=(0.5, 1.0))
     with pytest.raises(ValueError, match=r"lies outside the 320x200 image"):
-        searching(image, boxes=[[400, 0, 10, 10]])
+        people.PoseEstimator(predictor, boxes, search=search)(image, boxes=[[400, 0, 10, 10]])
