@@ -251,10 +251,7 @@ class HogDetector(PersonSource):
         boxes, scores = self.windows(image)
         keep = scores >= self.min_score
         boxes, scores = boxes[keep][: self.max_people], scores[keep][: self.max_people]
-        sx, sy = self.box_scale
-        centers = boxes[:, :2] + boxes[:, 2:] / 2
-        sizes = boxes[:, 2:] * np.array([sx, sy], np.float32)
-        return as_boxes(np.concatenate([centers - sizes / 2, sizes], axis=1), scores, where="hog")
+        return as_boxes(scale_boxes(boxes, self.box_scale), scores, where="hog")
 
 
 class CallableSource(PersonSource):
@@ -327,9 +324,10 @@ class BoxSearch:
     """Each person's box tried at several scales and vertical shifts, the best tries combined.
 
     Tries are every (scale, shift) pair: the box scaled by ``scale`` about its centre, then moved down by ``shift``
-    times the given box's larger side (negative: up). Each try is predicted (with ``PoseEstimator``'s ``recrop``, each makes
-    its second pass); the ``top`` tries whose joints score highest on average are combined by their median, joint
-    by joint (x, y and score each; a median stays on one try's limb where a mean would average a left/right mix).
+    times the given box's larger side (negative: up). Each try is predicted (with ``PoseEstimator``'s ``recrop``,
+    each makes its second pass); the ``top`` tries whose joints score highest on average are combined by their
+    median, joint by joint (x, y and score each; a median stays on one try's limb where a mean would average a
+    left/right mix).
 
     Args:
       scales: positive factors, e.g. ``(0.6, 1.0, 1.5)``.
@@ -345,16 +343,12 @@ class BoxSearch:
             raise ValueError(f"BoxSearch shifts must be numbers, received {shifts!r}") from None
         if not self.shifts or not all(np.isfinite(v) for v in self.shifts):
             raise ValueError(f"BoxSearch shifts must be one or more finite numbers, received {shifts!r}")
-        tries = len(self.scales) * len(self.shifts)
-        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= tries:
-            raise ValueError(f"BoxSearch top must be an integer from 1 to the {tries} tries, received {top!r}")
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= self.num_tries:
+            raise ValueError(f"BoxSearch top must be an integer from 1 to the {self.num_tries} tries, received {top!r}")
         self.top = int(top)
 
     def __repr__(self):
         return f"BoxSearch(scales={self.scales}, shifts={self.shifts}, top={self.top})"
-
-    def __eq__(self, other):
-        return isinstance(other, BoxSearch) and repr(self) == repr(other)
 
     @property
     def num_tries(self):
@@ -366,10 +360,11 @@ class BoxSearch:
         side = boxes[:, 2:].max(axis=1)
         out = []
         for scale in self.scales:
-            scaled = scale_boxes(boxes, scale)
             for shift in self.shifts:
-                out.append(scaled + np.stack([0 * side, np.float32(shift) * side, 0 * side, 0 * side], axis=1))
-        return np.concatenate(out).astype(np.float32)
+                moved = scale_boxes(boxes, scale)
+                moved[:, 1] += np.float32(shift) * side
+                out.append(moved)
+        return np.concatenate(out)
 
     def combine(self, keypoints):
         """Keypoints (T, N, K, 3) of each try of each person -> (N, K, 3): the median of the ``top`` best tries
@@ -386,10 +381,10 @@ BOX_SEARCH = BoxSearch(scales=(0.6, 0.7, 0.9, 1.0, 1.1, 1.35, 1.5), shifts=(-0.1
 
 
 def scale_boxes(boxes, factor):
-    """Boxes (N, 4) x, y, w, h scaled by ``factor`` about their centres -> (N, 4) float32."""
+    """Boxes (N, 4) x, y, w, h scaled about their centres by ``factor``, one number or (x, y) -> (N, 4) float32."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     centres = boxes[:, :2] + boxes[:, 2:] / 2
-    sides = boxes[:, 2:] * np.float32(factor)
+    sides = boxes[:, 2:] * np.asarray(factor, np.float32)
     return np.concatenate([centres - sides / 2, sides], axis=1)
 
 
