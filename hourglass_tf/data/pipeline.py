@@ -305,24 +305,32 @@ class FailureCount:
             return done.concatenate(tf.data.Dataset.from_tensors((indices[-1], True, marker)))
 
         dataset = indexed.batch(self.max_in_a_row).flat_map(chunk)
-        initial = (tf.constant(-1, tf.int64), tf.constant(0, tf.int64))
-        dataset = dataset.scan(initial, self._count).filter(lambda index, is_marker, element: not is_marker)
-        return dataset.map(lambda index, is_marker, element: (index, element))
+        initial = (tf.constant(-1, tf.int64), tf.constant(0, tf.int64), tf.constant(False))
+        dataset = dataset.scan(initial, self._count).filter(self._keep)
+        return dataset.map(lambda index, is_marker, tripped, element: (index, element))
 
     def _count(self, state, element):
-        previous, in_a_row = state
-        index, is_marker = element[0], element[1]
+        """The scan's step: counts the failures before ``element`` and marks every element from the one that
+        trips the guard on (``_keep`` raises there). It never raises itself, so its state stays true and, once
+        tripped, counts nothing more however many elements a parallel consumer still pulls."""
+        previous, in_a_row, tripped = state
+        index, is_marker, sample = element
         # a sample arriving: those between it and the previous one failed; a marker: those up to it did
         gap = tf.where(is_marker, index - previous, index - previous - 1)
         in_a_row = in_a_row + gap
-        check = tf.debugging.assert_less(
-            in_a_row,
-            tf.constant(self.max_in_a_row, tf.int64),
-            message=f"{self.max_in_a_row} {FAILURES_IN_A_ROW}",
-        )
-        with tf.control_dependencies([check, self.variable.assign_add(gap)]):
+        counted = tf.where(tripped, tf.constant(0, tf.int64), gap)
+        tripped = tf.logical_or(tripped, in_a_row >= self.max_in_a_row)
+        with tf.control_dependencies([self.variable.assign_add(counted)]):
             in_a_row = tf.where(is_marker, in_a_row, tf.constant(0, tf.int64))
-            return (index, in_a_row), element
+            return (index, in_a_row, tripped), (index, is_marker, tripped, sample)
+
+    def _keep(self, index, is_marker, tripped, element):
+        """The filter after the scan: the guard's error from the tripping element on; samples kept, markers not."""
+        check = tf.debugging.assert_equal(
+            tripped, tf.constant(False), message=f"{self.max_in_a_row} {FAILURES_IN_A_ROW}"
+        )
+        with tf.control_dependencies([check]):
+            return tf.logical_not(is_marker)
 
     def total(self):
         return int(self.variable.numpy())
