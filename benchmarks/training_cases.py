@@ -11,12 +11,20 @@ TRAIN_VARIANTS = ("plain", "stock_batch_norm", "xla", "mixed_precision")
 
 
 def compiled_training_model(
-    num_stacks, filters=256, input_size=256, batch_size=8, num_joints=16, jit_compile=False, fused_batch_norm=True
+    num_stacks,
+    filters=256,
+    input_size=256,
+    batch_size=8,
+    num_joints=16,
+    jit_compile=False,
+    fused_batch_norm=True,
+    recompute=False,
 ):
     """A seeded stacked hourglass compiled with RMSprop and per-stack MSE, and one random batch for it.
 
     ``fused_batch_norm`` trains batch norm with TF's fused kernel, as ``scripts/train.py`` does by default
-    (``hourglass_tf.batchnorm``); False keeps Keras' own element-wise computation.
+    (``hourglass_tf.batchnorm``); False keeps Keras' own element-wise computation. ``recompute``: the stem and
+    each stack recomputed in the backward pass (``hourglass_tf.recompute``, ``train.py --recompute``).
 
     Returns:
       (model, images (B, R, R, 3) float32, targets {stack_i: (B, R/4, R/4, K) float32}).
@@ -25,12 +33,15 @@ def compiled_training_model(
 
     from hourglass_tf.batchnorm import use_fused_batch_norm
     from hourglass_tf.model import build_model, output_names
+    from hourglass_tf.recompute import recompute_stacks
     from hourglass_tf.train import compile_for_training
 
     keras.utils.set_random_seed(0)
     model = build_model(num_stacks=num_stacks, filters=filters, input_size=input_size, num_joints=num_joints)
     if fused_batch_norm:
         use_fused_batch_norm(model)
+    if recompute:
+        recompute_stacks(model)
     compile_for_training(model, keras.optimizers.RMSprop(2.5e-4), jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     x = rng.random((batch_size, input_size, input_size, 3), dtype=np.float32)
@@ -41,12 +52,13 @@ def compiled_training_model(
     return model, x, y
 
 
-def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repeats=3, variant="plain"):
+def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repeats=3, variant="plain", recompute=False):
     """Seconds per compiled RMSprop training step (``train_on_batch``, the ``model.fit`` step).
 
     ``variant``: ``plain`` (float32, batch norm on TF's fused kernel as in training), ``stock_batch_norm``
     (float32, Keras' own element-wise batch norm), ``xla`` (jit_compile) or ``mixed_precision`` (bfloat16
-    on CPU, float16 on GPU; outputs and loss float32).
+    on CPU, float16 on GPU; outputs and loss float32). ``recompute``: with per-stack recomputation (not with
+    ``stock_batch_norm``, which it refuses).
     """
     import keras
 
@@ -64,6 +76,7 @@ def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repea
         batch_size,
         jit_compile=variant == "xla",
         fused_batch_norm=variant != "stock_batch_norm",
+        recompute=recompute,
     )
     start = time.perf_counter()
     model.train_on_batch(x, y)  # traces and compiles the train function
@@ -73,6 +86,7 @@ def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repea
     return {
         "num_stacks": num_stacks,
         "variant": variant,
+        "recompute": recompute,
         "batch_size": batch_size,
         "input_size": input_size,
         "filters": filters,

@@ -21,10 +21,27 @@ Eligible layers have ``scale`` and ``center``, no renorm and are not synchronize
 normalised over its last axis and no mask uses the kernel, any other call the stock computation.
 """
 
+import contextlib
+import contextvars
+
 import tensorflow as tf
 from keras import layers
 
 FUSED_ATTRIBUTE = "_hourglass_fused_batch_norm"
+
+# False while a training computation is being recomputed (``hourglass_tf.recompute``): the fused kernel then
+# normalises with the batch statistics as before but leaves the moving averages alone. Read at trace time.
+_UPDATE_MOVING_AVERAGES = contextvars.ContextVar("hourglass_tf_update_moving_averages", default=True)
+
+
+@contextlib.contextmanager
+def moving_averages_frozen(frozen=True):
+    """Within it (with ``frozen``), fused training calls traced leave the moving averages unchanged."""
+    token = _UPDATE_MOVING_AVERAGES.set(not frozen)
+    try:
+        yield
+    finally:
+        _UPDATE_MOVING_AVERAGES.reset(token)
 
 
 def _fused_training_call(layer, inputs, training=None, mask=None):
@@ -47,6 +64,8 @@ def _fused_training_call(layer, inputs, training=None, mask=None):
     )
     count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
     variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel's unbiased -> Keras' biased
+    if not _UPDATE_MOVING_AVERAGES.get():
+        return tf.cast(y, layer.compute_dtype)
     momentum = layer.momentum
     layer.moving_mean.assign(layer.moving_mean * momentum + tf.cast(mean, layer.moving_mean.dtype) * (1.0 - momentum))
     layer.moving_variance.assign(
@@ -72,10 +91,11 @@ def is_fused(layer):
     return bool(layer.__dict__.get(FUSED_ATTRIBUTE, False))
 
 
-def _layers_of(model):
+def layers_of(model):
+    """Every layer of ``model``, nested models' layers in place of the nested model."""
     for layer in model.layers:
         if hasattr(layer, "layers"):  # a nested model
-            yield from _layers_of(layer)
+            yield from layers_of(layer)
         else:
             yield layer
 
@@ -95,7 +115,7 @@ def use_fused_batch_norm(model):
     if not hasattr(model, "layers"):
         raise ValueError(f"use_fused_batch_norm needs a Keras model, received {type(model).__name__}")
     switched = 0
-    for layer in _layers_of(model):
+    for layer in layers_of(model):
         if not eligible(layer):
             continue
         if not is_fused(layer):
@@ -118,7 +138,7 @@ def synchronize(model):
     if not hasattr(model, "layers"):
         raise ValueError(f"synchronize needs a Keras model, received {type(model).__name__}")
     count = 0
-    for layer in _layers_of(model):
+    for layer in layers_of(model):
         if isinstance(layer, layers.BatchNormalization):
             layer.synchronized = True
             count += 1

@@ -57,6 +57,7 @@ class TrainConfig:
     jit_compile: bool = False
     fused_batch_norm: bool = True  # train batch norm with TF's fused kernel (same layers, same saved model)
     sync_batch_norm: bool = False  # batch statistics over the global batch of all replicas (Keras synchronized=True)
+    recompute: bool = False  # recompute the stem and each stack in the backward pass: less memory, more work
     run_dir: str = "runs/train"
     fresh_start: bool = False  # discard the resume backup and log of run_dir and start afresh
     init_weights: str = None  # a .keras model whose weights start the run (heads that do not fit start afresh)
@@ -123,6 +124,11 @@ class TrainConfig:
         if isinstance(self.input_size, int) and isinstance(self.depth, int) and self.depth > 0:
             if self.input_size % (4 * 2**self.depth):
                 problems.append(f"input_size={self.input_size} must be divisible by 4 * 2**depth = {4 * 2**self.depth}")
+        if self.recompute and (not self.fused_batch_norm or self.sync_batch_norm):
+            problems.append(
+                "recompute needs batch norm on the fused kernel (fused_batch_norm=True, sync_batch_norm=False), "
+                f"received fused_batch_norm={self.fused_batch_norm}, sync_batch_norm={self.sync_batch_norm}"
+            )
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer={self.optimizer!r} is not one of {OPTIMIZERS}")
         if not self.learning_rate > 0:

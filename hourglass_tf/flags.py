@@ -58,6 +58,8 @@ HELP = {
     "sync_batch_norm": "Batch norm statistics over the global batch of all replicas (all-reduced each step) instead "
     "of each replica's slice: for a batch spread thin over several GPUs; no effect on one device. Keras' own "
     "computation (not the fused kernel); the saved layers say synchronized=true and load in plain Keras.",
+    "recompute": "Recompute the stem and each stack in the backward pass instead of keeping their activations: "
+    "about half the peak memory for about a quarter more time a step (docs/training.md); needs the fused batch norm.",
     "run_dir": "Run directory: checkpoints, logs, backup (resume) and the resolved flags. A killed run resumes "
     "from its backup only under the same settings (epochs and verbosity may change).",
     "fresh_start": "Discard run_dir's resume backup and log and start afresh (a reused run_dir with other settings).",

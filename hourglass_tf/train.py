@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import __version__, batchnorm, pretrained
+from hourglass_tf import __version__, batchnorm, pretrained, recompute
 from hourglass_tf.callbacks import (
     AtomicCheckpoint,
     AverageWeightsIn,
@@ -114,7 +114,9 @@ def build_compiled_model(config, skeleton=None):
     ``skeleton``: the joint set (default ``config_skeleton(config)``).
 
     With ``config.fused_batch_norm`` its batch-norm layers train with TensorFlow's fused kernel
-    (``hourglass_tf.batchnorm``); they stay stock layers, so checkpoints are unchanged.
+    (``hourglass_tf.batchnorm``), and with ``config.recompute`` its stem and stacks are recomputed in the
+    backward pass (``hourglass_tf.recompute``); both change only the training computation, so checkpoints are
+    unchanged.
     """
     source = load_keras_model(pretrained.resolve(config.init_weights)) if config.init_weights else None
     variant, input_mean = "hg.lua", None
@@ -142,6 +144,8 @@ def build_compiled_model(config, skeleton=None):
         batchnorm.synchronize(model)  # before the fused kernel, which leaves synchronized layers to Keras
     if config.fused_batch_norm:
         batchnorm.use_fused_batch_norm(model)
+    if config.recompute:
+        recompute.recompute_stacks(model)
     ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum)
     if config.optimizer == "rmsprop":
         optimizer = keras.optimizers.RMSprop(config.learning_rate, **ema)
@@ -191,8 +195,17 @@ def load_matching_weights(model, source):
     return loaded, fresh
 
 
-# Settings a resumed run may change: how long it goes on and what it prints.
-RESUMABLE_CHANGES = ("epochs", "time_budget_minutes", "verbose", "image_summaries", "fresh_start", "run_dir")
+# Settings a resumed run may change: how long it goes on, what it prints, and how much memory its step holds
+# (``recompute`` computes the same step).
+RESUMABLE_CHANGES = (
+    "epochs",
+    "time_budget_minutes",
+    "verbose",
+    "image_summaries",
+    "fresh_start",
+    "run_dir",
+    "recompute",
+)
 
 
 class RunDirError(ValueError):

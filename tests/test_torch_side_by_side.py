@@ -114,15 +114,18 @@ def test_the_side_by_side_reports_ratios_and_targets(tmp_path):
         assert set(sbs["inference"][precision]["batches"]["1"]["runners"]) == set(side_by_side.TF_INFERENCE[precision])
         train = sbs["train"][precision]
         assert train["ratio"] == pytest.approx(train["package"]["seconds"] / train["torch"]["seconds"])
+        assert train["package"]["recompute"] is False and train["recompute"]["recompute"] is True
+        memory = train["recompute"]["peak_rss_mb"] / train["torch"]["peak_rss_mb"]
+        assert train["recompute_memory_ratio"] == pytest.approx(memory)
     names = [t["name"] for t in results["targets"]]
     # bfloat16 inference at batch 1 and 8 (the fastest runner), training in both precisions
     assert sum("/ PyTorch time" in n for n in names) == 4
-    assert (
-        sum("/ PyTorch first step" in n for n in names) == 2 and sum("/ PyTorch peak memory" in n for n in names) == 2
-    )
+    assert sum("/ PyTorch first step" in n for n in names) == 2
+    assert sum("with --recompute / PyTorch peak memory" in n for n in names) == 2
     table = benchmark.markdown(results)
     assert "Side by side with PyTorch" in table and "| inference, batch 1, bfloat16, compiled" in table
     assert "| inference, batch 8, float32, TFLite fp32" in table
+    assert "| peak process memory, training, bfloat16, `--recompute` |" in table
 
 
 def test_side_by_side_only_needs_a_pytorch_python(tmp_path):
