@@ -20,6 +20,7 @@ LAYERS = {
         "metrics",
         "visualize",
         "batchnorm",
+        "recompute",
         "runtime",
     },
     1: {"data"},
