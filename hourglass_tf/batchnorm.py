@@ -62,10 +62,10 @@ def _fused_training_call(layer, inputs, training=None, mask=None):
         data_format="NHWC",
         is_training=True,
     )
-    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-    variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel's unbiased -> Keras' biased
     if not _UPDATE_MOVING_AVERAGES.get():
         return tf.cast(y, layer.compute_dtype)
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel's unbiased -> Keras' biased
     momentum = layer.momentum
     layer.moving_mean.assign(layer.moving_mean * momentum + tf.cast(mean, layer.moving_mean.dtype) * (1.0 - momentum))
     layer.moving_variance.assign(

@@ -261,6 +261,23 @@ def truncate(model, num_stacks):
     return keras.Model(model.inputs[0], outputs, name=f"{model.name}_first{num_stacks}")
 
 
+def stack_input(model, stack):
+    """The features stack ``stack`` (1-based) starts from, (N, H/4, W/4, filters): the stem's output for the first
+    stack, the previous stack's merge (its input plus the mapped-back features and heatmaps) for the others.
+
+    Raises:
+      ValueError: ``model`` has no such layer (not a stacked hourglass of ``build_model``'s layout, or too few stacks).
+    """
+    name = "stem_res3_add" if stack == 1 else f"hg{stack - 1}_merge"
+    try:
+        return model.get_layer(name).output
+    except ValueError:
+        raise ValueError(
+            f"model {model.name!r} has no layer {name!r} (the input of stack {stack}): not a stacked hourglass "
+            "of hourglass_tf.model.build_model's layout"
+        ) from None
+
+
 def conv_flops(model):
     """Forward FLOPs of one image through every ``Conv2D`` of ``model``, from the layer shapes.
 
@@ -302,7 +319,7 @@ def architecture_of(model):
         raise ValueError(f"model {model.name!r} is not a stacked hourglass (no stem_conv / stack_i layers)")
     depth = sum(1 for n in names if n.startswith("hg1_d") and n.endswith("_pool"))
     num_blocks = sum(1 for n in names if n.startswith(f"hg1_d{depth}_skip_res") and n.endswith("_add"))
-    filters = int(model.get_layer("stem_res3_add").output.shape[-1])
+    filters = int(stack_input(model, 1).shape[-1])
     widened = int(model.get_layer("stem_res2_add").output.shape[-1]) == PYTORCH_POSE_STEM
     variant = "pytorch_pose" if widened else "hg.lua" if "hg1_out_res1_add" in names else "umich_t7"
     return {

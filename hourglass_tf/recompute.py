@@ -22,7 +22,7 @@ import tensorflow as tf
 from keras import layers
 
 from . import batchnorm
-from .model import output_names
+from .model import output_names, stack_input
 
 RECOMPUTE_ATTRIBUTE = "_hourglass_recompute_stacks"
 
@@ -40,25 +40,13 @@ class _Segments:
     def __init__(self, model):
         names = output_names(model)
         self.output_names = names
-        self.stem = keras.Model(model.inputs[0], [_stack_input(model, 1)], name=f"{model.name}_stem")
+        self.stem = keras.Model(model.inputs[0], [stack_input(model, 1)], name=f"{model.name}_stem")
         self.stacks = []
         for s in range(1, len(names) + 1):
             outputs = [model.get_layer(f"stack_{s}").output]
             if s < len(names):
-                outputs.insert(0, _stack_input(model, s + 1))
-            self.stacks.append(keras.Model(_stack_input(model, s), outputs, name=f"{model.name}_stack{s}"))
-
-
-def _stack_input(model, stack):
-    """The features stack ``stack`` (1-based) starts from: the stem's output or the previous stack's merge."""
-    name = "stem_res3_add" if stack == 1 else f"hg{stack - 1}_merge"
-    try:
-        return model.get_layer(name).output
-    except ValueError:
-        raise ValueError(
-            f"recompute_stacks needs a stacked hourglass built by hourglass_tf.model.build_model: model "
-            f"{model.name!r} has no layer {name!r} (the input of stack {stack})"
-        ) from None
+                outputs.insert(0, stack_input(model, s + 1))
+            self.stacks.append(keras.Model(stack_input(model, s), outputs, name=f"{model.name}_stack{s}"))
 
 
 def _as_tuple(outputs):

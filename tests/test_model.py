@@ -291,3 +291,14 @@ def test_folding_batch_norm_keeps_the_heatmaps_and_every_layer_name(variant, tmp
     folded.save(tmp_path / "folded.keras")  # stock layers only: plain Keras reloads it
     again = keras.models.load_model(tmp_path / "folded.keras", safe_mode=True, compile=False)
     np.testing.assert_array_equal(np.asarray(again(crops)[name]), np.asarray(after[name]))
+
+
+def test_stack_input_is_the_stem_output_then_each_merge():
+    from hourglass_tf.model import stack_input
+
+    model = build_model(**TINY)
+    assert stack_input(model, 1) is model.get_layer("stem_res3_add").output
+    assert stack_input(model, 2) is model.get_layer("hg1_merge").output
+    assert tuple(stack_input(model, 2).shape) == (None, 16, 16, TINY["filters"])
+    with pytest.raises(ValueError, match=r"has no layer 'hg2_merge' \(the input of stack 3\)"):
+        stack_input(model, 3)
