@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import __version__, batchnorm, pretrained, recompute
+from hourglass_tf import __version__, batchnorm, optimizers, pretrained, recompute
 from hourglass_tf.callbacks import (
     AtomicCheckpoint,
     AverageWeightsIn,
@@ -156,7 +156,8 @@ def build_compiled_model(config, skeleton=None):
 
 def compile_for_training(model, optimizer, jit_compile=False):
     """Compiles ``model`` with ``optimizer`` and one MSE loss per stack, and creates the optimizer's variables
-    and the per-output loss trackers now.
+    and the per-output loss trackers now. An ``Adam`` optimizer updates each variable with TensorFlow's
+    one-kernel Adam (``optimizers.fuse_updates``).
 
     A ``tf.function`` whose first trace creates variables is traced a second time. Without a distribution
     strategy Keras leaves these variables to the first training step, so the step was traced twice: 11 s of
@@ -164,6 +165,8 @@ def compile_for_training(model, optimizer, jit_compile=False):
     symbolic build (what it runs under a strategy) creates them from shapes alone. Call under the strategy
     scope.
     """
+    if optimizers.fusable(optimizer):
+        optimizers.fuse_updates(optimizer)
     model.compile(optimizer=optimizer, loss={name: "mse" for name in output_names(model)}, jit_compile=jit_compile)
     symbolic_build = getattr(model, "_symbolic_build", None)  # Keras 3's trainer; tested (traced once)
     if symbolic_build is not None:

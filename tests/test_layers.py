@@ -21,6 +21,7 @@ LAYERS = {
         "visualize",
         "batchnorm",
         "recompute",
+        "optimizers",
         "runtime",
     },
     1: {"data"},

@@ -17,6 +17,7 @@ from hourglass_tf.backends import load_model_file
 from hourglass_tf.export import ExportError, export_model
 from hourglass_tf.inference import Predictor
 from hourglass_tf.model import build_model, float32_copy
+from hourglass_tf.train import compile_for_training
 
 LSP_TINY = {**TINY, "num_joints": 14}
 # A 16-joint set that is not MPII: a joint count names no skeleton.
@@ -152,7 +153,7 @@ def test_a_mixed_precision_model_exports_float32_to_every_format(tmp_path, polic
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_model(**LSP_TINY)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss={f"stack_{s}": "mse" for s in (1, 2)})
+        compile_for_training(model, keras.optimizers.Adam(1e-3))  # traced once, as train() does
         rng = np.random.default_rng(5)
         x = rng.random((4, 64, 64, 3), dtype=np.float32)
         y = {f"stack_{s}": rng.random((4, 16, 16, 14), dtype=np.float32) for s in (1, 2)}

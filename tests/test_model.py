@@ -11,6 +11,7 @@ import pytest
 
 from conftest import TINY, random_batch_norm_statistics
 from hourglass_tf import build_model, output_names, truncate
+from hourglass_tf.train import compile_for_training
 
 # Trainable parameters of the original Torch code (256 features, 1 module per box, 16 joints, 256 px).
 PAPER_COUNTS = {1: 3_426_448, 2: 6_570_400, 4: 12_858_304, 8: 25_434_112}
@@ -178,7 +179,7 @@ def test_a_few_fit_steps_lower_the_summed_per_stack_loss():
     model = build_model(**TINY)
     x = rng.random((8, 64, 64, 3), dtype=np.float32)
     target = gaussian_targets(rng, 8)
-    model.compile(optimizer=keras.optimizers.RMSprop(1e-3), loss={n: "mse" for n in output_names(model)})
+    compile_for_training(model, keras.optimizers.RMSprop(1e-3))  # one MSE per stack, traced once
     history = model.fit(x, {"stack_1": target, "stack_2": target}, batch_size=8, epochs=20, verbose=0).history
     assert {"loss", "stack_1_loss", "stack_2_loss"} <= set(history)
     summed = np.array(history["stack_1_loss"]) + np.array(history["stack_2_loss"])
