@@ -521,18 +521,23 @@ def test_mixed_precision_training_keeps_float32_outputs_and_loss(data_dir, tmp_p
 
 def test_the_gpu_precision_path_trains_end_to_end_on_cpu(data_dir, tmp_path, monkeypatch):
     """What --mixed_precision selects on a GPU (mixed_float16: loss scaling, fused batch norm on float16 inputs,
-    float32 outputs and loss), run here on the CPU by pretending a GPU is visible to the policy choice."""
+    float32 outputs and loss), run here on the CPU by pretending a GPU is visible to the policy choice; with Adam,
+    as lspet.flags trains (its one-kernel update inside Keras' loss-scale optimizer)."""
     from hourglass_tf import train as train_module
     from hourglass_tf.metadata import read_info
+    from hourglass_tf.optimizers import has_fused_updates
 
     monkeypatch.setattr(train_module, "mixed_precision_policy", lambda gpus=None, details=None: "mixed_float16")
-    config = tiny_config(data_dir, tmp_path / "run", epochs=1, mixed_precision=True, image_summaries=0)
+    config = tiny_config(
+        data_dir, tmp_path / "run", epochs=1, mixed_precision=True, image_summaries=0, optimizer="adam"
+    )
     result = train(dataclasses.replace(config, fused_batch_norm=True))
     model = result["model"]
     assert model.get_layer("hg1_d2_skip_res1_conv1").compute_dtype == "float16"
     assert model.get_layer("hg1_d2_skip_res1_bn1").compute_dtype == "float16"  # the fused kernel on half inputs
     assert all(out.dtype == "float32" for out in model.outputs)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # dynamic loss scaling
+    assert has_fused_updates(model.optimizer) and int(model.optimizer.inner_optimizer.iterations.numpy()) > 0
     assert np.isfinite(result["history"]["loss"]).all()
     assert read_info(tmp_path / "run" / "last.keras").precision == "mixed_float16"
     assert keras.mixed_precision.global_policy().name == "float32"
