@@ -48,9 +48,14 @@ def _adam_update_step(self, gradient, variable, learning_rate):
     )
 
 
+def _unwrapped(optimizer):
+    """``optimizer``, or the optimizer a loss-scale optimizer wraps."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
 def _adam_of(optimizer):
     """The Keras ``Adam`` ``optimizer`` is or wraps (a loss-scale optimizer's), or None."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    inner = _unwrapped(optimizer)
     return inner if isinstance(inner, keras.optimizers.Adam) else None
 
 
@@ -82,4 +87,4 @@ def fuse_updates(optimizer):
 
 def has_fused_updates(optimizer):
     """Whether ``fuse_updates`` switched ``optimizer`` (or the optimizer it wraps)."""
-    return bool(getattr(optimizer, "inner_optimizer", optimizer).__dict__.get(FUSED_ATTRIBUTE, False))
+    return bool(_unwrapped(optimizer).__dict__.get(FUSED_ATTRIBUTE, False))

@@ -31,6 +31,28 @@ def shared_data():
 TINY = dict(num_stacks=2, num_blocks=1, filters=16, depth=2, num_joints=16, input_size=64)
 
 
+def tiny_config(data_dir, run_dir, **overrides):
+    """A ``TrainConfig`` of a tiny run on the synthetic set in ``data_dir`` (``TINY``'s network, 3 epochs of
+    6 steps of 4 images), writing into ``run_dir``; ``overrides`` replace any field."""
+    from hourglass_tf.config import TrainConfig
+
+    fields = dict(
+        dataset="synthetic",
+        data_dir=str(data_dir),
+        **{k: TINY[k] for k in ("num_stacks", "filters", "depth", "input_size")},
+        batch_size=4,
+        epochs=3,
+        steps_per_epoch=6,
+        learning_rate=1e-3,
+        val_batch_size=8,
+        run_dir=str(run_dir),
+        image_summaries=2,
+        verbose=0,
+    )
+    fields.update(overrides)
+    return TrainConfig(**fields)
+
+
 @pytest.fixture(autouse=True)
 def _float32_policy_around_each_test():
     """Every test starts and ends with Keras' default float32 policy, whatever ran before it."""

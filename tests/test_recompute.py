@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, tiny_config
 from hourglass_tf import batchnorm, build_model, output_names, recompute
 from hourglass_tf.data import synthetic
 from hourglass_tf.metadata import read_info
@@ -147,19 +147,15 @@ def test_the_training_config_recomputes_only_on_the_fused_kernel_and_a_run_may_r
 def test_recomputed_training_in_bfloat16_runs_end_to_end(data_dir, tmp_path):
     """The shipped flagfiles' settings (mixed precision, fused batch norm) with --recompute: a run trains, and what
     it saves is a stock model."""
-    config = TrainConfig(
-        dataset="synthetic",
-        data_dir=str(data_dir),
-        **{k: TINY[k] for k in ("num_stacks", "filters", "depth", "input_size")},
-        batch_size=4,
+    config = tiny_config(
+        data_dir,
+        tmp_path / "run",
         epochs=1,
         steps_per_epoch=4,
-        val_batch_size=8,
+        learning_rate=2.5e-4,
+        image_summaries=0,
         mixed_precision=True,
         recompute=True,
-        run_dir=str(tmp_path / "run"),
-        image_summaries=0,
-        verbose=0,
     )
     result = train(config)
     assert np.isfinite(result["history"]["loss"]).all()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, free_ports
+from conftest import REPO, free_ports, tiny_config
 from hourglass_tf.data import synthetic
 from hourglass_tf.data.readers import skeleton_of
 from hourglass_tf.train import (
@@ -55,27 +55,6 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     synthetic.generate(root, num_train=48, num_valid=8, image_size=96, seed=1)
     return root
-
-
-def tiny_config(data_dir, run_dir, **overrides):
-    fields = dict(
-        dataset="synthetic",
-        data_dir=str(data_dir),
-        num_stacks=2,
-        filters=16,
-        depth=2,
-        input_size=64,
-        batch_size=4,
-        epochs=3,
-        steps_per_epoch=6,
-        learning_rate=1e-3,
-        val_batch_size=8,
-        run_dir=str(run_dir),
-        image_summaries=2,
-        verbose=0,
-    )
-    fields.update(overrides)
-    return TrainConfig(**fields)
 
 
 def read_log(run_dir):
