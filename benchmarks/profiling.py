@@ -69,7 +69,10 @@ def op_breakdown(logdir):
 
     Returns:
       dict ``ops``: op type -> {"seconds", "count"} sorted by time; ``total_op_seconds``;
-      ``peak_allocated_bytes`` (the largest ``bytes_allocated`` the allocator reported).
+      ``peak_allocated_bytes`` (the largest ``bytes_allocated`` the allocator reported; None when the trace holds
+      no allocator events: TensorFlow's default CPU allocator reports none unless oneDNN is on, which TensorFlow
+      turns on by itself only on CPUs with AVX-512 VNNI or newer; ``TF_CPU_ALLOCATOR_USE_BFC=true``, which
+      ``hourglass_tf.runtime.tune_allocators`` sets, always reports).
 
     Raises:
       ValueError: no trace under ``logdir``.
@@ -82,7 +85,7 @@ def op_breakdown(logdir):
     space = xplane_pb2.XSpace()
     space.ParseFromString(files[-1].read_bytes())
     seconds, counts = collections.Counter(), collections.Counter()
-    peak = 0
+    peak = None
     for plane in space.planes:
         if not plane.name.startswith("/host:CPU"):
             continue
@@ -93,7 +96,7 @@ def op_breakdown(logdir):
                 if name.startswith("MemoryAllocation"):
                     for stat in event.stats:
                         if stat_names.get(stat.metadata_id) == "bytes_allocated":
-                            peak = max(peak, stat.int64_value or stat.uint64_value)
+                            peak = max(peak or 0, stat.int64_value or stat.uint64_value)
                     continue
                 if ":" not in name or name.startswith(_INFRASTRUCTURE):
                     continue
@@ -104,7 +107,7 @@ def op_breakdown(logdir):
     return {
         "ops": ops,
         "total_op_seconds": float(sum(seconds.values())),
-        "peak_allocated_bytes": int(peak),
+        "peak_allocated_bytes": peak,
         "trace": str(files[-1]),
     }
 
@@ -118,6 +121,12 @@ def markdown(breakdown, step_seconds=None, steps=1, top=15):
     tail = (
         f"\nSum of op times per step {breakdown['total_op_seconds'] / steps:.2f} s"
         + (f", median step wall time {step_seconds:.2f} s" if step_seconds else "")
-        + f"; peak bytes held by TensorFlow's allocator: {breakdown['peak_allocated_bytes'] / 1e9:.2f} GB\n"
+        + f"; peak bytes held by TensorFlow's allocator: {_peak_text(breakdown['peak_allocated_bytes'])}\n"
     )
     return "\n".join(lines) + "\n" + tail
+
+
+def _peak_text(peak):
+    if peak is None:
+        return "not recorded (this allocator reports none; TF_CPU_ALLOCATOR_USE_BFC=true does)"
+    return f"{peak / 1e9:.2f} GB"

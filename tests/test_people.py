@@ -425,7 +425,10 @@ def test_recrop_predicts_each_person_again_from_the_box_of_their_first_pass_keyp
         np.testing.assert_allclose(box, person["box"] if expected is None else expected, atol=1e-4)
     for person, box in zip(again, calls[1]):
         np.testing.assert_allclose(person["box"], box)
-        np.testing.assert_allclose(person["keypoints"], original(image, box[None], check_inside=False)[0]["keypoints"])
+        alone = original(image, box[None], check_inside=False)[0]["keypoints"]
+        # the re-crops ran as a batch of two, this one alone: kernels may sum in another order per batch size
+        # (TensorFlow's Eigen kernels, on a CPU without oneDNN, differ by 6e-8 in the scores)
+        np.testing.assert_allclose(person["keypoints"], alone, rtol=0, atol=1e-5)
     low = [dict(first[0], keypoints=first[0]["keypoints"] * [1, 1, 0])]  # no keypoint scores 0.2: the box stays
     np.testing.assert_allclose(estimator.estimate_again(image, low)[0]["box"], first[0]["box"])
     assert people.PoseEstimator(Predictor(model, info=info), [[10, 5, 40, 90]]).recrop is False  # opt-in
