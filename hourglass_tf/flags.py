@@ -51,7 +51,10 @@ HELP = {
     "labelling slip, e.g. 7 % of LSPET); the validation split is never filtered.",
     "strategy": "Distribution: auto, one_device, mirrored, multi_worker (TF_CONFIG) or tpu.",
     "cpu_replicas": "Split the CPU into this many logical devices and mirror over them (testing).",
-    "mixed_precision": "float16 on GPU, bfloat16 on CPU/TPU; outputs and loss stay float32.",
+    "mixed_precision": "float16 on GPU, bfloat16 on CPU/TPU; outputs and loss stay float32. auto: on where it "
+    "speeds training (a GPU, or a CPU with bfloat16 arithmetic: AVX512_BF16 or AMX), float32 elsewhere (a CPU "
+    "without it emulates bfloat16, about 10 times slower); the choice is printed and the run directory's flags.txt "
+    "records it.",
     "jit_compile": "Compile the training step with XLA.",
     "fused_batch_norm": "Train batch norm with TensorFlow's fused kernel (about 30 % faster steps on CPU); the layers "
     "and saved models stay stock Keras.",
@@ -77,11 +80,29 @@ HELP = {
 }
 
 
+AUTO = "auto"  # --mixed_precision=auto: decided on this machine (config_from_flags)
+
+
+class _BoolOrAutoParser(flags.BooleanParser):
+    """A boolean flag's parser (``--name``, ``--noname``, ``--name=false``) that also takes ``auto``."""
+
+    def parse(self, argument):
+        if isinstance(argument, str) and argument.strip().lower() == AUTO:
+            return AUTO
+        return super().parse(argument)
+
+    def flag_type(self):
+        return "bool or auto"
+
+
 def define_train_flags(flag_values=flags.FLAGS):
     """Defines one flag per ``TrainConfig`` field (defaults = the paper's recipe) in ``flag_values``."""
     for field in dataclasses.fields(TrainConfig):
         default, help_text = field.default, HELP[field.name]
-        if field.name in ("strategy", "optimizer", "lr_schedule"):
+        if field.name == "mixed_precision":
+            flag = flags.Flag(_BoolOrAutoParser(), None, field.name, default, help_text, boolean=True)
+            flags.DEFINE_flag(flag, flag_values=flag_values)
+        elif field.name in ("strategy", "optimizer", "lr_schedule"):
             choices = {"strategy": STRATEGIES, "optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES}[field.name]
             flags.DEFINE_enum(field.name, default, list(choices), help_text, flag_values=flag_values)
         elif isinstance(default, bool):
@@ -110,10 +131,23 @@ def coco_options_from_flags(dataset, values=None):
     return TrainConfig(dataset=dataset, **{name: values[name].value for name in COCO_KEYPOINTS_FIELDS}).coco_options()
 
 
-def config_from_flags(values=None):
-    """The ``TrainConfig`` the parsed flags describe."""
+def config_from_flags(values=None, choose_mixed_precision=None):
+    """The ``TrainConfig`` the parsed flags describe, and what ``--mixed_precision=auto`` chose.
+
+    Returns:
+      ``(config, note)``: ``note`` is None, or with ``auto`` one line saying whether mixed precision is on and why
+      (``config.mixed_precision`` is then that bool). ``choose_mixed_precision``: a function returning
+      ``(pays, reason)``, default ``distribute.mixed_precision_choice`` (this machine).
+    """
     values = values or flags.FLAGS
-    return TrainConfig(**{f.name: values[f.name].value for f in dataclasses.fields(TrainConfig)})
+    settings = {f.name: values[f.name].value for f in dataclasses.fields(TrainConfig)}
+    note = None
+    if settings["mixed_precision"] == AUTO:
+        if choose_mixed_precision is None:
+            from hourglass_tf.distribute import mixed_precision_choice as choose_mixed_precision  # loads TensorFlow
+        settings["mixed_precision"], reason = choose_mixed_precision()
+        note = f"--mixed_precision=auto: {reason}"
+    return TrainConfig(**settings), note
 
 
 def flags_text(config):

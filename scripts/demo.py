@@ -38,13 +38,13 @@ DEMO_MARK = ".made_by_demo"  # the demo only ever deletes a run folder that hold
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hourglass_tf import distribute, evaluation, metrics
+    from hourglass_tf import evaluation, metrics
     from hourglass_tf.data import synthetic
     from hourglass_tf.train import train
 
-    config = train_flags.config_from_flags()
-    if not FLAGS["mixed_precision"].present:  # what made the LSPET run faster, where the hardware has it
-        config.mixed_precision = distribute.mixed_precision_pays()
+    config, precision_note = train_flags.config_from_flags()  # demo.flags: --mixed_precision=auto
+    if precision_note:
+        print(precision_note)
     if config.dataset != "synthetic" or config.data_dir is None:
         raise app.UsageError("the demo runs on --dataset=synthetic with a --data_dir (see demo.flags)")
     try:

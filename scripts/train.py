@@ -36,7 +36,9 @@ train_flags.define_train_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = train_flags.config_from_flags()
+    config, precision_note = train_flags.config_from_flags()
+    if precision_note:
+        print(precision_note)
     try:
         config.validate()
     except ValueError as err:

@@ -11,6 +11,7 @@ from conftest import REPO
 from hourglass_tf import skeleton as skeletons
 from hourglass_tf.data import coco_keypoints, quadrupeds, readers
 from hourglass_tf.data.sample import DataFileError
+from hourglass_tf.distribute import mixed_precision_pays
 from hourglass_tf.evaluation import coco_eval
 
 
@@ -196,6 +197,9 @@ def test_a_custom_skeleton_trains_evaluates_predicts_exports_and_serves_with_its
     info = metadata.read_info(run / "best.keras")
     assert info.skeleton.joints == quadrupeds.KEYPOINTS and len(info.skeleton.flip_pairs) == 5
     assert info.provenance["metric"] == "val_pck"
+    # quadruped.flags says --mixed_precision=auto: bfloat16 only where this CPU has it, and the script says so
+    assert info.precision == ("mixed_bfloat16" if mixed_precision_pays() else "float32")
+    assert "--mixed_precision=auto: " + ("on" if mixed_precision_pays() else "off (float32") in trained.stdout
 
     evaluated = _script(
         "evaluate.py",

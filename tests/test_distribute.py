@@ -53,6 +53,12 @@ def test_precision_policy_and_whether_it_pays():
     assert distribute.mixed_precision_pays(gpus=[], flags={"avx2", "avx512_bf16"})
     assert distribute.mixed_precision_pays(gpus=[], flags={"amx_bf16"})
     assert not distribute.mixed_precision_pays(gpus=[], flags={"avx2", "avx512f"})  # bfloat16 emulated: slower
+    pays, reason = distribute.mixed_precision_choice(gpus=[], flags={"avx2", "fma"})
+    assert not pays and reason.startswith("off (float32") and "avx512_bf16" in reason
+    assert distribute.mixed_precision_choice(gpus=[], flags={"amx_bf16"}) == (
+        True,
+        "on (mixed_bfloat16: this CPU has bfloat16 arithmetic)",
+    )
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

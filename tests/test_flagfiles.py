@@ -11,11 +11,18 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 FLAGFILES = sorted(ROOT.glob("*.flags"))
 
 
-def parse(*args):
+def parse(*args, pays=True):
+    """The config the flags give, ``--mixed_precision=auto`` decided as on a machine where it pays (or not)."""
+    return parse_with_note(*args, pays=pays)[0]
+
+
+def parse_with_note(*args, pays=True):
     values = flags.FlagValues()
     train_flags.define_train_flags(values)
     values(["train.py", *args])
-    return train_flags.config_from_flags(values)
+    return train_flags.config_from_flags(
+        values, choose_mixed_precision=lambda: (pays, f"{'on' if pays else 'off'} (why)")
+    )
 
 
 def test_the_flagfiles_are_shipped():
@@ -36,6 +43,8 @@ def test_flagfile_parses_into_a_valid_config(path):
             continue
         name, text = line[2:].split("=", 1)
         value = getattr(config, name)
+        if text == "auto":  # --mixed_precision=auto, decided by parse's stand-in machine
+            text = "true"
         expected = text.lower() == "true" if isinstance(value, bool) else type(value)(text)
         assert value == expected, f"{path.name}: --{name}={text} gave {value!r}"
 
@@ -56,3 +65,18 @@ def test_unknown_flag_in_a_flagfile_is_refused(tmp_path):
     bad.write_text("--dataset=lspet\n--data_dir=x\n--input_sise=96\n")
     with pytest.raises(flags.UnrecognizedFlagError, match="input_sise"):
         parse(f"--flagfile={bad}")
+
+
+def test_mixed_precision_auto_is_decided_on_the_machine_and_said():
+    for pays in (True, False):
+        config, note = parse_with_note(f"--flagfile={ROOT / 'lspet.flags'}", pays=pays)
+        assert config.mixed_precision is pays
+        assert note == f"--mixed_precision=auto: {'on' if pays else 'off'} (why)"
+    # the boolean forms keep their meaning and say nothing
+    assert parse_with_note("--mixed_precision", pays=False) == (parse("--mixed_precision=true", pays=False), None)
+    assert parse("--mixed_precision", pays=False).mixed_precision is True
+    assert parse("--nomixed_precision").mixed_precision is False
+    assert parse("--mixed_precision=AUTO", pays=False).mixed_precision is False
+    assert train_flags.flags_text(parse("--mixed_precision=auto")).count("--mixed_precision=True\n") == 1
+    with pytest.raises(flags.IllegalFlagValueError, match="mixed_precision"):
+        parse("--mixed_precision=sometimes")
