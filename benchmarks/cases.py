@@ -38,4 +38,7 @@ if __name__ == "__main__":
     from hourglass_tf import runtime
 
     runtime.tune_allocators()  # as the package's scripts do (HOURGLASS_TF_TUNE_ALLOCATORS=0: the defaults rows)
-    print(RESULT_PREFIX + json.dumps(run(json.loads(sys.argv[1]))), flush=True)
+    case = json.loads(sys.argv[1])
+    if case.get("kind") == "train":
+        runtime.use_onednn_for_training()  # as train.py does
+    print(RESULT_PREFIX + json.dumps(run(case)), flush=True)

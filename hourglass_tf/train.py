@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import __version__, batchnorm, optimizers, pretrained, recompute
+from hourglass_tf import __version__, batchnorm, optimizers, pretrained, recompute, runtime
 from hourglass_tf.callbacks import (
     AtomicCheckpoint,
     AverageWeightsIn,
@@ -576,6 +576,7 @@ def _summary(config, run, data, history, watch, failures, seconds):
         "skipped": {"train": data.train_report.as_dict(), "valid": data.val_report.as_dict()},
         "failed_train_samples": failures.total(),
         "run_dir": str(run.run_dir),
+        "process_settings": dict(runtime.applied),  # what the script set before TensorFlow loaded (allocators, oneDNN)
     }
 
 

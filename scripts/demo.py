@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from hourglass_tf import runtime  # noqa: E402
 
 runtime.tune_allocators()  # before TensorFlow's first op: the allocator settings the package measured faster
+runtime.use_onednn_for_training()  # oneDNN's kernels on every x86 CPU: faster training steps on AVX2 ones
 
 from absl import app, flags  # noqa: E402
 

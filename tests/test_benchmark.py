@@ -121,6 +121,19 @@ def test_tune_allocators_sets_the_allocator_options():
         assert applied["mmap_threshold"] == 256 << 20
 
 
+def test_training_asks_for_onednn_on_x86_only_and_keeps_an_explicit_choice(monkeypatch):
+    from hourglass_tf import runtime
+
+    monkeypatch.setattr(runtime, "applied", {})
+    monkeypatch.setenv(runtime.ONEDNN_ENV, "restored after the test")
+    monkeypatch.delenv(runtime.ONEDNN_ENV)
+    assert runtime.use_onednn_for_training(machine="aarch64") == {} and runtime.ONEDNN_ENV not in os.environ
+    assert runtime.use_onednn_for_training(machine="x86_64") == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    assert os.environ[runtime.ONEDNN_ENV] == "1" and runtime.applied == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    monkeypatch.setenv(runtime.ONEDNN_ENV, "0")  # the user's choice
+    assert runtime.use_onednn_for_training(machine="AMD64") == {} and os.environ[runtime.ONEDNN_ENV] == "0"
+
+
 def test_allocator_options_can_be_switched_off_and_explicit_values_are_kept():
     assert _import_env(HOURGLASS_TF_TUNE_ALLOCATORS="0") == [None, {}]
     bfc, applied = _import_env(TF_CPU_ALLOCATOR_USE_BFC="false")

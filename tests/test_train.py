@@ -556,6 +556,10 @@ def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, 
     ]
     done = run_script(["--dataset=synthetic", *common])
     assert done.returncode == 0, done.stderr[-3000:]
+    settings = json.loads((run / "train_summary.json").read_text())["process_settings"]
+    for name, value in (("TF_CPU_ALLOCATOR_USE_BFC", "true"), ("TF_ENABLE_ONEDNN_OPTS", "1")):
+        if name not in os.environ and "HOURGLASS_TF_TUNE_ALLOCATORS" not in os.environ:  # not the user's own
+            assert settings[name] == value, settings  # what train.py set before TensorFlow loaded
     info = metadata.read_info(run / "best.keras")
     assert info.precision == "mixed_bfloat16" and info.skeleton == skeleton_of("synthetic")
     assert info.provenance["dataset"] == "synthetic" and info.provenance["metric"] == "val_pckh"
