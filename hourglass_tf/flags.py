@@ -131,17 +131,25 @@ def coco_options_from_flags(dataset, values=None):
     return TrainConfig(dataset=dataset, **{name: values[name].value for name in COCO_KEYPOINTS_FIELDS}).coco_options()
 
 
-def config_from_flags(values=None, choose_mixed_precision=None):
+def config_from_flags(values=None, choose_mixed_precision=None, validate=False):
     """The ``TrainConfig`` the parsed flags describe, and what ``--mixed_precision=auto`` chose.
 
     Returns:
       ``(config, note)``: ``note`` is None, or with ``auto`` one line saying whether mixed precision is on and why
       (``config.mixed_precision`` is then that bool). ``choose_mixed_precision``: a function returning
       ``(pays, reason)``, default ``distribute.mixed_precision_choice`` (this machine).
+
+    ``validate``: check the settings (``TrainConfig.validate``) first, so that a bad flag is said before ``auto``'s
+    default choice loads TensorFlow (the scripts do).
+
+    Raises:
+      ValueError: with ``validate``, the settings are inconsistent (every problem named).
     """
     values = values or flags.FLAGS
     settings = {f.name: values[f.name].value for f in dataclasses.fields(TrainConfig)}
     note = None
+    if validate:  # mixed precision either way does not change validity
+        TrainConfig(**{**settings, "mixed_precision": settings["mixed_precision"] is True}).validate()
     if settings["mixed_precision"] == AUTO:
         if choose_mixed_precision is None:
             from hourglass_tf.distribute import mixed_precision_choice as choose_mixed_precision  # loads TensorFlow

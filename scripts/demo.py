@@ -43,16 +43,15 @@ def main(argv):
     from hourglass_tf.data import synthetic
     from hourglass_tf.train import train
 
-    config, precision_note = train_flags.config_from_flags()  # demo.flags: --mixed_precision=auto
-    if precision_note:
-        print(precision_note)
-    if config.dataset != "synthetic" or config.data_dir is None:
-        raise app.UsageError("the demo runs on --dataset=synthetic with a --data_dir (see demo.flags)")
     try:
-        config.validate()
+        config, precision_note = train_flags.config_from_flags(validate=True)  # demo.flags: --mixed_precision=auto
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if config.dataset != "synthetic" or config.data_dir is None:
+        raise app.UsageError("the demo runs on --dataset=synthetic with a --data_dir (see demo.flags)")
+    if precision_note:
+        print(precision_note)
     start = time.time()
     data_dir, run_dir = pathlib.Path(config.data_dir), pathlib.Path(config.run_dir)
     if run_dir.exists():

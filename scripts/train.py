@@ -37,14 +37,13 @@ train_flags.define_train_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config, precision_note = train_flags.config_from_flags()
-    if precision_note:
-        print(precision_note)
     try:
-        config.validate()
+        config, precision_note = train_flags.config_from_flags(validate=True)  # checked, then auto decided
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if precision_note:
+        print(precision_note)
     from hourglass_tf.data.sample import DataFileError  # TensorFlow loads from here: bad flags are said before it
     from hourglass_tf.train import train
 

@@ -21,9 +21,10 @@ def test_bad_flags_end_with_one_clear_line(script, model_file, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path):
+@pytest.mark.parametrize("precision", ["--nomixed_precision", "--mixed_precision=auto"])
+def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path, precision):
     """The settings are checked by modules that do not import TensorFlow: a bad flag is said in a fraction of a
-    second, and the run folder is not made."""
+    second, and the run folder is not made; also when ``auto`` leaves the precision to a check that loads it."""
     import subprocess
     import sys
 
@@ -32,7 +33,7 @@ def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path):
     run_dir = tmp_path / "run"
     code = (
         "import runpy, sys\n"
-        f"sys.argv = ['train.py', '--dataset=synthetic', '--batch_size=0', '--run_dir={run_dir}']\n"
+        f"sys.argv = ['train.py', '--dataset=synthetic', '--batch_size=0', '{precision}', '--run_dir={run_dir}']\n"
         "try:\n"
         "    runpy.run_path('scripts/train.py', run_name='__main__')\n"
         "except SystemExit as end:\n"

@@ -80,3 +80,19 @@ def test_mixed_precision_auto_is_decided_on_the_machine_and_said():
     assert train_flags.flags_text(parse("--mixed_precision=auto")).count("--mixed_precision=True\n") == 1
     with pytest.raises(flags.IllegalFlagValueError, match="mixed_precision"):
         parse("--mixed_precision=sometimes")
+
+
+def test_mixed_precision_auto_checks_the_other_settings_before_it_decides():
+    values = flags.FlagValues()
+    train_flags.define_train_flags(values)
+    values(["train.py", "--mixed_precision=auto", "--batch_size=0"])
+
+    def must_not_be_asked():
+        raise AssertionError("the machine was asked before the settings were checked")
+
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        train_flags.config_from_flags(values, choose_mixed_precision=must_not_be_asked, validate=True)
+    values["batch_size"].value = 4
+    values["data_dir"].value = "data"
+    pays = lambda: (True, "why")  # noqa: E731
+    assert train_flags.config_from_flags(values, choose_mixed_precision=pays, validate=True)[0].mixed_precision
