@@ -65,6 +65,7 @@ def tune_allocators():
 
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+X86_MACHINES = ("x86_64", "amd64")  # platform.machine(), lower-cased, of the CPUs use_onednn_for_training serves
 
 
 def use_onednn_for_training(machine=None):
@@ -79,7 +80,7 @@ def use_onednn_for_training(machine=None):
     what it set (also in ``applied``).
     """
     machine = platform.machine() if machine is None else machine
-    if ONEDNN_ENV in os.environ or machine.lower() not in ("x86_64", "amd64"):
+    if ONEDNN_ENV in os.environ or machine.lower() not in X86_MACHINES:
         return {}
     os.environ[ONEDNN_ENV] = "1"
     applied[ONEDNN_ENV] = "1"
