@@ -156,8 +156,8 @@ def build_compiled_model(config, skeleton=None):
 
 def compile_for_training(model, optimizer, jit_compile=False):
     """Compiles ``model`` with ``optimizer`` and one MSE loss per stack, and creates the optimizer's variables
-    and the per-output loss trackers now. An ``Adam`` optimizer updates each variable with TensorFlow's
-    one-kernel Adam (``optimizers.fuse_updates``).
+    and the per-output loss trackers now. An ``Adam`` or ``RMSprop`` optimizer updates each variable with
+    TensorFlow's one-kernel update of its rule (``optimizers.fuse_updates``).
 
     A ``tf.function`` whose first trace creates variables is traced a second time. Without a distribution
     strategy Keras leaves these variables to the first training step, so the step was traced twice: 11 s of
