@@ -56,6 +56,34 @@ def _adam_update_step(self, gradient, variable, learning_rate):
 
 
 SCRATCH_ATTRIBUTE = "_hourglass_rmsprop_scratch"
+SCALARS_ATTRIBUTE = "_hourglass_rmsprop_scalars"
+
+
+def _shared_scalars(optimizer, learning_rate, dtype):
+    """RMSprop's ``lr``, ``rho``, ``momentum`` and ``epsilon`` as tensors of ``dtype``, made once in the graph being
+    traced and shared by every variable's update in it (Keras reads the rate and makes the constants once per
+    variable: 4 of the 5 graph nodes a fused update would have). Kept for the latest graph only, so a retrace, or
+    the updates inside a branch of a loss-scale optimizer's condition, make their own."""
+    if tf.executing_eagerly():  # no graph to share them in; the rate is read afresh each time
+        return _scalars(optimizer, learning_rate, dtype)
+    graph = tf.compat.v1.get_default_graph()
+    cached_graph, per_graph = optimizer.__dict__.get(SCALARS_ATTRIBUTE, (None, None))
+    if cached_graph is not graph:
+        per_graph = {}
+        object.__setattr__(optimizer, SCALARS_ATTRIBUTE, (graph, per_graph))
+    key = (dtype, learning_rate if isinstance(learning_rate, float) else id(learning_rate))
+    if key not in per_graph:
+        per_graph[key] = _scalars(optimizer, learning_rate, dtype)
+    return per_graph[key]
+
+
+def _scalars(optimizer, learning_rate, dtype):
+    return dict(
+        lr=tf.cast(learning_rate, dtype),
+        rho=tf.constant(optimizer.rho, dtype),
+        momentum=tf.constant(optimizer.momentum, dtype),
+        epsilon=tf.constant(optimizer.epsilon, dtype),
+    )
 
 
 def _rmsprop_update_step(self, gradient, variable, learning_rate):
@@ -72,10 +100,7 @@ def _rmsprop_update_step(self, gradient, variable, learning_rate):
         var=target.handle,
         ms=_tf_variable(self._velocities[index]).handle,
         mom=_tf_variable(mom).handle,
-        lr=tf.cast(learning_rate, dtype),
-        rho=tf.constant(self.rho, dtype),
-        momentum=tf.constant(self.momentum, dtype),
-        epsilon=tf.constant(self.epsilon, dtype),
+        **_shared_scalars(self, learning_rate, dtype),
         grad=tf.cast(gradient, dtype),
     )
     if self.centered:

@@ -69,6 +69,52 @@ def test_fused_rmsprop_computes_keras_updates_in_fewer_ops(settings):
     assert fused_ops <= 0.6 * stock_ops, (fused_ops, stock_ops)  # 48 against 88 without momentum, 116 with it
 
 
+def _traced_update_nodes(num_variables):
+    """Nodes in the traced graph of one fused RMSprop update of ``num_variables`` variables of SHAPES' shapes."""
+    shapes = (SHAPES * num_variables)[:num_variables]
+    variables = [keras.Variable(np.ones(shape, np.float32)) for shape in shapes]
+    optimizer = fuse_updates(keras.optimizers.RMSprop(1e-2))
+    optimizer.build(variables)
+    step = tf.function(lambda gradients: optimizer.apply(gradients, variables))
+    return len(step.get_concrete_function([tf.ones(s) for s in shapes]).graph.as_graph_def().node)
+
+
+def test_fused_rmsprop_adds_one_kernel_and_its_inputs_a_variable():
+    """The rate is read, and rho, momentum and epsilon made, once per traced graph, not once per variable."""
+    per_variable = (_traced_update_nodes(12) - _traced_update_nodes(4)) / 8
+    # the gradient and the variable, ms and mom handles, Keras' identity of the gradient, the kernel: 6 (Keras' own
+    # update: 21; with the rate's read and the three constants per variable: 10)
+    assert per_variable <= 6, per_variable
+
+
+@pytest.mark.parametrize("traced", [True, False], ids=["traced", "eager"])
+def test_fused_rmsprop_follows_a_changed_rate_and_a_loss_scale_optimizer(traced):
+    """Two traced functions (two graphs) and a loss-scale optimizer's branch each get their own shared scalars;
+    eagerly, a rate changed between steps is read afresh."""
+
+    def run(fused):
+        rng = np.random.default_rng(3)
+        variables = [keras.Variable(rng.normal(size=shape).astype(np.float32)) for shape in SHAPES]
+        plain = keras.optimizers.RMSprop(1e-2)
+        scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.RMSprop(1e-2), initial_scale=4.0)
+        for optimizer in (plain, scaled):
+            if fused:
+                fuse_updates(optimizer)
+            optimizer.build(variables)
+        first = lambda g: plain.apply(g, variables)  # noqa: E731
+        second = lambda g: scaled.apply([x * 4.0 for x in g], variables)  # noqa: E731
+        if traced:
+            first, second = tf.function(first), tf.function(second)
+        for step in range(4):
+            gradients = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in SHAPES]
+            (first if step % 2 else second)(gradients)
+            plain.learning_rate.assign(plain.learning_rate * 0.5)
+        return [v.numpy() for v in variables]
+
+    for a, b in zip(run(fused=False), run(fused=True), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
 def test_rmsprop_fused_after_it_was_built_gets_its_scratch_then():
     rng = np.random.default_rng(0)
     variables = [keras.Variable(rng.normal(size=shape).astype(np.float32)) for shape in SHAPES]
