@@ -24,6 +24,7 @@ normalised over its last axis and no mask uses the kernel, any other call the st
 import contextlib
 import contextvars
 
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -42,6 +43,18 @@ def moving_averages_frozen(frozen=True):
         yield
     finally:
         _UPDATE_MOVING_AVERAGES.reset(token)
+
+
+def _biased_variance_factor(x):
+    """(n - 1) / n for the n = N H W values of each channel of ``x`` (N, H, W, C): the kernel's unbiased batch
+    variance times this is Keras' biased one. A Python number when the shape is static, so one multiply in the
+    traced graph instead of a dozen shape ops a layer; computed in the graph when the batch size is not known."""
+    counted = x.shape[:-1]
+    if counted.is_fully_defined():
+        count = float(np.prod(counted.as_list()))
+        return (count - 1.0) / max(count, 1.0)
+    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+    return (count - 1.0) / tf.maximum(count, 1.0)
 
 
 def _fused_training_call(layer, inputs, training=None, mask=None):
@@ -64,8 +77,7 @@ def _fused_training_call(layer, inputs, training=None, mask=None):
     )
     if not _UPDATE_MOVING_AVERAGES.get():
         return tf.cast(y, layer.compute_dtype)
-    count = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
-    variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel's unbiased -> Keras' biased
+    variance = variance * _biased_variance_factor(x)  # the kernel's unbiased variance -> Keras' biased one
     momentum = layer.momentum
     layer.moving_mean.assign(layer.moving_mean * momentum + tf.cast(mean, layer.moving_mean.dtype) * (1.0 - momentum))
     layer.moving_variance.assign(

@@ -57,6 +57,22 @@ def test_fused_training_matches_the_stock_layer_outputs_gradients_and_moving_sta
     assert not np.allclose(0.9 * start + 0.1 * unbiased, fused.moving_variance.numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [3, None], ids=["static", "unknown"])
+def test_the_moving_variance_is_keras_biased_one_whether_the_batch_size_is_known_or_not(batch):
+    """A static shape puts the (n - 1) / n factor in the graph as one number (no shape ops); with the batch size
+    unknown when traced (a last partial batch) the graph computes it. Either way Keras' biased moving variance."""
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(1.0, 2.0, (3, 5, 4, 8)).astype(np.float32))
+    stock, fused = twin_layers(x.shape)
+    stock(x, training=True)
+    traced = tf.function(lambda t: fused(t, training=True), input_signature=[tf.TensorSpec((batch, 5, 4, 8))])
+    traced(x)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), stock.moving_mean.numpy(), rtol=1e-5)
+    shape_ops = {op.type for op in traced.get_concrete_function().graph.get_operations()} & {"Shape", "Prod"}
+    assert shape_ops == (set() if batch else {"Shape", "Prod"})
+
+
 def test_inference_and_other_inputs_take_the_stock_computation():
     rng = np.random.default_rng(2)
     x = tf.constant(rng.normal(1.0, 2.0, (3, 4, 4, 6)).astype(np.float32))
