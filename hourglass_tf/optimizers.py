@@ -61,9 +61,9 @@ SCALARS_ATTRIBUTE = "_hourglass_rmsprop_scalars"
 
 def _shared_scalars(optimizer, learning_rate, dtype):
     """RMSprop's ``lr``, ``rho``, ``momentum`` and ``epsilon`` as tensors of ``dtype``, made once in the graph being
-    traced and shared by every variable's update in it (Keras reads the rate and makes the constants once per
-    variable: 4 of the 5 graph nodes a fused update would have). Kept for the latest graph only, so a retrace, or
-    the updates inside a branch of a loss-scale optimizer's condition, make their own."""
+    traced and shared by every variable's update in it (made per variable, as Keras does, they were 4 of the 10
+    graph nodes of a variable's fused update). Kept for the latest graph only, so a retrace, or the updates inside
+    a branch of a loss-scale optimizer's condition, make their own."""
     if tf.executing_eagerly():  # no graph to share them in; the rate is read afresh each time
         return _scalars(optimizer, learning_rate, dtype)
     graph = tf.compat.v1.get_default_graph()
