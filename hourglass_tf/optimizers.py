@@ -33,51 +33,58 @@ def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
+SCRATCH_ATTRIBUTE = "_hourglass_rmsprop_scratch"
+SCALARS_ATTRIBUTE = "_hourglass_shared_scalars"
+
+
+def _shared_scalars(optimizer, learning_rate, dtype, make):
+    """``make(optimizer, learning_rate, dtype)``: the update's scalar inputs (the rate, the rule's constants, Adam's
+    step powers) as a dict of tensors of ``dtype``, made once in the graph being traced and shared by every
+    variable's update in it. Made per variable, as Keras does, they were 4 of RMSprop's 10 graph nodes a variable
+    and 11 of Adam's 17. Kept for the latest graph only, so a retrace, or the updates inside a branch of a loss-scale
+    optimizer's condition, make their own; eagerly they are made afresh each time (a changed rate is read)."""
+    if tf.executing_eagerly():
+        return make(optimizer, learning_rate, dtype)
+    graph = tf.compat.v1.get_default_graph()
+    cached_graph, per_graph = optimizer.__dict__.get(SCALARS_ATTRIBUTE, (None, None))
+    if cached_graph is not graph:
+        per_graph = {}
+        object.__setattr__(optimizer, SCALARS_ATTRIBUTE, (graph, per_graph))
+    key = (make, dtype, learning_rate if isinstance(learning_rate, float) else id(learning_rate))
+    if key not in per_graph:
+        per_graph[key] = make(optimizer, learning_rate, dtype)
+    return per_graph[key]
+
+
+def _adam_scalars(optimizer, learning_rate, dtype):
+    step = tf.cast(optimizer.iterations + 1, dtype)
+    beta_1, beta_2 = tf.cast(optimizer.beta_1, dtype), tf.cast(optimizer.beta_2, dtype)
+    return dict(
+        beta1_power=tf.pow(beta_1, step),
+        beta2_power=tf.pow(beta_2, step),
+        lr=tf.cast(learning_rate, dtype),
+        beta1=beta_1,
+        beta2=beta_2,
+        epsilon=tf.cast(optimizer.epsilon, dtype),
+    )
+
+
 def _adam_update_step(self, gradient, variable, learning_rate):
     if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
         return type(self).update_step(self, gradient, variable, learning_rate)
     index = self._get_variable_index(variable)
     target = _tf_variable(variable)
     dtype = target.dtype
-    step = tf.cast(self.iterations + 1, dtype)
-    beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
     tf.raw_ops.ResourceApplyAdam(
         var=target.handle,
         m=_tf_variable(self._momentums[index]).handle,
         v=_tf_variable(self._velocities[index]).handle,
-        beta1_power=tf.pow(beta_1, step),
-        beta2_power=tf.pow(beta_2, step),
-        lr=tf.cast(learning_rate, dtype),
-        beta1=beta_1,
-        beta2=beta_2,
-        epsilon=tf.cast(self.epsilon, dtype),
+        **_shared_scalars(self, learning_rate, dtype, _adam_scalars),
         grad=tf.cast(gradient, dtype),
     )
 
 
-SCRATCH_ATTRIBUTE = "_hourglass_rmsprop_scratch"
-SCALARS_ATTRIBUTE = "_hourglass_rmsprop_scalars"
-
-
-def _shared_scalars(optimizer, learning_rate, dtype):
-    """RMSprop's ``lr``, ``rho``, ``momentum`` and ``epsilon`` as tensors of ``dtype``, made once in the graph being
-    traced and shared by every variable's update in it (made per variable, as Keras does, they were 4 of the 10
-    graph nodes of a variable's fused update). Kept for the latest graph only, so a retrace, or the updates inside
-    a branch of a loss-scale optimizer's condition, make their own."""
-    if tf.executing_eagerly():  # no graph to share them in; the rate is read afresh each time
-        return _scalars(optimizer, learning_rate, dtype)
-    graph = tf.compat.v1.get_default_graph()
-    cached_graph, per_graph = optimizer.__dict__.get(SCALARS_ATTRIBUTE, (None, None))
-    if cached_graph is not graph:
-        per_graph = {}
-        object.__setattr__(optimizer, SCALARS_ATTRIBUTE, (graph, per_graph))
-    key = (dtype, learning_rate if isinstance(learning_rate, float) else id(learning_rate))
-    if key not in per_graph:
-        per_graph[key] = _scalars(optimizer, learning_rate, dtype)
-    return per_graph[key]
-
-
-def _scalars(optimizer, learning_rate, dtype):
+def _rmsprop_scalars(optimizer, learning_rate, dtype):
     return dict(
         lr=tf.cast(learning_rate, dtype),
         rho=tf.constant(optimizer.rho, dtype),
@@ -100,7 +107,7 @@ def _rmsprop_update_step(self, gradient, variable, learning_rate):
         var=target.handle,
         ms=_tf_variable(self._velocities[index]).handle,
         mom=_tf_variable(mom).handle,
-        **_shared_scalars(self, learning_rate, dtype),
+        **_shared_scalars(self, learning_rate, dtype, _rmsprop_scalars),
         grad=tf.cast(gradient, dtype),
     )
     if self.centered:

@@ -69,34 +69,38 @@ def test_fused_rmsprop_computes_keras_updates_in_fewer_ops(settings):
     assert fused_ops <= 0.6 * stock_ops, (fused_ops, stock_ops)  # 48 against 88 without momentum, 116 with it
 
 
-def _traced_update_nodes(num_variables):
-    """Nodes in the traced graph of one fused RMSprop update of ``num_variables`` variables of SHAPES' shapes."""
+def _traced_update_nodes(make_optimizer, num_variables):
+    """Nodes in the traced graph of one fused update of ``num_variables`` variables of SHAPES' shapes."""
     shapes = (SHAPES * num_variables)[:num_variables]
     variables = [keras.Variable(np.ones(shape, np.float32)) for shape in shapes]
-    optimizer = fuse_updates(keras.optimizers.RMSprop(1e-2))
+    optimizer = fuse_updates(make_optimizer())
     optimizer.build(variables)
     step = tf.function(lambda gradients: optimizer.apply(gradients, variables))
     return len(step.get_concrete_function([tf.ones(s) for s in shapes]).graph.as_graph_def().node)
 
 
-def test_fused_rmsprop_adds_one_kernel_and_its_inputs_a_variable():
-    """The rate is read, and rho, momentum and epsilon made, once per traced graph, not once per variable."""
-    per_variable = (_traced_update_nodes(12) - _traced_update_nodes(4)) / 8
-    # the gradient and the variable, ms and mom handles, Keras' identity of the gradient, the kernel: 6 (Keras' own
-    # update: 21; with the rate's read and the three constants per variable: 10)
+@pytest.mark.parametrize("name", ["RMSprop", "Adam"])
+def test_a_fused_update_adds_one_kernel_and_its_inputs_a_variable(name):
+    """The rate is read, and the rule's constants (and Adam's step powers) made, once per traced graph, not once
+    per variable."""
+    make = lambda: getattr(keras.optimizers, name)(1e-2)  # noqa: E731
+    per_variable = (_traced_update_nodes(make, 12) - _traced_update_nodes(make, 4)) / 8
+    # the gradient, the variable's and its two slots' handles, Keras' identity of the gradient, the kernel: 6
+    # (RMSprop: Keras' own update 21, the kernel with its scalars made per variable 10; Adam: 17 that way)
     assert per_variable <= 6, per_variable
 
 
+@pytest.mark.parametrize("name", ["RMSprop", "Adam"])
 @pytest.mark.parametrize("traced", [True, False], ids=["traced", "eager"])
-def test_fused_rmsprop_follows_a_changed_rate_and_a_loss_scale_optimizer(traced):
+def test_a_fused_update_follows_a_changed_rate_and_a_loss_scale_optimizer(traced, name):
     """Two traced functions (two graphs) and a loss-scale optimizer's branch each get their own shared scalars;
     eagerly, a rate changed between steps is read afresh."""
 
     def run(fused):
         rng = np.random.default_rng(3)
         variables = [keras.Variable(rng.normal(size=shape).astype(np.float32)) for shape in SHAPES]
-        plain = keras.optimizers.RMSprop(1e-2)
-        scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.RMSprop(1e-2), initial_scale=4.0)
+        plain = getattr(keras.optimizers, name)(1e-2)
+        scaled = keras.optimizers.LossScaleOptimizer(getattr(keras.optimizers, name)(1e-2), initial_scale=4.0)
         for optimizer in (plain, scaled):
             if fused:
                 fuse_updates(optimizer)
