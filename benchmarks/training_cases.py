@@ -19,18 +19,22 @@ def compiled_training_model(
     jit_compile=False,
     fused_batch_norm=True,
     recompute=False,
+    recompute_preactivations=True,
 ):
     """A seeded stacked hourglass compiled with RMSprop and per-stack MSE, and one random batch for it.
 
     ``fused_batch_norm`` trains batch norm with TF's fused kernel, as ``scripts/train.py`` does by default
     (``hourglass_tf.batchnorm``); False keeps Keras' own element-wise computation. ``recompute``: the stem and
     each stack recomputed in the backward pass (``hourglass_tf.recompute``, ``train.py --recompute``).
+    ``recompute_preactivations``: each convolution's batch norm -> ReLU input recomputed in the backward pass
+    (``hourglass_tf.preactivation``), as ``train.py`` does by default.
 
     Returns:
       (model, images (B, R, R, 3) float32, targets {stack_i: (B, R/4, R/4, K) float32}).
     """
     import keras
 
+    from hourglass_tf import preactivation
     from hourglass_tf.batchnorm import use_fused_batch_norm
     from hourglass_tf.model import build_model, output_names
     from hourglass_tf.recompute import recompute_stacks
@@ -42,6 +46,8 @@ def compiled_training_model(
         use_fused_batch_norm(model)
     if recompute:
         recompute_stacks(model)
+    if recompute_preactivations:
+        preactivation.recompute_preactivations(model)
     compile_for_training(model, keras.optimizers.RMSprop(2.5e-4), jit_compile=jit_compile)
     rng = np.random.default_rng(0)
     x = rng.random((batch_size, input_size, input_size, 3), dtype=np.float32)
@@ -52,13 +58,22 @@ def compiled_training_model(
     return model, x, y
 
 
-def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repeats=3, variant="plain", recompute=False):
+def train_step_case(
+    num_stacks,
+    batch_size=8,
+    input_size=256,
+    filters=256,
+    repeats=3,
+    variant="plain",
+    recompute=False,
+    recompute_preactivations=True,
+):
     """Seconds per compiled RMSprop training step (``train_on_batch``, the ``model.fit`` step).
 
     ``variant``: ``plain`` (float32, batch norm on TF's fused kernel as in training), ``stock_batch_norm``
     (float32, Keras' own element-wise batch norm), ``xla`` (jit_compile) or ``mixed_precision`` (bfloat16
     on CPU, float16 on GPU; outputs and loss float32). ``recompute``: with per-stack recomputation (not with
-    ``stock_batch_norm``, which it refuses).
+    ``stock_batch_norm``, which it refuses). ``recompute_preactivations``: as ``compiled_training_model``.
     """
     import keras
 
@@ -77,6 +92,7 @@ def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repea
         jit_compile=variant == "xla",
         fused_batch_norm=variant != "stock_batch_norm",
         recompute=recompute,
+        recompute_preactivations=recompute_preactivations,
     )
     start = time.perf_counter()
     model.train_on_batch(x, y)  # traces and compiles the train function
@@ -87,6 +103,7 @@ def train_step_case(num_stacks, batch_size=8, input_size=256, filters=256, repea
         "num_stacks": num_stacks,
         "variant": variant,
         "recompute": recompute,
+        "recompute_preactivations": recompute_preactivations,
         "batch_size": batch_size,
         "input_size": input_size,
         "filters": filters,

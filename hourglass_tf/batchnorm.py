@@ -45,7 +45,7 @@ def moving_averages_frozen(frozen=True):
         _UPDATE_MOVING_AVERAGES.reset(token)
 
 
-def _biased_variance_factor(x):
+def biased_variance_factor(x):
     """(n - 1) / n for the n = N H W values of each channel of ``x`` (N, H, W, C): the kernel's unbiased batch
     variance times this is Keras' biased one. A Python number when the shape is static, so one multiply in the
     traced graph instead of a dozen shape ops a layer; computed in the graph when the batch size is not known."""
@@ -77,7 +77,7 @@ def _fused_training_call(layer, inputs, training=None, mask=None):
     )
     if not _UPDATE_MOVING_AVERAGES.get():
         return tf.cast(y, layer.compute_dtype)
-    variance = variance * _biased_variance_factor(x)  # the kernel's unbiased variance -> Keras' biased one
+    variance = variance * biased_variance_factor(x)  # the kernel's unbiased variance -> Keras' biased one
     momentum = layer.momentum
     layer.moving_mean.assign(layer.moving_mean * momentum + tf.cast(mean, layer.moving_mean.dtype) * (1.0 - momentum))
     layer.moving_variance.assign(

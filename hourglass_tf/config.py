@@ -58,6 +58,7 @@ class TrainConfig:
     fused_batch_norm: bool = True  # train batch norm with TF's fused kernel (same layers, same saved model)
     sync_batch_norm: bool = False  # batch statistics over the global batch of all replicas (Keras synchronized=True)
     recompute: bool = False  # recompute the stem and each stack in the backward pass: less memory, more work
+    recompute_preactivations: bool = True  # recompute batch norm -> ReLU inputs of convolutions in the backward pass
     run_dir: str = "runs/train"
     fresh_start: bool = False  # discard the resume backup and log of run_dir and start afresh
     init_weights: str = None  # a .keras model whose weights start the run (heads that do not fit start afresh)

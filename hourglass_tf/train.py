@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import __version__, batchnorm, optimizers, pretrained, recompute, runtime
+from hourglass_tf import __version__, batchnorm, optimizers, preactivation, pretrained, recompute, runtime
 from hourglass_tf.callbacks import (
     AtomicCheckpoint,
     AverageWeightsIn,
@@ -114,9 +114,10 @@ def build_compiled_model(config, skeleton=None):
     ``skeleton``: the joint set (default ``config_skeleton(config)``).
 
     With ``config.fused_batch_norm`` its batch-norm layers train with TensorFlow's fused kernel
-    (``hourglass_tf.batchnorm``), and with ``config.recompute`` its stem and stacks are recomputed in the
-    backward pass (``hourglass_tf.recompute``); both change only the training computation, so checkpoints are
-    unchanged.
+    (``hourglass_tf.batchnorm``), with ``config.recompute`` its stem and stacks are recomputed in the
+    backward pass (``hourglass_tf.recompute``), and with ``config.recompute_preactivations`` each convolution's
+    batch norm -> ReLU input (``hourglass_tf.preactivation``); all change only the training computation, so
+    checkpoints are unchanged.
     """
     source = load_keras_model(pretrained.resolve(config.init_weights)) if config.init_weights else None
     variant, input_mean = "hg.lua", None
@@ -146,6 +147,8 @@ def build_compiled_model(config, skeleton=None):
         batchnorm.use_fused_batch_norm(model)
     if config.recompute:
         recompute.recompute_stacks(model)
+    if config.recompute_preactivations:
+        preactivation.recompute_preactivations(model)
     ema = dict(use_ema=config.ema_momentum > 0, ema_momentum=config.ema_momentum)
     if config.optimizer == "rmsprop":
         optimizer = keras.optimizers.RMSprop(config.learning_rate, **ema)

@@ -1,7 +1,9 @@
 """Shared fixtures: quiet TF, tiny models, and the optional ../shared data folder."""
 
+import json
 import os
 import pathlib
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -99,3 +101,40 @@ def random_batch_norm_statistics(model, seed=0, shift=0.3, max_variance=2.0):
                 ]
             )
     return rng
+
+
+PEAK_OF_A_STEP = """
+import json
+import tensorflow as tf
+
+
+def peak_of_a_step(model, x, loss_of):
+    \"\"\"TensorFlow's allocator peak in a traced gradient step of ``model`` on ``x`` (its second run), in bytes above
+    what was held before it.\"\"\"
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = loss_of(model(x, training=True))
+        return tape.gradient(loss, model.trainable_weights)
+
+    step(x)
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    start = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    step(x)
+    return tf.config.experimental.get_memory_info("CPU:0")["peak"] - start
+"""
+
+
+def allocator_peaks(script):
+    """Runs ``script`` after ``PEAK_OF_A_STEP`` in a fresh process with TensorFlow's BFC allocator (as the scripts
+    run it) and oneDNN's kernels pinned (TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI or newer;
+    Eigen's kernels hold per-call scratch buffers that hide a tiny model's activations, docs/performance.md).
+    ``script`` prints one line ``PEAKS {json}``; returns that dict."""
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_OF_A_STEP + script], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PEAKS ")]
+    assert lines, done.stderr[-2000:]
+    return json.loads(lines[-1][len("PEAKS ") :])

@@ -21,6 +21,7 @@ LAYERS = {
         "visualize",
         "batchnorm",
         "recompute",
+        "preactivation",
         "optimizers",
         "runtime",
     },

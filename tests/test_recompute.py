@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, TINY, tiny_config
+from conftest import REPO, TINY, allocator_peaks, tiny_config
 from hourglass_tf import batchnorm, build_model, output_names, recompute
 from hourglass_tf.data import synthetic
 from hourglass_tf.metadata import read_info
@@ -170,10 +170,8 @@ def test_recomputed_training_in_bfloat16_runs_end_to_end(data_dir, tmp_path):
 
 
 MEMORY_SCRIPT = """
-import json
 import keras
 import numpy as np
-import tensorflow as tf
 from hourglass_tf import batchnorm, build_model, recompute
 
 x = tf.constant(np.random.default_rng(0).random((8, 64, 64, 3), dtype=np.float32))
@@ -184,18 +182,7 @@ for name in ("plain", "recomputed"):
     batchnorm.use_fused_batch_norm(model)
     if name == "recomputed":
         recompute.recompute_stacks(model)
-
-    @tf.function
-    def step(x):
-        with tf.GradientTape() as tape:
-            loss = tf.add_n([tf.reduce_mean(out) for out in model(x, training=True).values()])
-        return tape.gradient(loss, model.trainable_weights)
-
-    step(x)
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    start = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    step(x)
-    peaks[name] = tf.config.experimental.get_memory_info("CPU:0")["peak"] - start
+    peaks[name] = peak_of_a_step(model, x, lambda outputs: tf.add_n([tf.reduce_mean(o) for o in outputs.values()]))
 print("PEAKS " + json.dumps(peaks))
 """
 
@@ -204,17 +191,10 @@ def test_recomputation_holds_about_one_stack_of_activations_at_a_time():
     """TensorFlow's allocator peak (BFC, as the scripts run it) in a step of 4 stacks: with the heatmaps as each
     segment's first output every stack would be recomputed at once and the peak would stay where it was.
 
-    Measured with oneDNN's kernels, pinned: TensorFlow turns them on by itself only on CPUs with AVX-512 VNNI or
-    newer, and its Eigen kernels (the default on older CPUs) hold per-call scratch buffers of tens of MB that hide
-    this tiny model's activations (on an AVX2 machine: plain 108.6, 107.0, 115.5 MB for 2, 3, 4 stacks). With
-    real sizes Eigen shows the same saving (docs/performance.md)."""
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, env=env, cwd=REPO, timeout=600
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("PEAKS ")]
-    assert lines, done.stderr[-2000:]
-    peaks = json.loads(lines[-1][len("PEAKS ") :])
+    Measured with oneDNN's kernels, pinned (``conftest.allocator_peaks``): on an AVX2 machine with Eigen's kernels
+    the plain step peaked at 108.6, 107.0, 115.5 MB for 2, 3, 4 stacks. With real sizes Eigen shows the same saving
+    (docs/performance.md)."""
+    peaks = allocator_peaks(MEMORY_SCRIPT)
     assert 0 < peaks["recomputed"] < 0.75 * peaks["plain"], peaks
 
 
