@@ -82,11 +82,13 @@ def _batch_norm_gradient(norm, grad_y):
 
 def _convolve(layer, inputs, params):
     """``layer``'s convolution of ``inputs`` with ``params`` = [kernel] or [kernel, bias] (tensors), no activation:
-    Keras' ``Conv2D`` computation (``tf.nn.convolution``, then the bias added)."""
+    Keras' ``Conv2D`` computation (``tf.nn.convolution``, then the bias added per channel). ``BiasAdd`` rather than
+    Keras' broadcast add, so that TensorFlow fuses it into the convolution here too (measured: a third of these
+    convolutions stayed unfused with the add)."""
     outputs = layer.convolution_op(inputs, params[0])
     if len(params) == 1:
         return outputs
-    return outputs + tf.reshape(params[1], (1, 1, 1, layer.filters))
+    return tf.nn.bias_add(outputs, params[1], data_format="NHWC")
 
 
 def _convolution_gradients(layer, inputs, params, grad_outputs):
@@ -107,8 +109,8 @@ def _convolution_gradients(layer, inputs, params, grad_outputs):
             input=inputs, filter_sizes=tf.shape(kernel), out_backprop=grad_outputs, **options
         ),
     ]
-    if len(params) == 2:
-        grads.append(tf.reduce_sum(grad_outputs, axis=(0, 1, 2)))
+    if len(params) == 2:  # BiasAddGrad, which TensorFlow fuses with the kernel gradient (a sum would stay apart)
+        grads.append(tf.raw_ops.BiasAddGrad(out_backprop=grad_outputs, data_format="NHWC"))
     return grads
 
 

