@@ -64,8 +64,8 @@ HELP = {
     "recompute": "Recompute the stem and each stack in the backward pass instead of keeping their activations: "
     "about half the peak memory for about a quarter more time a step (docs/training.md); needs the fused batch norm.",
     "recompute_preactivations": "Recompute each convolution's batch norm -> ReLU input in the backward pass from the "
-    "batch norm's input instead of keeping it (with the fused batch norm): a third less peak memory for a few per "
-    "cent more time a step (docs/training.md).",
+    "batch norm's input instead of keeping it (with the fused batch norm): a quarter to a third less peak memory "
+    "for 2-3 % more time a step (docs/training.md).",
     "run_dir": "Run directory: checkpoints, logs, backup (resume) and the resolved flags. A killed run resumes "
     "from its backup only under the same settings (epochs and verbosity may change).",
     "fresh_start": "Discard run_dir's resume backup and log and start afresh (a reused run_dir with other settings).",
