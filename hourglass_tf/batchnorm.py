@@ -100,7 +100,7 @@ def eligible(layer):
 
 def is_fused(layer):
     """Whether ``use_fused_batch_norm`` switched ``layer``'s training computation."""
-    return bool(layer.__dict__.get(FUSED_ATTRIBUTE, False))
+    return is_switched(layer, FUSED_ATTRIBUTE)
 
 
 def layers_of(model):
@@ -110,6 +110,35 @@ def layers_of(model):
             yield from layers_of(layer)
         else:
             yield layer
+
+
+def is_switched(layer, attribute):
+    """Whether ``switch_calls`` switched ``layer``'s ``call`` under ``attribute``."""
+    return bool(layer.__dict__.get(attribute, False))
+
+
+def switch_calls(model, switchable, call, attribute, caller):
+    """Binds ``call(layer, ...)`` as the ``call`` of every layer of ``model`` (nested models searched) for which
+    ``switchable(layer)``, and marks the layer with ``attribute``: the method swap that keeps each layer a stock
+    Keras object (same class, config and variables). A layer already marked counts again, not switched twice.
+
+    Args:
+      model: a built Keras model; anything else is refused with a ``ValueError`` naming ``caller``.
+
+    Returns:
+      int, the number of switchable layers.
+    """
+    if not hasattr(model, "layers"):
+        raise ValueError(f"{caller} needs a Keras model, received {type(model).__name__}")
+    switched = 0
+    for layer in layers_of(model):
+        if not switchable(layer):
+            continue
+        if not is_switched(layer, attribute):
+            object.__setattr__(layer, "call", call.__get__(layer))
+            object.__setattr__(layer, attribute, True)
+        switched += 1
+    return switched
 
 
 def use_fused_batch_norm(model):
@@ -124,18 +153,7 @@ def use_fused_batch_norm(model):
     Returns:
       int, the number of layers switched (layers already switched count again; none is switched twice).
     """
-    if not hasattr(model, "layers"):
-        raise ValueError(f"use_fused_batch_norm needs a Keras model, received {type(model).__name__}")
-    switched = 0
-    for layer in layers_of(model):
-        if not eligible(layer):
-            continue
-        if not is_fused(layer):
-            bound = _fused_training_call.__get__(layer)
-            object.__setattr__(layer, "call", bound)
-            object.__setattr__(layer, FUSED_ATTRIBUTE, True)
-        switched += 1
-    return switched
+    return switch_calls(model, eligible, _fused_training_call, FUSED_ATTRIBUTE, "use_fused_batch_norm")
 
 
 def synchronize(model):

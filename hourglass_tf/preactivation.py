@@ -33,7 +33,7 @@ PREACTIVATION_ATTRIBUTE = "_hourglass_recompute_preactivation"
 
 def _recomputable_source(inputs):
     """The training ``FusedBatchNormV3`` op whose ReLU produced ``inputs``, or None (eager, or another producer)."""
-    if tf.executing_eagerly() or not isinstance(inputs, tf.Tensor) or not hasattr(inputs, "op"):
+    if tf.executing_eagerly() or not isinstance(inputs, tf.Tensor):
         return None
     relu = inputs.op
     if relu.type != "Relu":
@@ -152,12 +152,12 @@ def _recomputing_call(layer, inputs):
 
 def switchable(layer):
     """Whether ``layer`` is a plain 2-D convolution this module can switch (channels last, one group)."""
-    return type(layer) is layers.Conv2D and layer.data_format == "channels_last" and getattr(layer, "groups", 1) == 1
+    return type(layer) is layers.Conv2D and layer.data_format == "channels_last" and layer.groups == 1
 
 
 def is_switched(layer):
     """Whether ``recompute_preactivations`` switched ``layer``'s training computation."""
-    return bool(layer.__dict__.get(PREACTIVATION_ATTRIBUTE, False))
+    return batchnorm.is_switched(layer, PREACTIVATION_ATTRIBUTE)
 
 
 def recompute_preactivations(model):
@@ -171,14 +171,6 @@ def recompute_preactivations(model):
       int, the number of ``Conv2D`` layers switched (whether or not their input is a batch norm -> ReLU, which is
       decided when the step is traced). A layer already switched counts again and is not switched twice.
     """
-    if not hasattr(model, "layers"):
-        raise ValueError(f"recompute_preactivations needs a Keras model, received {type(model).__name__}")
-    switched = 0
-    for layer in batchnorm.layers_of(model):
-        if not switchable(layer):
-            continue
-        if not is_switched(layer):
-            object.__setattr__(layer, "call", _recomputing_call.__get__(layer))
-            object.__setattr__(layer, PREACTIVATION_ATTRIBUTE, True)
-        switched += 1
-    return switched
+    return batchnorm.switch_calls(
+        model, switchable, _recomputing_call, PREACTIVATION_ATTRIBUTE, "recompute_preactivations"
+    )
