@@ -279,12 +279,27 @@ class AverageWeightsOut(keras.callbacks.Callback):
 
 
 class PCKValidation(keras.callbacks.Callback):
-    """Validation PCK(h) with the evaluation code, written into the epoch logs."""
+    """Validation PCK(h) with the evaluation code, written into the epoch logs.
+
+    ``runner``: the fitted model's ``backends.KerasRunner`` when another callback predicts with it too (its
+    inference graph is then traced once, not once per callback); default: one of its own.
+    """
 
     def __init__(
-        self, dataset, skeleton, metric_name, threshold, freq=1, flip_test=False, guard=None, total=None, source=None
+        self,
+        dataset,
+        skeleton,
+        metric_name,
+        threshold,
+        freq=1,
+        flip_test=False,
+        guard=None,
+        total=None,
+        source=None,
+        runner=None,
     ):
         super().__init__()
+        self.runner = runner
         self.total, self.source = total, source  # every one of ``total`` samples counts (predict_dataset)
         self.dataset = dataset
         self.skeleton = skeleton
@@ -302,7 +317,7 @@ class PCKValidation(keras.callbacks.Callback):
         if (epoch + 1) % self.freq and self.last_result is not None:
             return  # not a validation epoch: no metric is logged, so the plateau rule does not count it
         if self._predictor is None:
-            self._predictor = Predictor(self.model, skeleton=self.skeleton, flip_test=self.flip_test)
+            self._predictor = Predictor(self.runner or self.model, skeleton=self.skeleton, flip_test=self.flip_test)
         pred = predict_dataset(self._predictor, self.dataset, progress=False, total=self.total, source=self.source)
         self.last_result = metrics.evaluate(
             pred["keypoints"],
@@ -533,10 +548,12 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 
 class ImageSummaries(keras.callbacks.Callback):
-    """TensorBoard images of fixed validation samples: predicted skeleton and heatmaps."""
+    """TensorBoard images of fixed validation samples: predicted skeleton and heatmaps (``runner`` as
+    ``PCKValidation``'s)."""
 
-    def __init__(self, log_dir, crops, skeleton, freq=1, guard=None):
+    def __init__(self, log_dir, crops, skeleton, freq=1, guard=None, runner=None):
         super().__init__()
+        self.runner = runner
         self.guard = guard
         self.writer = tf.summary.create_file_writer(str(pathlib.Path(log_dir) / "images"))
         self.crops = crops
@@ -548,7 +565,7 @@ class ImageSummaries(keras.callbacks.Callback):
         if (epoch + 1) % self.freq or (self.guard is not None and self.guard.reason):
             return
         if self._predictor is None:
-            self._predictor = Predictor(self.model, skeleton=self.skeleton, flip_test=False)
+            self._predictor = Predictor(self.runner or self.model, skeleton=self.skeleton, flip_test=False)
         result = self._predictor.predict_crops(self.crops)
         tiles = []
         for crop, keypoints, scores, heatmaps in zip(

@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from hourglass_tf import __version__, batchnorm, optimizers, preactivation, pretrained, recompute, runtime
+from hourglass_tf.backends import KerasRunner
 from hourglass_tf.callbacks import (
     AtomicCheckpoint,
     AverageWeightsIn,
@@ -506,6 +507,7 @@ class _Callbacks:
 def _callbacks(config, run, data, model, val_data, steps, failures, resumed_epochs):
     """The callbacks in the order the module docstring gives."""
     guard = NaNGuard()
+    runner = KerasRunner(model)  # validation and the image summaries share its inference graph
     validation = PCKValidation(
         val_data,
         data.skeleton,
@@ -516,6 +518,7 @@ def _callbacks(config, run, data, model, val_data, steps, failures, resumed_epoc
         guard,
         total=data.num_val,
         source=data.val_source,
+        runner=runner,
     )
     backup = SafeBackupAndRestore(str(run.write_dir / "backup"), guard)
     schedule, budget = _schedule(config, steps, run.write_dir, resumed_epochs)
@@ -534,7 +537,9 @@ def _callbacks(config, run, data, model, val_data, steps, failures, resumed_epoc
     pictures = []
     if config.image_summaries:
         crops = np.concatenate([c.numpy() for c, _, _ in val_data.take(1)])[: config.image_summaries]
-        pictures.append(ImageSummaries(run.write_dir / "logs", crops, data.skeleton, config.validation_freq, guard))
+        pictures.append(
+            ImageSummaries(run.write_dir / "logs", crops, data.skeleton, config.validation_freq, guard, runner)
+        )
     average_in = [AverageWeightsIn()] if config.ema_momentum else []
     callbacks = [
         guard,

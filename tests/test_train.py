@@ -75,8 +75,29 @@ def run_script(args, env=None, timeout=600):
     )
 
 
-def test_fit_lowers_the_loss_and_logs_per_stack_losses_and_validation_pckh(data_dir, tmp_path):
+def test_fit_lowers_the_loss_and_logs_per_stack_losses_and_validation_pckh(data_dir, tmp_path, monkeypatch):
+    from hourglass_tf import backends, images
+
+    # Traces (Python runs these only while TensorFlow traces): the photo check of the training and validation
+    # pipelines and of the samples' inspection is traced once; validation and the image summaries share one
+    # inference graph over the 4 epochs.
+    traces = {"photo check": 0, "inference": 0}
+
+    def counted(function, key):
+        def call(*args, **kwargs):
+            traces[key] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(images, "declared_pixels_tf", counted(images.declared_pixels_tf, "photo check"))
+    forward = backends.KerasRunner._forward
+    monkeypatch.setattr(
+        backends.KerasRunner, "_forward", lambda self, crops: counted(forward, "inference")(self, crops)
+    )
+    images._check_function.cache_clear()
     result = train(tiny_config(data_dir, tmp_path / "run", epochs=4, lr_drop_epochs="3"))
+    assert traces == {"photo check": 1, "inference": 1}
     history = result["history"]
     assert {"loss", "stack_1_loss", "stack_2_loss", "val_pckh", "learning_rate", "elapsed_seconds"} <= set(history)
     np.testing.assert_allclose(history["learning_rate"], [1e-3, 1e-3, 2e-4, 2e-4], rtol=1e-5)  # lr_drop_epochs=3
