@@ -455,24 +455,19 @@ def _strategy_config(data_dir, run_dir, strategy, **extra):
     return dataclasses.asdict(config)
 
 
-def test_mirrored_strategy_over_two_logical_cpus_in_mixed_precision_exports_float32(data_dir, tmp_path):
-    """The shipped flagfiles' settings (--mixed_precision, fused batch norm) under MirroredStrategy: it trains,
-    and the checkpoint computes in float32 and exports to TFLite and ONNX files that agree with it."""
+def test_mirrored_strategy_over_two_logical_cpus_in_mixed_precision_saves_a_float32_checkpoint(data_dir, tmp_path):
+    """The shipped flagfiles' settings (--mixed_precision, fused batch norm) under MirroredStrategy: it trains, and
+    the checkpoint says what it trained in and loads computing in float32. (Exporting such a file to every format
+    is the LSPET journey's and test_metadata's: the strategy leaves no trace in the file.)"""
     from hourglass_tf import metadata
-    from hourglass_tf.export import export_model
 
     config = _strategy_config(data_dir, tmp_path / "run", "mirrored", cpu_replicas=2, mixed_precision=True)
     result = _result(_strategy_run(config))
     assert result["replicas"] == 2 and result["global_batch"] == 4 and result["epochs"] == 1
     assert np.isfinite(result["checksum"])
-    checkpoint = tmp_path / "run" / "last.keras"
-    model, info = metadata.load_keras(checkpoint)
+    model, info = metadata.load_keras(tmp_path / "run" / "last.keras")
     assert info.precision == "mixed_bfloat16"  # what it trained in (this CPU path picks bfloat16)
     assert {layer.compute_dtype for layer in model.layers if hasattr(layer, "compute_dtype")} == {"float32"}
-    paths = export_model(checkpoint, tmp_path / "exported", formats=("tflite", "onnx"))
-    report = json.loads((tmp_path / "exported" / "export.json").read_text())
-    assert set(paths) == {"tflite", "onnx"} and report["trained_precision"] == "mixed_bfloat16"
-    assert max(report["max_heatmap_deviation"].values()) < 1e-4
 
 
 def test_multi_worker_strategy_two_processes_agree_on_the_trainable_weights(data_dir, tmp_path):
