@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import metadata
+from hourglass_tf import metadata, pretrained
 from hourglass_tf.geometry import average_with_mirror
 
 
@@ -214,7 +214,7 @@ def load_runner(path, precision="float32"):
         choose_precision(precision, path)  # refuses an unknown precision, and bfloat16 for a format other than .keras
     path = pathlib.Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: no such model file or folder")
+        raise ValueError(pretrained.no_such_model(path))
     if path.is_dir():
         if (path / "saved_model.pb").is_file():
             return _open(SavedModelRunner, path)

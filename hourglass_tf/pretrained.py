@@ -105,6 +105,19 @@ def resolve(model, log=print):
     return model
 
 
+def no_such_model(path):
+    """The one message for a model path that does not exist."""
+    return f"{path}: no such model file or folder"
+
+
+def check_model_argument(value):
+    """ValueError (``no_such_model``) unless a ``--model``/``--checkpoint`` value is None (the default shipped model),
+    a shipped model's name or an existing file or folder. Imports nothing heavy: the scripts say a mistyped path
+    before TensorFlow loads (0.1 s instead of 4-5 s)."""
+    if value is not None and not names_shipped_model(value) and not pathlib.Path(value).exists():
+        raise ValueError(no_such_model(value))
+
+
 def names_shipped_model(value):
     """Whether a model argument names a shipped model: one of ``MODELS`` that is not an existing file or folder
     (a user's own ``lspet`` folder is never shadowed)."""

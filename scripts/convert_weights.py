@@ -41,6 +41,9 @@ def main(argv):
     import json
     import pathlib
 
+    if not pathlib.Path(FLAGS.input).is_file():  # said before TensorFlow loads
+        print(f"error: {FLAGS.input}: no such file", file=sys.stderr)
+        return 2
     from hourglass_tf import metadata
     from hourglass_tf.weights import convert, torch_files
 

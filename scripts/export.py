@@ -71,7 +71,14 @@ def calibration_crops(dataset, path, tfrecords, count, input_size):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hourglass_tf import metadata, pretrained
+    from hourglass_tf import pretrained
+
+    try:  # said before TensorFlow loads
+        pretrained.check_model_argument(FLAGS.model)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from hourglass_tf import metadata
     from hourglass_tf.data.sample import DataFileError
     from hourglass_tf.export import ExportError, export_model
 

@@ -18,7 +18,8 @@ pycocotools). Videos are tracked and smoothed (One-Euro filter): NAME.json per f
 NAME is the input's path relative to the inputs' common folder (a/x.jpg -> a__x; x.jpg beside x.png -> x.jpg,
 x.png), so no two inputs share an output; an output that would land on an input stops the run before anything
 is written (exit 2). Files in a given folder that are not photos or videos are listed as passed over.
-The exit status is 1 when any input failed (the others are still processed).
+The exit status is 1 when any input failed (the others are still processed); 2, before anything loads, when the
+model or every input does not exist.
 """
 
 import os
@@ -133,6 +134,16 @@ def main(argv):
         raise app.UsageError(f"give one person source, received --{' and --'.join(given)}")
     if FLAGS.scale is not None and not FLAGS.scale > 0:
         raise app.UsageError(f"--scale must be positive, received {FLAGS.scale}")
+    from hourglass_tf import pretrained
+
+    missing = [path for path in inputs if not os.path.exists(path)]
+    try:  # said before TensorFlow loads
+        pretrained.check_model_argument(FLAGS.model)
+        if len(missing) == len(inputs):
+            raise ValueError(f"no such file or folder: {', '.join(missing)}")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from hourglass_tf import geometry, people
     from hourglass_tf.inference import Predictor
     from hourglass_tf.predict import predict_inputs

@@ -43,3 +43,36 @@ def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path, precision)
     assert done.stdout.split() == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
     assert "batch_size must be a positive integer" in done.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "script,args,said",
+    [
+        ("predict.py", ["--model=/nonexistent/m.keras", "photo.jpg"], "/nonexistent/m.keras: no such model file"),
+        ("predict.py", ["--model=lspet", "/nonexistent/a.jpg", "/nonexistent/b"], "/nonexistent/a.jpg, /nonexistent/b"),
+        ("export.py", ["--model=/nonexistent/m.keras", "--output=OUT"], "/nonexistent/m.keras: no such model file"),
+        ("evaluate.py", ["--checkpoint=/nonexistent/m.keras", "--dataset=synthetic"], "no such model file"),
+        ("convert_weights.py", ["--input=/nonexistent/w.t7", "--output=OUT/m.keras"], "/nonexistent/w.t7: no such"),
+    ],
+)
+def test_a_mistyped_path_is_said_before_tensorflow_loads(tmp_path, script, args, said):
+    """A model, checkpoint, weights file or every input that does not exist: exit 2, said in a fraction of a
+    second (the library's loaders say the same when called directly)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    argv = [str(REPO / "scripts" / script), *(a.replace("OUT", str(tmp_path / "out")) for a in args)]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    print('EXIT', end.code, 'tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.stdout.split()[-3:] == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
+    assert said in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
