@@ -39,8 +39,15 @@ flags.mark_flags_as_required(["dataset", "source", "output"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hourglass_tf.data.sample import DataFileError, require_folder
+
+    if FLAGS.dataset != "synthetic":  # (generated when missing) said before TensorFlow loads
+        try:
+            require_folder(FLAGS.source)
+        except DataFileError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     from hourglass_tf.data import readers, synthetic, tfrecords  # TensorFlow loads from here
-    from hourglass_tf.data.sample import DataFileError
 
     if FLAGS.dataset == "synthetic" and not os.path.exists(os.path.join(FLAGS.source, "annot", "valid.json")):
         print(f"generating the synthetic dataset in {FLAGS.source}")

@@ -35,11 +35,17 @@ flags.mark_flag_as_required("dataset")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hourglass_tf.data.sample import DataFileError, require_data_folders
+
+    try:
+        require_data_folders(FLAGS.data_dir, FLAGS.tfrecord_dir)  # said before TensorFlow loads
+    except DataFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     import numpy as np
 
     from hourglass_tf import visualize
     from hourglass_tf.data import pipeline, sources
-    from hourglass_tf.data.sample import DataFileError
 
     try:
         source, skeleton, report, count = sources.load_source(

@@ -27,7 +27,7 @@ from hourglass_tf import runtime  # noqa: E402
 runtime.tune_allocators()  # before TensorFlow's first op: the allocator settings the package measured faster
 runtime.use_onednn_for_training()  # oneDNN's kernels on every x86 CPU: faster training steps on AVX2 ones
 
-from absl import app  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from hourglass_tf import flags as train_flags  # noqa: E402
 
@@ -37,15 +37,18 @@ train_flags.define_train_flags()
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from hourglass_tf.data.sample import require_data_folders
+
     try:
+        require_data_folders(flags.FLAGS.data_dir, flags.FLAGS.tfrecord_dir)  # before auto's check loads TensorFlow
         config, precision_note = train_flags.config_from_flags(validate=True)  # checked, then auto decided
-    except ValueError as err:
+    except ValueError as err:  # (a DataFileError too)
         print(f"error: {err}", file=sys.stderr)
         return 2
     if precision_note:
         print(precision_note)
-    from hourglass_tf.data.sample import DataFileError  # TensorFlow loads from here: bad flags are said before it
-    from hourglass_tf.train import train
+    from hourglass_tf.data.sample import DataFileError
+    from hourglass_tf.train import train  # TensorFlow loads from here: bad flags and folders are said before it
 
     run_dir = pathlib.Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

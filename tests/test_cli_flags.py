@@ -46,18 +46,33 @@ def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path, precision)
 
 
 @pytest.mark.parametrize(
-    "script,args,said",
+    "script,args,said,status",
     [
-        ("predict.py", ["--model=/nonexistent/m.keras", "photo.jpg"], "/nonexistent/m.keras: no such model file"),
-        ("predict.py", ["--model=lspet", "/nonexistent/a.jpg", "/nonexistent/b"], "/nonexistent/a.jpg, /nonexistent/b"),
-        ("export.py", ["--model=/nonexistent/m.keras", "--output=OUT"], "/nonexistent/m.keras: no such model file"),
-        ("evaluate.py", ["--checkpoint=/nonexistent/m.keras", "--dataset=synthetic"], "no such model file"),
-        ("convert_weights.py", ["--input=/nonexistent/w.t7", "--output=OUT/m.keras"], "/nonexistent/w.t7: no such"),
+        ("predict.py", ["--model=/nonexistent/m.keras", "photo.jpg"], "/nonexistent/m.keras: no such model file", 2),
+        (
+            "predict.py",
+            ["--model=lspet", "/nonexistent/a.jpg", "/nonexistent/b"],
+            "/nonexistent/a.jpg, /nonexistent/b",
+            2,
+        ),
+        ("export.py", ["--model=/nonexistent/m.keras", "--output=OUT"], "/nonexistent/m.keras: no such model file", 2),
+        ("evaluate.py", ["--checkpoint=/nonexistent/m.keras", "--dataset=synthetic"], "no such model file", 2),
+        ("convert_weights.py", ["--input=/nonexistent/w.t7", "--output=OUT/m.keras"], "/nonexistent/w.t7: no such", 2),
+        ("train.py", ["--dataset=lspet", "--data_dir=/nonexistent/lspet", "--run_dir=OUT"], "lspet: dataset folder", 2),
+        (
+            "train.py",
+            ["--dataset=lspet", "--tfrecord_dir=/nonexistent/s", "--run_dir=OUT"],
+            "s: TFRecord shard folder",
+            2,
+        ),
+        ("prepare_data.py", ["--dataset=lsp", "--source=/nonexistent/lsp", "--output=OUT"], "lsp: dataset folder", 1),
+        ("show_data.py", ["--dataset=lsp", "--data_dir=/nonexistent/lsp", "--output=OUT/a.png"], "dataset folder", 1),
     ],
 )
-def test_a_mistyped_path_is_said_before_tensorflow_loads(tmp_path, script, args, said):
-    """A model, checkpoint, weights file or every input that does not exist: exit 2, said in a fraction of a
-    second (the library's loaders say the same when called directly)."""
+def test_a_mistyped_path_is_said_before_tensorflow_loads(tmp_path, script, args, said, status):
+    """A model, checkpoint, weights file, dataset or shard folder, or every input, that does not exist: said in a
+    fraction of a second with the script's error status, nothing written (the library's loaders say the same when
+    called directly)."""
     import subprocess
     import sys
 
@@ -73,6 +88,6 @@ def test_a_mistyped_path_is_said_before_tensorflow_loads(tmp_path, script, args,
         "    print('EXIT', end.code, 'tensorflow' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.stdout.split()[-3:] == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
+    assert done.stdout.split()[-3:] == ["EXIT", str(status), "False"], done.stdout + done.stderr[-2000:]
     assert said in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()

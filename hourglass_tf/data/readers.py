@@ -42,7 +42,7 @@ import numpy as np
 
 from hourglass_tf import metrics, skeleton
 from hourglass_tf.data import DATASETS, coco_keypoints
-from hourglass_tf.data.sample import DataFileError, PoseSample, load_h5, load_mat, require_file
+from hourglass_tf.data.sample import DataFileError, PoseSample, load_h5, load_mat, require_file, require_folder
 from hourglass_tf.geometry import center_scale_from_joints
 
 MPII_CENTER_SHIFT = 15.0  # pixels per unit of scale, downwards
@@ -413,10 +413,7 @@ def _split_root(dataset, root, split):
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, received split={split!r}")
-    root = pathlib.Path(root)
-    if not root.is_dir():
-        raise DataFileError(root, "dataset folder not found")
-    return root
+    return require_folder(root)
 
 
 def load_dataset(dataset, root, split, options=None):

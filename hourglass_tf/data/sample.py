@@ -30,6 +30,22 @@ def require_file(path):
     return path
 
 
+def require_folder(path, what="dataset folder"):
+    """``path`` as a Path; DataFileError naming it when it is not a folder. Imports no TensorFlow: the scripts and
+    ``TrainConfig.validate`` say a mistyped folder before it loads."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        raise DataFileError(path, f"{what} not found")
+    return path
+
+
+def require_data_folders(data_dir=None, tfrecord_dir=None):
+    """``require_folder`` for a run's raw dataset folder and TFRecord shard folder, those given."""
+    for folder, what in ((data_dir, "dataset folder"), (tfrecord_dir, "TFRecord shard folder")):
+        if folder is not None:
+            require_folder(folder, what)
+
+
 def load_mat(path, **kwargs):
     """``scipy.io.loadmat`` with DataFileError naming the file when it is missing or unreadable."""
     import scipy.io
