@@ -31,8 +31,8 @@ def require_file(path):
 
 
 def require_folder(path, what="dataset folder"):
-    """``path`` as a Path; DataFileError naming it when it is not a folder. Imports no TensorFlow: the scripts and
-    ``TrainConfig.validate`` say a mistyped folder before it loads."""
+    """``path`` as a Path; DataFileError naming it when it is not a folder. This module imports no TensorFlow: the
+    scripts say a mistyped folder before it loads."""
     path = pathlib.Path(path)
     if not path.is_dir():
         raise DataFileError(path, f"{what} not found")
