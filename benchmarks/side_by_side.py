@@ -152,9 +152,9 @@ def _training_row(num_stacks, filters, input_size, repeats, precision, torch_cas
 
 def targets(sbs):
     """The speed issue's goals against PyTorch: bfloat16 inference (the package's fastest bfloat16 runner) at
-    batch 1 and 8, training time and the first step per precision as the package trains by default, and peak
-    training memory with ``--recompute``, the option for it (float32 inference has no PyTorch goal: it is held to
-    LiteRT's time in ``report.derive``)."""
+    batch 1 and 8, and training time, first step and peak training memory per precision as the package trains by
+    default (its batch norm -> ReLU recomputation; ``--recompute``'s rows are reported beside, not held to a goal;
+    float32 inference has no PyTorch goal: it is held to LiteRT's time in ``report.derive``)."""
     targets = []
     stacks = sbs["num_stacks"]
     for batch, row in sbs.get("inference", {}).get("bfloat16", {}).get("batches", {}).items():
@@ -170,15 +170,9 @@ def targets(sbs):
         targets.append(
             target(f"{name}: package / PyTorch first step", row["first_step_ratio"], TARGETS["first_step_ratio"], "<=")
         )
-        if "recompute_memory_ratio" in row:
-            targets.append(
-                target(
-                    f"{name}: package with --recompute / PyTorch peak memory",
-                    row["recompute_memory_ratio"],
-                    TARGETS["train_memory_ratio"],
-                    "<=",
-                )
-            )
+        targets.append(
+            target(f"{name}: package / PyTorch peak memory", row["memory_ratio"], TARGETS["train_memory_ratio"], "<=")
+        )
     return targets
 
 
@@ -221,7 +215,7 @@ def markdown(sbs):
             f"| first training step, {precision} | {package['first_step_seconds']:.1f} s | "
             f"{torch['first_step_seconds']:.1f} s | {row['first_step_ratio']:.2f} |",
             f"| peak process memory, training, {precision} | {package['peak_rss_mb'] / 1000:.2f} GB | "
-            f"{torch['peak_rss_mb'] / 1000:.2f} GB | {row['memory_ratio']:.2f} |",
+            f"{torch['peak_rss_mb'] / 1000:.2f} GB | **{row['memory_ratio']:.2f}** |",
         ]
         recomputed = row.get("recompute", {})
         if "recompute_ratio" in row:
@@ -230,7 +224,7 @@ def markdown(sbs):
                 f"{torch['seconds']:.2f} s | {row['recompute_ratio']:.2f} |",
                 f"| peak process memory, training, {precision}, `--recompute` | "
                 f"{recomputed['peak_rss_mb'] / 1000:.2f} GB | {torch['peak_rss_mb'] / 1000:.2f} GB | "
-                f"**{row['recompute_memory_ratio']:.2f}** |",
+                f"{row['recompute_memory_ratio']:.2f} |",
             ]
         elif recomputed:
             lines.append(f"| training, {precision}, `--recompute` | failed: {recomputed.get('error', '')[:150]} | | |")
