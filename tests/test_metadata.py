@@ -174,15 +174,15 @@ def test_a_mixed_precision_model_exports_float32_keras_and_tflite_files(tmp_path
     # The .keras file and TFLite (what once exported from a mixed-precision model only in name) from either policy,
     # and the TFLite quantizations from bfloat16: after float32_copy (checked above) nothing in the export depends
     # on the training policy. The SavedModel and ONNX of a bfloat16-trained model: the LSPET journey (test_train).
-    every_format = ("keras", "tflite")
+    unquantized_formats = ("keras", "tflite")
     for quantize in ("none", "float16", "int8") if policy == "mixed_bfloat16" else ("none",):
-        formats = every_format if quantize == "none" else ("tflite",)
+        formats = unquantized_formats if quantize == "none" else ("tflite",)
         written = export_model(
             model, tmp_path / quantize, formats=formats, quantize=quantize, info=info, calibration_images=calibration
         )
         paths.update({(fmt if quantize == "none" else f"tflite_{quantize}"): p for fmt, p in written.items()})
     report = json.loads((tmp_path / "none" / "export.json").read_text())
-    assert report["trained_precision"] == policy and set(report["max_heatmap_deviation"]) == set(every_format)
+    assert report["trained_precision"] == policy and set(report["max_heatmap_deviation"]) == set(unquantized_formats)
     exported = keras.models.load_model(paths["keras"])
     assert {layer.compute_dtype for layer in exported.layers} == {"float32"}
     assert metadata.read_info(paths["keras"]).precision == policy
