@@ -71,6 +71,7 @@ from hourglass_tf.distribute import (
     make_strategy,
     mixed_precision_policy,
     multi_worker_fit_fixes,
+    worker_count,
 )
 from hourglass_tf.metadata import describe, load_keras_model, remove_stale_temporaries
 from hourglass_tf.model import architecture_of, build_model, output_names
@@ -350,7 +351,9 @@ def _train(config):
     resumed_epochs = _check_resume_state(run.write_dir)
     steps = config.steps_per_epoch or max(1, data.num_train // run.global_batch)
     failures = pipeline.FailureCount()
-    train_data = _training_batches(config, data, run.global_batch, failures, skip_steps=resumed_epochs * steps)
+    train_data = _training_batches(
+        config, data, run.global_batch, failures, skip_steps=resumed_epochs * steps, workers=worker_count(run.strategy)
+    )
     val_data = _validation_batches(config, data)
     with run.strategy.scope():
         model = build_compiled_model(config, data.skeleton)
@@ -424,12 +427,12 @@ def _check_resume_state(write_dir):
     return epochs
 
 
-def _training_batches(config, data, global_batch, failures, skip_steps=0):
+def _training_batches(config, data, global_batch, failures, skip_steps=0, workers=1):
     """The endless, seeded training stream of global batches, started ``skip_steps`` batches in.
 
     A resumed run skips the batches its backup's epochs trained on (before decoding, so skipping is cheap),
     so it sees the very batches the unkilled run would have seen: ``fit`` keeps one iterator over this
-    stream across epochs.
+    stream across epochs. Sharded by element across ``workers`` machines.
     """
     batches = pipeline.make_dataset(
         data.train_source.repeat(),
@@ -443,7 +446,7 @@ def _training_batches(config, data, global_batch, failures, skip_steps=0):
         failures=failures,
         skip=skip_steps * global_batch,
     )
-    return dataset_options(batches)
+    return dataset_options(batches, workers)
 
 
 def _validation_batches(config, data):

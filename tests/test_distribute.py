@@ -83,3 +83,32 @@ def test_the_tpu_branch_connects_initialises_and_builds_the_strategy(monkeypatch
     monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda r: ("tpu strategy", type(r)))
     assert distribute.make_strategy("tpu") == ("tpu strategy", Resolver)
     assert calls == ["resolver", ("connect", Resolver), ("init", Resolver)]
+
+
+def test_training_data_is_sharded_across_several_workers_and_not_rewritten_on_one():
+    import tensorflow as tf
+
+    class Resolver:
+        def __init__(self, cluster):
+            self.cluster = cluster
+
+        def cluster_spec(self):
+            return tf.train.ClusterSpec(self.cluster)
+
+    class Strategy:
+        def __init__(self, cluster):
+            self.cluster_resolver = Resolver(cluster)
+
+    assert distribute.worker_count(tf.distribute.get_strategy()) == 1
+    assert distribute.worker_count(Strategy({})) == 1
+    assert distribute.worker_count(Strategy({"worker": ["a:1", "b:1"]})) == 2
+    assert distribute.worker_count(Strategy({"chief": ["c:1"], "worker": ["a:1", "b:1"], "ps": ["p:1"]})) == 3
+    policy = tf.data.experimental.AutoShardPolicy
+    dataset = tf.data.Dataset.range(4)
+    shard = {
+        w: distribute.dataset_options(dataset, w).options().experimental_distribute.auto_shard_policy for w in (1, 3)
+    }
+    assert shard == {1: policy.OFF, 3: policy.DATA}
+    for workers in (0, True, 1.0):
+        with pytest.raises(ValueError, match=f"received workers={workers!r}"):
+            distribute.dataset_options(dataset, workers)

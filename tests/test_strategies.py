@@ -34,7 +34,7 @@ elif mode == "hourglass":  # the paper's network (1 stack), every BN synchronize
     import keras
     import tensorflow as tf
     from hourglass_tf import batchnorm
-    from hourglass_tf.distribute import dataset_options, make_strategy, multi_worker_fit_fixes
+    from hourglass_tf.distribute import dataset_options, make_strategy, multi_worker_fit_fixes, worker_count
     from hourglass_tf.model import build_model
     from hourglass_tf.train import compile_for_training
     strategy = make_strategy(args["strategy"], args["cpu_replicas"])
@@ -45,14 +45,14 @@ elif mode == "hourglass":  # the paper's network (1 stack), every BN synchronize
         compile_for_training(model, keras.optimizers.SGD(0.1))
     rng = np.random.default_rng(1)
     x, t = rng.random((24, 64, 64, 3), np.float32), 0.1 * rng.random((24, 16, 16, 16), np.float32)
-    data = dataset_options(tf.data.Dataset.from_tensor_slices((x, {"stack_1": t})).batch(4))
+    data = dataset_options(tf.data.Dataset.from_tensor_slices((x, {"stack_1": t})).batch(4), worker_count(strategy))
     with multi_worker_fit_fixes(model, strategy):
         losses = model.fit(data, epochs=1, verbose=0).history["loss"]
     replicas = strategy.num_replicas_in_sync
 else:  # no batch norm: the package's compile (one MSE per stack) and Keras' fit over a fixed dataset
     import keras
     import tensorflow as tf
-    from hourglass_tf.distribute import dataset_options, make_strategy, multi_worker_fit_fixes
+    from hourglass_tf.distribute import dataset_options, make_strategy, multi_worker_fit_fixes, worker_count
     from hourglass_tf.train import compile_for_training
     strategy = make_strategy(args["strategy"], args["cpu_replicas"])
     keras.utils.set_random_seed(0)
@@ -67,7 +67,7 @@ else:  # no batch norm: the package's compile (one MSE per stack) and Keras' fit
     rng = np.random.default_rng(1)
     x, t = rng.random((24, 16, 16, 3), np.float32), rng.random((24, 16, 16, 4), np.float32)
     x[np.arange(24) % 4 >= 2] += 0.5  # each batch's second half (the second replica's) brighter than its first
-    data = dataset_options(tf.data.Dataset.from_tensor_slices((x, {"stack_1": t})).batch(4))
+    data = dataset_options(tf.data.Dataset.from_tensor_slices((x, {"stack_1": t})).batch(4), worker_count(strategy))
     with multi_worker_fit_fixes(model, strategy):
         losses = model.fit(data, epochs=2, verbose=0).history["loss"]
     replicas = strategy.num_replicas_in_sync
