@@ -37,10 +37,16 @@ def tiny(tmp_path_factory):
     return model, crops, expected, tmp_path_factory.mktemp("export")
 
 
-def test_saved_model_signatures_match_keras(tiny):
+@pytest.fixture(scope="module")
+def exported(tiny):
+    """The tiny model exported once to every unquantized format; the tests read these files and write elsewhere."""
+    model, _, _, root = tiny
+    return export(model, root / "all", formats=("keras", "saved_model", "tflite", "onnx"))
+
+
+def test_saved_model_signatures_match_keras(tiny, exported):
     model, crops, expected, root = tiny
-    paths = export(model, root / "fp32", formats=("keras", "saved_model"))
-    loaded = tf.saved_model.load(str(paths["saved_model"]))
+    loaded = tf.saved_model.load(str(exported["saved_model"]))
     assert set(loaded.signatures) >= {"serving_default", "predict_image"}
     out = loaded.signatures["serving_default"](images=tf.constant(crops))
     assert set(out) == {"heatmaps", "keypoints", "scores"}
@@ -48,15 +54,14 @@ def test_saved_model_signatures_match_keras(tiny):
     keypoints, scores = HeatmapCodec(64, 16).decode(expected)
     np.testing.assert_array_equal(out["keypoints"].numpy(), keypoints.numpy())
     np.testing.assert_allclose(out["scores"].numpy(), scores.numpy(), atol=1e-4)
-    info = json.loads((root / "fp32" / "export.json").read_text())
+    info = json.loads((root / "all" / "export.json").read_text())
     assert info["num_stacks"] == 2 and info["input_size"] == 64 and info["num_joints"] == 16
     assert info["batch_norm_folded"] > 0
 
 
-def test_predict_image_signature_matches_the_predictor_and_refuses_bad_boxes(tiny):
-    model, crops, _, root = tiny
-    path = export(model, root / "img", formats=("saved_model",))["saved_model"]
-    loaded = tf.saved_model.load(str(path))
+def test_predict_image_signature_matches_the_predictor_and_refuses_bad_boxes(tiny, exported):
+    model, crops, _, _ = tiny
+    loaded = tf.saved_model.load(str(exported["saved_model"]))
     image = np.random.default_rng(2).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     png = tf.io.encode_png(image)
     out = loaded.signatures["predict_image"](image_bytes=png, box=tf.constant([20.0, 10.0, 60.0, 70.0]))
@@ -88,9 +93,12 @@ def _tflite_heatmaps(path, images):
 
 
 @pytest.mark.parametrize("quantize, tolerance", [("none", 1e-4), ("float16", 1e-2)])
-def test_tflite_matches_keras(tiny, quantize, tolerance):
+def test_tflite_matches_keras(tiny, exported, quantize, tolerance):
     model, crops, expected, root = tiny
-    path = export(model, root / f"tfl_{quantize}", formats=("tflite",), quantize=quantize)["tflite"]
+    if quantize == "none":
+        path = exported["tflite"]
+    else:
+        path = export(model, root / f"tfl_{quantize}", formats=("tflite",), quantize=quantize)["tflite"]
     heatmaps = _tflite_heatmaps(path, crops.astype(np.float32) / 255.0)
     assert np.abs(heatmaps - expected).max() < tolerance * np.abs(expected).max()  # relative to the heatmaps' range
     from ai_edge_litert.interpreter import Interpreter
@@ -127,12 +135,11 @@ def test_tflite_int8_reports_keypoint_agreement(tiny):
         export(model, root / "no_calib", formats=("tflite",), quantize="int8")
 
 
-def test_onnx_matches_keras(tiny):
+def test_onnx_matches_keras(tiny, exported):
     import onnxruntime
 
-    model, crops, expected, root = tiny
-    path = export(model, root / "onnx", formats=("onnx",))["onnx"]
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _, crops, expected, _ = tiny
+    session = onnxruntime.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
     (heatmaps,) = session.run(None, {session.get_inputs()[0].name: crops.astype(np.float32) / 255.0})
     assert np.abs(heatmaps - expected).max() < 1e-4
 
@@ -159,7 +166,7 @@ def test_flip_test_inside_the_saved_model(tiny, tmp_path):
     np.testing.assert_allclose(out["heatmaps"].numpy(), reference["heatmaps"], atol=1e-4)
 
 
-def test_predict_accepts_every_exported_format(tiny, tmp_path):
+def test_predict_accepts_every_exported_format(exported, tmp_path):
     """The CLI on the exported folder (it picks the SavedModel); the same library call predict.py makes on each file."""
     import os
     import subprocess
@@ -171,9 +178,8 @@ def test_predict_accepts_every_exported_format(tiny, tmp_path):
     from hourglass_tf.people import PoseEstimator
     from hourglass_tf.predict import predict_inputs
 
-    model, _, _, _ = tiny
-    export_dir = tmp_path / "all"
-    paths = export(model, export_dir, formats=("keras", "saved_model", "tflite", "onnx"))
+    paths = dict(exported)
+    export_dir = paths["saved_model"].parent.parent
     image = np.random.default_rng(6).integers(0, 256, (80, 100, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "a.png"), image)
     result = subprocess.run(
@@ -220,11 +226,11 @@ def test_unknown_model_files_are_refused(tmp_path):
         load_runner(tmp_path / "empty")
 
 
-def test_serving_client_payloads_round_trip_through_the_saved_model(tiny, tmp_path):
+def test_serving_client_payloads_round_trip_through_the_saved_model(tiny, exported):
     from hourglass_tf import serving
 
     model, crops, expected, _ = tiny
-    saved_model = export(model, tmp_path / "srv", formats=("saved_model",))["saved_model"]
+    saved_model = exported["saved_model"]
     payload = json.loads(json.dumps(serving.crops_request(crops)))  # exactly what goes over the wire
     result = serving.parse_response(json.dumps(serving.serve_in_process(saved_model, payload)))
     assert np.abs(result["heatmaps"] - expected).max() < 1e-4 and result["keypoints"].shape == (4, 16, 2)

@@ -167,19 +167,17 @@ def test_a_mixed_precision_model_exports_float32_keras_and_tflite_files(tmp_path
     assert {layer.compute_dtype for layer in reference.layers} == {"float32"}
     for a, b in zip(reference.get_weights(), model.get_weights()):  # the trained weights, unchanged
         np.testing.assert_array_equal(a, b)
-    calibration = rng.random((8, 64, 64, 3), dtype=np.float32)
     crops = (rng.integers(0, 256, (3, 64, 64, 3)) / 255.0).astype(np.float32)
     expected = reference(crops)["stack_2"].numpy()
     paths = {}
     # The .keras file and TFLite (what once exported from a mixed-precision model only in name) from either policy,
-    # and the TFLite quantizations from bfloat16: after float32_copy (checked above) nothing in the export depends
-    # on the training policy. The SavedModel and ONNX of a bfloat16-trained model: the LSPET journey (test_train).
+    # and the float16 TFLite from bfloat16: after float32_copy (checked above) nothing in the export depends on the
+    # training policy. The SavedModel and ONNX of a bfloat16-trained model: the LSPET journey (test_train); int8
+    # from a float32 copy: test_int8_runner_reads_the_quantization_from_the_file and test_export.
     unquantized_formats = ("keras", "tflite")
-    for quantize in ("none", "float16", "int8") if policy == "mixed_bfloat16" else ("none",):
+    for quantize in ("none", "float16") if policy == "mixed_bfloat16" else ("none",):
         formats = unquantized_formats if quantize == "none" else ("tflite",)
-        written = export_model(
-            model, tmp_path / quantize, formats=formats, quantize=quantize, info=info, calibration_images=calibration
-        )
+        written = export_model(model, tmp_path / quantize, formats=formats, quantize=quantize, info=info)
         paths.update({(fmt if quantize == "none" else f"tflite_{quantize}"): p for fmt, p in written.items()})
     report = json.loads((tmp_path / "none" / "export.json").read_text())
     assert report["trained_precision"] == policy and set(report["max_heatmap_deviation"]) == set(unquantized_formats)
@@ -189,13 +187,8 @@ def test_a_mixed_precision_model_exports_float32_keras_and_tflite_files(tmp_path
     for name, path in paths.items():
         runner, _ = load_model_file(path)
         heatmaps = runner.raw(crops)[-1]
-        tolerance = {"tflite_float16": 2e-2, "tflite_int8": None}.get(name, 1e-4)
-        if tolerance is None:  # int8: reported, and the decoded peaks mostly agree
-            peaks = np.argmax(heatmaps.reshape(3, -1, 14), axis=1) == np.argmax(expected.reshape(3, -1, 14), axis=1)
-            print(f"{policy} int8: {peaks.mean():.0%} of the peaks on the float32 model's pixel")
-            assert np.isfinite(heatmaps).all()
-        else:
-            assert np.abs(heatmaps - expected).max() <= tolerance * max(1.0, np.abs(expected).max()), name
+        tolerance = 2e-2 if name == "tflite_float16" else 1e-4
+        assert np.abs(heatmaps - expected).max() <= tolerance * max(1.0, np.abs(expected).max()), name
 
 
 def test_a_converter_failure_is_one_clear_line_and_a_bad_file_is_an_error(tmp_path, monkeypatch):
