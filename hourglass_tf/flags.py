@@ -5,6 +5,7 @@ import dataclasses
 from absl import flags
 
 from hourglass_tf.config import LR_SCHEDULES, OPTIMIZERS, STRATEGIES, TrainConfig
+from hourglass_tf.data import shard_meta
 
 HELP = {
     "dataset": "Dataset layout: mpii, lsp, lspet, flic, coco, synthetic, or coco_keypoints (any COCO keypoint JSON: "
@@ -147,12 +148,18 @@ def config_from_flags(values=None, choose_mixed_precision=None, validate=False):
 
     Raises:
       ValueError: with ``validate``, the settings are inconsistent (every problem named).
+      DataFileError: with ``validate`` and ``tfrecord_dir``, its ``meta.json`` is missing or the shards were
+        written for settings that do not serve these (``shard_meta.check_compatible``).
     """
     values = values or flags.FLAGS
     settings = {f.name: values[f.name].value for f in dataclasses.fields(TrainConfig)}
     note = None
     if validate:  # mixed precision either way does not change validity
-        TrainConfig(**{**settings, "mixed_precision": settings["mixed_precision"] is True}).validate()
+        checked = TrainConfig(**{**settings, "mixed_precision": settings["mixed_precision"] is True})
+        checked.validate()
+        if checked.tfrecord_dir is not None:  # the shards serve these settings (``sources`` checks again)
+            meta = shard_meta.read_meta(checked.tfrecord_dir)
+            shard_meta.check_compatible(meta, checked.tfrecord_dir, checked.augmentation(), checked.input_size)
     if settings["mixed_precision"] == AUTO:
         if choose_mixed_precision is None:
             from hourglass_tf.distribute import mixed_precision_choice as choose_mixed_precision  # loads TensorFlow

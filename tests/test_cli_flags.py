@@ -2,6 +2,8 @@
 non-zero exit status and one clear line saying what is wrong, never a traceback and never a half-written output.
 The cases live in ``benchmarks/reliability.py`` (``BAD_FLAGS``), whose soak reports them in docs/reliability.md."""
 
+import json
+
 import pytest
 
 from benchmarks import reliability
@@ -42,6 +44,49 @@ def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path, precision)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.stdout.split() == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
     assert "batch_size must be a positive integer" in done.stderr
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "meta, flag, said",
+    [
+        (
+            {"region": {"max_rotation": 30.0, "min_scale": 0.75, "max_scale": 1.25, "input_size": 64}},
+            "--rotation=40",
+            "rotation=40 > 30 degrees",
+        ),
+        (
+            {"region": {"max_rotation": 30.0, "min_scale": 0.75, "max_scale": 1.25, "input_size": 64}},
+            "--input_size=128",
+            "input_size=128 > the 64 px",
+        ),
+        (None, "--rotation=30", "meta.json: file not found"),
+    ],
+)
+def test_train_py_says_shards_written_for_other_settings_before_tensorflow_loads(tmp_path, meta, flag, said):
+    """A shard folder whose ``meta.json`` does not serve the settings (or that has none) is said before TensorFlow
+    loads, also with ``--mixed_precision=auto`` (whose choice loads it), and no run folder is made."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    shards, run_dir = tmp_path / "shards", tmp_path / "run"
+    shards.mkdir()
+    if meta is not None:
+        (shards / "meta.json").write_text(json.dumps({"dataset": "synthetic", "num_joints": 16, **meta}))
+    argv = ["train.py", "--dataset=synthetic", f"--tfrecord_dir={shards}", flag, "--mixed_precision=auto"]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv + [f'--run_dir={run_dir}']!r}\n"
+        "try:\n"
+        "    runpy.run_path('scripts/train.py', run_name='__main__')\n"
+        "except SystemExit as end:\n"
+        "    print('EXIT', end.code, 'tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.stdout.split() == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
+    assert said in done.stderr and str(shards / "meta.json") in done.stderr, done.stderr[-2000:]
     assert not run_dir.exists()
 
 
