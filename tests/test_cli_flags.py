@@ -23,25 +23,30 @@ def test_bad_flags_end_with_one_clear_line(script, model_file, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("precision", ["--nomixed_precision", "--mixed_precision=auto"])
-def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path, precision):
-    """The settings are checked by modules that do not import TensorFlow: a bad flag is said in a fraction of a
-    second, and the run folder is not made; also when ``auto`` leaves the precision to a check that loads it."""
+def _train_py_exit(args):
+    """``scripts/train.py args`` in a fresh process; its stdout ends with "EXIT <status> <TensorFlow imported>"."""
     import subprocess
     import sys
 
     from conftest import REPO
 
-    run_dir = tmp_path / "run"
     code = (
         "import runpy, sys\n"
-        f"sys.argv = ['train.py', '--dataset=synthetic', '--batch_size=0', '{precision}', '--run_dir={run_dir}']\n"
+        f"sys.argv = {['train.py', *args]!r}\n"
         "try:\n"
         "    runpy.run_path('scripts/train.py', run_name='__main__')\n"
         "except SystemExit as end:\n"
         "    print('EXIT', end.code, 'tensorflow' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+@pytest.mark.parametrize("precision", ["--nomixed_precision", "--mixed_precision=auto"])
+def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path, precision):
+    """The settings are checked by modules that do not import TensorFlow: a bad flag is said in a fraction of a
+    second, and the run folder is not made; also when ``auto`` leaves the precision to a check that loads it."""
+    run_dir = tmp_path / "run"
+    done = _train_py_exit(["--dataset=synthetic", "--batch_size=0", precision, f"--run_dir={run_dir}"])
     assert done.stdout.split() == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
     assert "batch_size must be a positive integer" in done.stderr
     assert not run_dir.exists()
@@ -66,25 +71,12 @@ def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path, precision)
 def test_train_py_says_shards_written_for_other_settings_before_tensorflow_loads(tmp_path, meta, flag, said):
     """A shard folder whose ``meta.json`` does not serve the settings (or that has none) is said before TensorFlow
     loads, also with ``--mixed_precision=auto`` (whose choice loads it), and no run folder is made."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     shards, run_dir = tmp_path / "shards", tmp_path / "run"
     shards.mkdir()
     if meta is not None:
         (shards / "meta.json").write_text(json.dumps({"dataset": "synthetic", "num_joints": 16, **meta}))
-    argv = ["train.py", "--dataset=synthetic", f"--tfrecord_dir={shards}", flag, "--mixed_precision=auto"]
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = {argv + [f'--run_dir={run_dir}']!r}\n"
-        "try:\n"
-        "    runpy.run_path('scripts/train.py', run_name='__main__')\n"
-        "except SystemExit as end:\n"
-        "    print('EXIT', end.code, 'tensorflow' in sys.modules)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    argv = ["--dataset=synthetic", f"--tfrecord_dir={shards}", flag, "--mixed_precision=auto", f"--run_dir={run_dir}"]
+    done = _train_py_exit(argv)
     assert done.stdout.split() == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
     assert said in done.stderr and str(shards / "meta.json") in done.stderr, done.stderr[-2000:]
     assert not run_dir.exists()
