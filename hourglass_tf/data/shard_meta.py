@@ -70,5 +70,6 @@ def check_compatible(meta, shard_dir, augmentation=None, input_size=None):
             "the shards do not serve these settings: "
             + "; ".join(problems)
             + f". Regenerate them with scripts/prepare_data.py --input_size={max(input_size or 0, bounds['input_size'])}"
-            " (its region allows rotation <= 30 and scale 0.75-1.25), or train from --data_dir",
+            f" (its region allows rotation <= {MAX_ROTATION_DEG:g} and scale {MIN_SCALE:g}-{MAX_SCALE:g}),"
+            " or train from --data_dir",
         )
