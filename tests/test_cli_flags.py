@@ -2,8 +2,6 @@
 non-zero exit status and one clear line saying what is wrong, never a traceback and never a half-written output.
 The cases live in ``benchmarks/reliability.py`` (``BAD_FLAGS``), whose soak reports them in docs/reliability.md."""
 
-import json
-
 import pytest
 
 from benchmarks import reliability
@@ -53,28 +51,23 @@ def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path, precision)
 
 
 @pytest.mark.parametrize(
-    "meta, flag, said",
+    "written_for, flag, said",
     [
-        (
-            {"region": {"max_rotation": 30.0, "min_scale": 0.75, "max_scale": 1.25, "input_size": 64}},
-            "--rotation=40",
-            "rotation=40 > 30 degrees",
-        ),
-        (
-            {"region": {"max_rotation": 30.0, "min_scale": 0.75, "max_scale": 1.25, "input_size": 64}},
-            "--input_size=128",
-            "input_size=128 > the 64 px",
-        ),
+        (64, "--rotation=40", "rotation=40 > 30 degrees"),
+        (64, "--input_size=128", "input_size=128 > the 64 px"),
         (None, "--rotation=30", "meta.json: file not found"),
     ],
 )
-def test_train_py_says_shards_written_for_other_settings_before_tensorflow_loads(tmp_path, meta, flag, said):
+def test_train_py_says_shards_written_for_other_settings_before_tensorflow_loads(tmp_path, written_for, flag, said):
     """A shard folder whose ``meta.json`` does not serve the settings (or that has none) is said before TensorFlow
     loads, also with ``--mixed_precision=auto`` (whose choice loads it), and no run folder is made."""
+    from hourglass_tf.data import shard_meta
+
     shards, run_dir = tmp_path / "shards", tmp_path / "run"
     shards.mkdir()
-    if meta is not None:
-        (shards / "meta.json").write_text(json.dumps({"dataset": "synthetic", "num_joints": 16, **meta}))
+    if written_for is not None:  # what prepare_data.py --input_size=64 records
+        meta = {"dataset": "synthetic", "num_joints": 16, "region": shard_meta.region_bounds(written_for)}
+        shard_meta.write_meta(shards, meta)
     argv = ["--dataset=synthetic", f"--tfrecord_dir={shards}", flag, "--mixed_precision=auto", f"--run_dir={run_dir}"]
     done = _train_py_exit(argv)
     assert done.stdout.split() == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
