@@ -53,8 +53,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import images, metadata, serving
+from hourglass_tf import export_options, images, metadata, serving
 from hourglass_tf.codec import HeatmapCodec
+from hourglass_tf.export_options import FORMATS, QUANTIZATIONS  # noqa: F401 - export.FORMATS, export.QUANTIZATIONS
 from hourglass_tf.geometry import (
     average_with_mirror,
     back_project,
@@ -69,8 +70,6 @@ from hourglass_tf.model import (
     truncate,
 )
 
-FORMATS = ("keras", "saved_model", "tflite", "onnx")
-QUANTIZATIONS = ("none", "float16", "int8")
 ONNX_OPSET = 17
 
 
@@ -468,18 +467,7 @@ def export_model(
       ExportError: a converter failed or a written file did not load back and agree; nothing is
         left at ``output`` (an existing folder stays as it was).
     """
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"formats must be a non-empty subset of {FORMATS}, received formats={list(formats)}")
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, received quantize={quantize!r}")
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', received precision={precision!r}")
-    if precision == "bfloat16" and set(formats) - {"keras", "saved_model"}:
-        raise ValueError(
-            "precision='bfloat16' writes a bfloat16 SavedModel; TFLite and ONNX files are float32 (or quantized): "
-            f"export them without it, received formats={list(formats)}"
-        )
+    export_options.check(formats, quantize, precision, num_stacks, detector=detector)
     if quantize == "int8" and "tflite" in formats and (calibration_images is None or len(calibration_images) == 0):
         raise ValueError("int8 quantization needs calibration images (a representative data split)")
     output = pathlib.Path(output)
@@ -507,11 +495,9 @@ def export_model(
         folded = fold_batch_norm(model)
         return bfloat16_copy(folded) if precision == "bfloat16" else folded
 
-    if isinstance(detector, str):
+    if isinstance(detector, str):  # "ssdlite", the one name export_options.check lets through
         from hourglass_tf import detectors
 
-        if detector != "ssdlite":
-            raise ValueError(f"detector must be 'ssdlite' or None, received detector={detector!r}")
         detector = detectors.SsdLitePersons()
     export_section = {
         "detector": None

@@ -71,23 +71,27 @@ def calibration_crops(dataset, path, tfrecords, count, input_size):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hourglass_tf import pretrained
+    if FLAGS.quantize == "int8" and "tflite" in FLAGS.formats and FLAGS.calibration_data is None:
+        raise app.UsageError("--quantize=int8 needs --calibration_data (a representative data split)")
+    from hourglass_tf import export_options, metadata, pretrained
 
-    try:  # said before TensorFlow loads
+    detector = None if FLAGS.detector == "none" else FLAGS.detector
+    try:  # said before TensorFlow loads: a mistyped model path or format, an early exit past the model's stacks
         pretrained.check_model_argument(FLAGS.model)
+        path = pretrained.resolve(FLAGS.model)
+        described = metadata.read_info(path)
+        model_stacks = described.architecture.get("num_stacks") if described else None
+        export_options.check(FLAGS.formats, FLAGS.quantize, FLAGS.precision, FLAGS.num_stacks, model_stacks, detector)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from hourglass_tf import metadata
     from hourglass_tf.data.sample import DataFileError
     from hourglass_tf.export import ExportError, export_model
 
     try:
-        model, info = metadata.load_keras(pretrained.resolve(FLAGS.model), FLAGS.skeleton)
+        model, info = metadata.load_keras(path, FLAGS.skeleton)
         calibration = None
-        if FLAGS.quantize == "int8":
-            if FLAGS.calibration_data is None:
-                raise app.UsageError("--quantize=int8 needs --calibration_data (a representative data split)")
+        if FLAGS.quantize == "int8" and "tflite" in FLAGS.formats:
             calibration = calibration_crops(
                 FLAGS.calibration_dataset,
                 FLAGS.calibration_data,
@@ -106,7 +110,7 @@ def main(argv):
             FLAGS.overwrite,
             FLAGS.version,
             info=info,
-            detector=None if FLAGS.detector == "none" else FLAGS.detector,
+            detector=detector,
             precision=FLAGS.precision,
         )
     except (DataFileError, ExportError, FileExistsError, ValueError, OSError) as err:

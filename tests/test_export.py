@@ -158,6 +158,29 @@ def test_early_exit_export_and_refusals(tiny, tmp_path):
     assert not list(tmp_path.glob(".bad*")) and not (tmp_path / "bad").exists()
 
 
+@pytest.mark.parametrize(
+    "options, said",
+    [
+        (dict(formats=[]), "formats must be a non-empty subset"),
+        (dict(formats=["keras", "tensorrt"]), "received formats=['keras', 'tensorrt']"),
+        (dict(formats=["tflite"], quantize="int4"), "received quantize='int4'"),
+        (dict(formats=["keras"], precision="float16"), "received precision='float16'"),
+        (dict(formats=["saved_model", "onnx"], precision="bfloat16"), "TFLite and ONNX files are float32"),
+        (dict(formats=["keras"], num_stacks=0), "positive integer, received num_stacks=0"),
+        (dict(formats=["keras"], num_stacks=3, model_stacks=2), "at most the model's 2 stacks, received num_stacks=3"),
+        (dict(formats=["saved_model"], detector="yolo"), "received detector='yolo'"),
+    ],
+)
+def test_export_options_that_do_not_go_together_are_refused_saying_what_was_received(options, said):
+    """The checks ``scripts/export.py`` makes before TensorFlow loads, and ``export_model`` makes on its arguments."""
+    from hourglass_tf import export_options
+
+    with pytest.raises(ValueError) as refused:
+        export_options.check(**options)
+    assert said in str(refused.value)
+    export_options.check(["keras", "saved_model"], "none", "bfloat16", 2, 2, "ssdlite")  # these go together
+
+
 def test_flip_test_inside_the_saved_model(tiny, tmp_path):
     model, crops, _, _ = tiny
     path = export(model, tmp_path / "flip", formats=("saved_model",), flip_test=True)["saved_model"]
