@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO
 from hourglass_tf import metadata, skeleton
+from hourglass_tf.model import build_model
 from hourglass_tf.weights import convert, torch_files
 
 FIXTURES = REPO / "tests" / "fixtures" / "weights"
@@ -128,7 +129,7 @@ def test_a_checkpoint_of_another_network_is_refused_with_what_was_found(tmp_path
     state = convert.state_dict_of(checkpoint, "x.pt")
     state["extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(convert.ConversionError, match="do not belong to the network.*extra.weight"):
-        model = convert.build_model(input_size=64, **convert.architecture("pytorch_stacked_hourglass", state))
+        model = build_model(input_size=64, **convert.architecture("pytorch_stacked_hourglass", state))
         used = convert._assign(
             model,
             convert.layer_map("pytorch_stacked_hourglass", convert.architecture("pytorch_stacked_hourglass", state)),
@@ -143,7 +144,7 @@ def test_a_checkpoint_of_another_network_is_refused_with_what_was_found(tmp_path
 def test_the_published_layouts_parameter_counts():
     """pytorch_stacked_hourglass's files hold hg.lua's 25,434,112 live parameters plus unused skip convolutions."""
     arch = {"num_stacks": 8, "num_blocks": 1, "filters": 256, "depth": 4, "num_joints": 16}
-    keras_model = convert.build_model(**arch)
+    keras_model = build_model(**arch)
     trainable = sum(int(np.prod(w.shape)) for w in keras_model.trainable_weights)
     assert trainable == 25_434_112
     layers = convert.layer_map("pytorch_stacked_hourglass", arch)

@@ -36,7 +36,6 @@ import numpy as np
 
 from hourglass_tf import metadata
 from hourglass_tf import skeleton as skeletons
-from hourglass_tf.model import build_model
 from hourglass_tf.weights import torch7, torch_files
 
 FORMATS = ("torch7", "pytorch_stacked_hourglass", "pytorch_pose")
@@ -263,6 +262,8 @@ def convert(path, fmt=None, skeleton="mpii", input_size=256, input_mean=None):
             f"{where}: the file predicts {arch['num_joints']} joints but the skeleton {skel.name!r} "
             f"has {skel.num_joints}: name its joint set"
         )
+    from hourglass_tf.model import build_model  # TensorFlow loads here: a file that cannot be read is said before
+
     model = build_model(input_size=input_size, input_mean=input_mean, **arch)
     if found == "torch7":
         _assign_t7(model, modules, where)
