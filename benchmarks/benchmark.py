@@ -68,7 +68,6 @@ def run(
       side_by_side_only: run only the GEMM reference and the side-by-side (needs ``torch_python``).
     """
     from hourglass_tf import runtime
-    from hourglass_tf.backends import cpu_threads
 
     work_dir = pathlib.Path(work_dir)
     infer_stacks = tuple(infer_stacks or ((2,) if quick else (2, 8)))
@@ -80,6 +79,8 @@ def run(
         raise ValueError(f"unknown backends/variants {unknown}; backends: {BACKENDS}, variants: {TRAIN_VARIANTS}")
     if side_by_side_only and not torch_python:
         raise ValueError("side_by_side_only needs torch_python, a Python that has PyTorch")
+    from hourglass_tf.backends import cpu_threads  # TensorFlow loads here, after the arguments are checked
+
     allocator_comparison = (not quick) if allocator_comparison is None else allocator_comparison
     repeats = 2 if quick else 5
     train_repeats = 2 if quick else 3
