@@ -191,15 +191,25 @@ def test_spent_budget_is_read_from_the_last_logged_epoch(tmp_path):
     assert spent_budget_seconds(tmp_path / "old.csv") == 0.0
 
 
-def test_train_stops_when_the_time_budget_is_spent_and_keeps_that_epoch(data_dir, tmp_path):
-    # 0.001 minutes: spent within the first step, so the first epoch ends after one step.
-    result = train(tiny_config(data_dir, tmp_path / "run", epochs=5, time_budget_minutes=0.001))
+def test_a_mixed_precision_run_stops_when_the_time_budget_is_spent_keeping_float32_outputs_and_that_epoch(
+    data_dir, tmp_path
+):
+    """lspet.flags' precision with the time budget its comment restores: 0.001 minutes is spent within the first
+    step, so the first epoch ends after one step, and is validated and checkpointed."""
+    result = train(
+        tiny_config(data_dir, tmp_path / "run", num_stacks=1, epochs=5, time_budget_minutes=0.001, mixed_precision=True)
+    )
     summary = result["summary"]
     assert summary["epochs_run"] == 1
     assert summary["stopped_because"].startswith("time budget of 0.001 minutes spent in epoch 1, after batch 1")
     rows = read_log(tmp_path / "run")
     assert len(rows) == 1 and float(rows[0]["budget_seconds"]) >= 0.06 and "val_pckh" in rows[0]
     assert (tmp_path / "run" / "best.keras").exists() and (tmp_path / "run" / "last.keras").exists()
+    model = result["model"]
+    assert model.get_layer("hg1_d2_skip_res1_conv1").compute_dtype == "bfloat16"  # CPU: bfloat16
+    assert all(out.dtype == "float32" for out in model.outputs)
+    assert np.isfinite(result["history"]["loss"][0])
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
 
 
 class Weights(keras.callbacks.Callback):
@@ -255,17 +265,14 @@ def test_epoch_ends_see_the_moving_average_and_training_continues_from_the_train
         np.testing.assert_allclose(keras.ops.convert_to_numpy(final), want, rtol=1e-5, atol=1e-6)
 
 
-def test_train_with_ema_checkpoints_and_returns_the_average(data_dir, tmp_path):
-    result = train(tiny_config(data_dir, tmp_path / "run", epochs=2, ema_momentum=0.9))
+def test_train_with_ema_and_the_cosine_schedule_checkpoints_the_average_and_logs_the_decayed_rate(data_dir, tmp_path):
+    config = tiny_config(data_dir, tmp_path / "run", num_stacks=1, epochs=2, ema_momentum=0.9)
+    result = train(dataclasses.replace(config, lr_schedule="cosine", min_learning_rate=1e-5))
     assert len(result["history"]["val_pckh"]) == 2
     saved = keras.models.load_model(tmp_path / "run" / "last.keras", compile=False)
     for a, b in zip(saved.trainable_variables, result["model"].trainable_variables):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["ema_momentum"] == 0.9
-
-
-def test_train_with_the_cosine_schedule_logs_the_decayed_rate(data_dir, tmp_path):
-    result = train(tiny_config(data_dir, tmp_path / "run", epochs=2, lr_schedule="cosine", min_learning_rate=1e-5))
     expected = [CosineDecay(1e-3, 1e-5, 12).rate(t) for t in (5, 11)]
     np.testing.assert_allclose(result["history"]["learning_rate"], expected, rtol=1e-5)
 
@@ -302,7 +309,7 @@ def test_malformed_lr_drop_epochs_are_refused(text):
 
 
 def test_a_nan_loss_stops_cleanly_and_says_why(data_dir, tmp_path):
-    result = train(tiny_config(data_dir, tmp_path / "run", learning_rate=1e30, epochs=2))
+    result = train(tiny_config(data_dir, tmp_path / "run", num_stacks=1, learning_rate=1e30, epochs=2))
     reason = result["summary"]["stopped_because"]
     assert reason and "non-finite loss" in reason
     assert not (tmp_path / "run" / "last.keras").exists()  # nothing non-finite was saved
@@ -492,7 +499,7 @@ def test_the_training_step_is_traced_once(data_dir, tmp_path, optimizer, ema):
     of the 8-stack model's first step); ``build_compiled_model`` creates them beforehand."""
     from hourglass_tf.train import build_compiled_model
 
-    config = tiny_config(data_dir, tmp_path / "run", optimizer=optimizer, ema_momentum=ema)
+    config = tiny_config(data_dir, tmp_path / "run", num_stacks=1, optimizer=optimizer, ema_momentum=ema)
     model = build_compiled_model(config)
     assert model.optimizer.built
     traces = []
@@ -500,20 +507,11 @@ def test_the_training_step_is_traced_once(data_dir, tmp_path, optimizer, ema):
     model.train_step = lambda data: traces.append(1) or step(data)
     rng = np.random.default_rng(0)
     x = rng.random((4, 64, 64, 3), dtype=np.float32)
-    y = {name: rng.random((4, 16, 16, 16), dtype=np.float32) for name in ("stack_1", "stack_2")}
+    y = {"stack_1": rng.random((4, 16, 16, 16), dtype=np.float32)}
     before = [v.numpy().copy() for v in model.trainable_variables[:3]]
     model.fit(x, y, batch_size=2, epochs=2, verbose=0)
     assert len(traces) == 1
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables[:3]))
-
-
-def test_mixed_precision_training_keeps_float32_outputs_and_loss(data_dir, tmp_path):
-    result = train(tiny_config(data_dir, tmp_path / "run", epochs=1, mixed_precision=True, image_summaries=0))
-    model = result["model"]
-    assert model.get_layer("hg1_d2_skip_res1_conv1").compute_dtype == "bfloat16"  # CPU: bfloat16
-    assert all(out.dtype == "float32" for out in model.outputs)
-    assert np.isfinite(result["history"]["loss"][0])
-    assert keras.mixed_precision.global_policy().name == "float32"  # restored afterwards
 
 
 def test_the_gpu_precision_path_trains_end_to_end_on_cpu(data_dir, tmp_path, monkeypatch):
@@ -526,7 +524,7 @@ def test_the_gpu_precision_path_trains_end_to_end_on_cpu(data_dir, tmp_path, mon
 
     monkeypatch.setattr(train_module, "mixed_precision_policy", lambda gpus=None, details=None: "mixed_float16")
     config = tiny_config(
-        data_dir, tmp_path / "run", epochs=1, mixed_precision=True, image_summaries=0, optimizer="adam"
+        data_dir, tmp_path / "run", num_stacks=1, epochs=1, mixed_precision=True, image_summaries=0, optimizer="adam"
     )
     result = train(dataclasses.replace(config, fused_batch_norm=True))
     model = result["model"]
