@@ -195,16 +195,17 @@ def test_a_few_fit_steps_lower_the_summed_per_stack_loss():
     np.testing.assert_allclose(history["loss"], summed, rtol=1e-3)
 
 
-@pytest.mark.parametrize("fused_training", [False, True])
-def test_keras_file_loads_in_a_process_that_never_imports_hourglass_tf(tmp_path, fused_training):
+def test_keras_file_loads_in_a_process_that_never_imports_hourglass_tf(tmp_path):
+    """A model trained with the fused batch-norm kernel, as scripts/train.py trains by default. (An untrained
+    model with its description: test_metadata's ``test_a_keras_file_with_its_description_loads_without_the_package``;
+    the shipped model: test_pretrained's plain-Keras program.)"""
+    from hourglass_tf.batchnorm import use_fused_batch_norm
+
     model = build_model(**TINY)
     x = np.random.default_rng(2).random((2, 64, 64, 3), dtype=np.float32)
-    if fused_training:  # trained with the fused batch-norm kernel, as scripts/train.py does by default
-        from hourglass_tf.batchnorm import use_fused_batch_norm
-
-        assert use_fused_batch_norm(model) > 0
-        model.compile(optimizer="sgd", loss={n: "mse" for n in output_names(model)})
-        model.train_on_batch(x, {n: np.zeros((2, 16, 16, 16), np.float32) for n in output_names(model)})
+    assert use_fused_batch_norm(model) > 0
+    model.compile(optimizer="sgd", loss={n: "mse" for n in output_names(model)})
+    model.train_on_batch(x, {n: np.zeros((2, 16, 16, 16), np.float32) for n in output_names(model)})
     expected = model.predict_on_batch(x)
     model.save(tmp_path / "tiny.keras")
     np.save(tmp_path / "x.npy", x)
