@@ -41,7 +41,7 @@ LAYERS = {
         "detectors",
         "blazepose",
     },
-    3: {"export", "serving", "weights"},
+    3: {"export", "export_options", "serving", "weights"},
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 
