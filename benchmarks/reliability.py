@@ -58,6 +58,7 @@ BAD_FLAGS = {
         UNKNOWN,
         ("--checkpoint=/nonexistent/m.keras --dataset=synthetic --data_dir=/tmp", "m.keras"),
         ("--predictions=/nonexistent/p.mat --annotations=/nonexistent/a.mat", "/nonexistent/"),
+        ("--checkpoint=MODEL --dataset=synthetic --data_dir=/tmp --test_scales=x", "test scales must be numbers"),
     ],
     "predict.py": [
         UNKNOWN,
@@ -66,6 +67,7 @@ BAD_FLAGS = {
         ("--model=MODEL --center=10,10 photo.jpg", "scale"),
         ("--model=MODEL /nonexistent/photo.jpg", "photo.jpg"),
         ("--model=MODEL", "input"),
+        ("--model=MODEL --test_scales=1,0 photo.jpg", "test scales must be one or more positive numbers"),
     ],
     "export.py": [
         UNKNOWN,

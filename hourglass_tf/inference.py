@@ -29,17 +29,7 @@ from hourglass_tf import geometry
 from hourglass_tf.backends import KerasRunner, Runner, load_model_file
 from hourglass_tf.codec import HeatmapCodec
 from hourglass_tf.geometry import crop_matrix, warp_image, warp_images
-
-
-def parse_scales(scales, name="test scales"):
-    """Scales -> tuple of positive finite floats; raises ``ValueError`` naming ``name`` and what was received."""
-    try:
-        values = tuple(float(s) for s in scales)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be numbers, received {scales!r}") from None
-    if not values or not all(np.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{name} must be one or more positive numbers, received {scales!r}")
-    return values
+from hourglass_tf.inference_options import parse_scales
 
 
 def zoom_about_centre(images, factor):

@@ -80,7 +80,7 @@ flags.DEFINE_enum(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from hourglass_tf import evaluation, metrics, pretrained
+    from hourglass_tf import evaluation, inference_options, metrics, pretrained
     from hourglass_tf.data.sample import DataFileError
 
     file_mode = FLAGS.annotations is not None or FLAGS.predictions is not None
@@ -107,6 +107,7 @@ def main(argv):
         except ValueError:
             raise app.UsageError(f"--oks_sigmas must be numbers, received {','.join(FLAGS.oks_sigmas)}") from None
         pretrained.check_model_argument(FLAGS.checkpoint)  # said before TensorFlow loads
+        inference_options.parse_scales(FLAGS.test_scales)
         result = evaluation.evaluate_model(
             FLAGS.checkpoint,
             FLAGS.dataset,

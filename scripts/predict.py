@@ -134,11 +134,12 @@ def main(argv):
         raise app.UsageError(f"give one person source, received --{' and --'.join(given)}")
     if FLAGS.scale is not None and not FLAGS.scale > 0:
         raise app.UsageError(f"--scale must be positive, received {FLAGS.scale}")
-    from hourglass_tf import pretrained
+    from hourglass_tf import inference_options, pretrained
 
     missing = [path for path in inputs if not os.path.exists(path)]
     try:  # said before TensorFlow loads
         pretrained.check_model_argument(FLAGS.model)
+        inference_options.parse_scales(FLAGS.test_scales)
         if len(missing) == len(inputs):
             raise ValueError(f"no such file or folder: {', '.join(missing)}")
     except ValueError as err:

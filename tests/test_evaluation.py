@@ -344,10 +344,7 @@ def test_predict_cli_writes_json_and_png_and_reports_bad_inputs(tiny_model_file,
         inputs / "a.jpg",
     )
     assert good.returncode == 0, good.stderr[-2000:]
-    bad_scale = script(
-        "predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--test_scales=1,0", inputs / "a.jpg"
-    )
-    assert bad_scale.returncode == 2 and "test scales must be one or more positive numbers" in bad_scale.stderr
+    # A bad --test_scales: said before TensorFlow loads (benchmarks/reliability.py BAD_FLAGS, test_cli_flags).
 
 
 def test_predict_cli_on_a_video(tiny_model_file, tmp_path):

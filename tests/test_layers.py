@@ -28,6 +28,7 @@ LAYERS = {
     1: {"data"},
     2: {
         "inference",
+        "inference_options",
         "backends",
         "evaluation",
         "config",
