@@ -1,6 +1,7 @@
 """Export: every format against the Keras model on the same inputs (tiny models)."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -156,6 +157,30 @@ def test_early_exit_export_and_refusals(tiny, tmp_path):
     with pytest.raises(ValueError, match="formats"):
         export(model, tmp_path / "bad", formats=("pickle",))
     assert not list(tmp_path.glob(".bad*")) and not (tmp_path / "bad").exists()
+
+
+def test_every_exported_format_names_its_joints_without_a_flag(exported, tmp_path):
+    """Each format's loader, the ONNX file's own metadata, the served ``metadata`` signature and a SavedModel folder
+    copied elsewhere know the joint set. (An LSP model exported from its file: test_metadata's
+    ``test_an_exported_and_served_model_names_its_joints_without_a_flag``.)"""
+    import shutil
+
+    import onnx
+
+    from hourglass_tf import metadata, serving
+    from hourglass_tf.backends import load_model_file
+
+    joints = list(skeleton.MPII.joints)
+    for target in [*exported.values(), pathlib.Path(exported["keras"]).parent]:
+        assert load_model_file(target)[1].skeleton == skeleton.MPII, target
+    props = {p.key: p.value for p in onnx.load(str(exported["onnx"])).metadata_props}
+    assert json.loads(props[metadata.ONNX_KEY])["skeleton"]["joints"] == joints
+    payload = json.loads(json.dumps(serving.metadata_request()))  # what goes over the wire
+    reply = serving.parse_response(json.dumps(serving.serve_in_process(exported["saved_model"], payload)))
+    assert serving.description(reply)["skeleton"]["joints"] == joints
+    moved = tmp_path / "elsewhere" / "sm"  # nothing is read from beside the folder
+    shutil.copytree(exported["saved_model"], moved)
+    assert load_model_file(moved)[1].skeleton == skeleton.MPII
 
 
 @pytest.mark.parametrize(

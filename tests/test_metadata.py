@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -92,35 +93,32 @@ def test_prediction_takes_the_joint_names_from_the_model_not_the_joint_count(tmp
         Predictor.from_file(plain, skeleton="lsp")
 
 
-@pytest.mark.parametrize(
-    "kwargs, skel, formats",
-    [(TINY, skeleton.MPII, ("keras", "saved_model", "tflite", "onnx")), (LSP_TINY, skeleton.LSP, ("saved_model",))],
-)
-def test_exported_and_served_models_name_their_joints_without_a_flag(tmp_path, kwargs, skel, formats):
-    _, path = _saved(tmp_path, kwargs, skel)
-    out = tmp_path / "exported"
-    paths = export_model(path, out, formats=formats)
-    for target in [*paths.values(), out]:
-        runner, info = load_model_file(target)
-        assert info.skeleton == skel, target
-    if "onnx" in paths:
-        import onnx
+@pytest.fixture(scope="module")
+def lsp_saved_model(tmp_path_factory):
+    """A tiny LSP-joint model saved with its description, exported from its file to a SavedModel (read, not
+    changed, by the tests)."""
+    root = tmp_path_factory.mktemp("lsp")
+    _, path = _saved(root, LSP_TINY, skeleton.LSP)
+    return export_model(path, root / "exported", formats=("saved_model",))["saved_model"]
 
-        props = {p.key: p.value for p in onnx.load(str(paths["onnx"])).metadata_props}
-        assert json.loads(props[metadata.ONNX_KEY])["skeleton"]["joints"] == list(skel.joints)
+
+def test_an_exported_and_served_model_names_its_joints_without_a_flag(lsp_saved_model, tmp_path):
+    """An LSP model's SavedModel, exported from its file: the loader, the served ``metadata`` signature and the folder
+    moved elsewhere know the joint set. (Every format of an MPII model: test_export's
+    ``test_every_exported_format_names_its_joints_without_a_flag``.)"""
+    assert load_model_file(lsp_saved_model)[1].skeleton == skeleton.LSP
+    assert load_model_file(lsp_saved_model.parent.parent)[1].skeleton == skeleton.LSP  # the exported folder
     payload = json.loads(json.dumps(serving.metadata_request()))  # what goes over the wire
-    reply = serving.parse_response(json.dumps(serving.serve_in_process(paths["saved_model"], payload)))
-    assert serving.description(reply)["skeleton"]["joints"] == list(skel.joints)
+    reply = serving.parse_response(json.dumps(serving.serve_in_process(lsp_saved_model, payload)))
+    assert serving.description(reply)["skeleton"]["joints"] == list(skeleton.LSP.joints)
     # The folder moved elsewhere still knows itself (nothing is read from beside it).
     moved = tmp_path / "elsewhere" / "sm"
-    moved.parent.mkdir()
-    os.replace(paths["saved_model"], moved)
-    assert load_model_file(moved)[1].skeleton == skel
+    shutil.copytree(lsp_saved_model, moved)
+    assert load_model_file(moved)[1].skeleton == skeleton.LSP
 
 
-def test_the_serving_client_prints_the_served_joint_names(tmp_path, monkeypatch):
-    _, path = _saved(tmp_path, LSP_TINY, skeleton.LSP)
-    saved_model = export_model(path, tmp_path / "e", formats=("saved_model",))["saved_model"]
+def test_the_serving_client_prints_the_served_joint_names(lsp_saved_model, tmp_path, monkeypatch):
+    saved_model = lsp_saved_model
     image = np.random.default_rng(1).integers(0, 256, (80, 90, 3), dtype=np.uint8)
     (tmp_path / "a.png").write_bytes(tf.io.encode_png(image).numpy())
     sys.path.insert(0, str(REPO / "scripts"))
