@@ -28,6 +28,14 @@ def tiny():
     return model, describe(model, skeleton.MPII)
 
 
+@pytest.fixture(scope="module")
+def saved_model(tiny, tmp_path_factory):
+    """``tiny`` exported once to a SavedModel (its signatures are read, not changed, by the tests)."""
+    model, info = tiny
+    root = tmp_path_factory.mktemp("people_export")
+    return export.export_model(model, root / "exported", formats=("saved_model",), info=info)["saved_model"]
+
+
 def _picture(seed=0, size=(120, 160)):
     return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
 
@@ -253,10 +261,8 @@ def test_smoothing_steadies_tracked_keypoints_on_a_generated_video():
     assert error["smoothed"] < error["raw"] + 1.0  # steadier without drifting off
 
 
-def test_the_whole_image_signature_equals_the_python_estimator_and_its_warmup_file_runs(tiny, tmp_path):
+def test_the_whole_image_signature_equals_the_python_estimator_and_its_warmup_file_runs(tiny, saved_model):
     model, info = tiny
-    paths = export.export_model(model, tmp_path / "exported", formats=("saved_model",), info=info)
-    saved_model = paths["saved_model"]
     photos = [_picture(1, (100, 140)), _picture(2, (90, 120))]
     jpegs = [cv2.imencode(".jpg", p[..., ::-1])[1].tobytes() for p in photos]
     boxes = [[[10, 5, 40, 80], [60, 10, 50, 70]], [[20, 10, 60, 70]]]
@@ -332,13 +338,12 @@ def test_predict_cli_finds_several_people_from_a_detections_file_and_writes_coco
 
 
 @pytest.mark.reliability
-def test_every_signature_refuses_malformed_requests_with_a_clear_answer(tiny, tmp_path):
+def test_every_signature_refuses_malformed_requests_with_a_clear_answer(tiny, saved_model):
     """The serving sweep: wrong dtype, rank, size, an empty batch, undecodable bytes, a decompression bomb;
     each is refused by the graph with a message saying what is wrong (TF Serving passes it on), never a crash."""
     from benchmarks.reliability import jpeg_bomb, png_bomb
 
-    model, info = tiny
-    saved_model = export.export_model(model, tmp_path / "exported", formats=("saved_model",), info=info)["saved_model"]
+    model, _ = tiny
     signatures = tf.saved_model.load(str(saved_model)).signatures
     size = model.inputs[0].shape[1]
 
