@@ -80,7 +80,7 @@ def test_fit_lowers_the_loss_and_logs_per_stack_losses_and_validation_pckh(data_
 
     # Traces (Python runs these only while TensorFlow traces): the photo check of the training and validation
     # pipelines and of the samples' inspection is traced once; validation and the image summaries share one
-    # inference graph over the 4 epochs.
+    # inference graph over the 3 epochs.
     traces = {"photo check": 0, "inference": 0}
 
     def counted(function, key):
@@ -96,18 +96,18 @@ def test_fit_lowers_the_loss_and_logs_per_stack_losses_and_validation_pckh(data_
         backends.KerasRunner, "_forward", lambda self, crops: counted(forward, "inference")(self, crops)
     )
     images._check_function.cache_clear()
-    result = train(tiny_config(data_dir, tmp_path / "run", epochs=4, lr_drop_epochs="3"))
+    result = train(tiny_config(data_dir, tmp_path / "run", epochs=3, lr_drop_epochs="3"))
     assert traces == {"photo check": 1, "inference": 1}
     history = result["history"]
     assert {"loss", "stack_1_loss", "stack_2_loss", "val_pckh", "learning_rate", "elapsed_seconds"} <= set(history)
-    np.testing.assert_allclose(history["learning_rate"], [1e-3, 1e-3, 2e-4, 2e-4], rtol=1e-5)  # lr_drop_epochs=3
+    np.testing.assert_allclose(history["learning_rate"], [1e-3, 1e-3, 2e-4], rtol=1e-5)  # lr_drop_epochs=3
     assert np.all(np.diff(history["elapsed_seconds"]) > 0)
     assert (tmp_path / "run" / "training_curve.png").stat().st_size > 0
     assert history["loss"][-1] < history["loss"][0]
     rows = read_log(tmp_path / "run")
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3] and "val_pckh" in rows[0]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and "val_pckh" in rows[0]
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    assert summary["epochs_run"] == 4 and summary["stopped_because"] is None
+    assert summary["epochs_run"] == 3 and summary["stopped_because"] is None
     assert 0.0 <= summary["val_pckh"] <= 100.0
     assert json.loads((tmp_path / "run" / "config.json").read_text())["num_stacks"] == 2
     for name in ("best.keras", "last.keras"):
