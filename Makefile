@@ -24,10 +24,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Two pytest workers, one test file each at a time (pytest-xdist): the CLI-heavy tests overlap with the
-# compute-bound ones; 8 minutes instead of 15 on 2 CPU cores.
+# Two pytest workers, one test file each at a time (pytest-xdist), handed out longest first in the order
+# tests/conftest.py gives them (LONGEST_FILES_FIRST), so the last file to finish is a short one.
 test: lint
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=12 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=12 tests
 
 demo: install
 	$(PY) scripts/demo.py --flagfile=demo.flags
