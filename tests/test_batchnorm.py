@@ -113,16 +113,18 @@ def test_training_steps_of_a_fused_model_match_the_stock_model():
     pass cancels large terms, so tiny gradients (the stem's, far from the near-zero heads) can differ
     by a large fraction between any two float32 orders: no elementwise tolerance on the float32 pair
     is right. Exact arithmetic is the reference instead: the same three steps in float64. Over nine
-    seeds both float32 models' updates sat 1e-5 to 5e-4 (relative, whole-model norm) from it; the
-    bound is 1e-3. (Unbiased instead of biased moving variance, the mistake the kernel's rescaling
-    avoids, moves the fused model 2.2e-3 to 2.6e-3 away; the per-layer tests above catch it exactly.)
+    seeds both float32 models' updates sat 1e-5 to 5e-4 (relative, whole-model norm) from it with two
+    stacks, 9e-7 to 1.1e-4 with the one stack (35 batch norms) trained here; the bound is 1e-3.
+    (Unbiased instead of biased moving variance, the mistake the kernel's rescaling avoids, moved the
+    two-stack model 2.2e-3 to 2.6e-3 away; the per-layer tests above catch it exactly.)
     """
+    one_stack = {**TINY, "num_stacks": 1}
     keras.utils.set_random_seed(4)
-    stock = build_model(**TINY)
-    fused = build_model(**TINY)
+    stock = build_model(**one_stack)
+    fused = build_model(**one_stack)
     fused.set_weights(stock.get_weights())
     keras.mixed_precision.set_global_policy("float64")
-    exact = build_model(**TINY)
+    exact = build_model(**one_stack)
     keras.mixed_precision.set_global_policy("float32")
     exact.set_weights([w.astype(np.float64) for w in stock.get_weights()])
     switched = batchnorm.use_fused_batch_norm(fused)
@@ -137,7 +139,7 @@ def test_training_steps_of_a_fused_model_match_the_stock_model():
         cast = np.float64 if model is exact else np.float32
         losses.append(
             [
-                float(model.train_on_batch(x.astype(cast), {k: v.astype(cast) for k, v in y.items()})[0])
+                float(np.ravel(model.train_on_batch(x.astype(cast), {k: v.astype(cast) for k, v in y.items()}))[0])
                 for _ in range(3)
             ]
         )
