@@ -21,22 +21,23 @@ def test_bad_flags_end_with_one_clear_line(script, model_file, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-def _train_py_exit(args):
-    """``scripts/train.py args`` in a fresh process; its stdout ends with "EXIT <status> <TensorFlow imported>"."""
+def _run_script(script, args, cwd):
+    """``python scripts/SCRIPT args`` in a fresh process, through ``reliability.RUN_AND_SAY_IF_TENSORFLOW_LOADED``:
+    its stdout ends with "TENSORFLOW_LOADED <True|False>", its exit status is the script's."""
     import subprocess
     import sys
 
     from conftest import REPO
 
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = {['train.py', *args]!r}\n"
-        "try:\n"
-        "    runpy.run_path('scripts/train.py', run_name='__main__')\n"
-        "except SystemExit as end:\n"
-        "    print('EXIT', end.code, 'tensorflow' in sys.modules)\n"
-    )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    wrapper = reliability.RUN_AND_SAY_IF_TENSORFLOW_LOADED
+    command = [sys.executable, "-c", wrapper, str(REPO / "scripts" / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _train_py_exit(args):
+    from conftest import REPO
+
+    return _run_script("train.py", args, REPO)
 
 
 @pytest.mark.parametrize("precision", ["--nomixed_precision", "--mixed_precision=auto"])
@@ -45,7 +46,9 @@ def test_train_py_says_bad_settings_before_tensorflow_loads(tmp_path, precision)
     second, and the run folder is not made; also when ``auto`` leaves the precision to a check that loads it."""
     run_dir = tmp_path / "run"
     done = _train_py_exit(["--dataset=synthetic", "--batch_size=0", precision, f"--run_dir={run_dir}"])
-    assert done.stdout.split() == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
+    assert done.returncode == 2 and done.stdout.split() == ["TENSORFLOW_LOADED", "False"], (
+        done.stdout + done.stderr[-2000:]
+    )
     assert "batch_size must be a positive integer" in done.stderr
     assert not run_dir.exists()
 
@@ -70,7 +73,9 @@ def test_train_py_says_shards_written_for_other_settings_before_tensorflow_loads
         shard_meta.write_meta(shards, meta)
     argv = ["--dataset=synthetic", f"--tfrecord_dir={shards}", flag, "--mixed_precision=auto", f"--run_dir={run_dir}"]
     done = _train_py_exit(argv)
-    assert done.stdout.split() == ["EXIT", "2", "False"], done.stdout + done.stderr[-2000:]
+    assert done.returncode == 2 and done.stdout.split() == ["TENSORFLOW_LOADED", "False"], (
+        done.stdout + done.stderr[-2000:]
+    )
     assert said in done.stderr and str(shards / "meta.json") in done.stderr, done.stderr[-2000:]
     assert not run_dir.exists()
 
@@ -103,21 +108,8 @@ def test_a_mistyped_path_is_said_before_tensorflow_loads(tmp_path, script, args,
     """A model, checkpoint, weights file, dataset or shard folder, or every input, that does not exist: said in a
     fraction of a second with the script's error status, nothing written (the library's loaders say the same when
     called directly)."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    argv = [str(REPO / "scripts" / script), *(a.replace("OUT", str(tmp_path / "out")) for a in args)]
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = {argv!r}\n"
-        "try:\n"
-        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-        "except SystemExit as end:\n"
-        "    print('EXIT', end.code, 'tensorflow' in sys.modules)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.stdout.split()[-3:] == ["EXIT", str(status), "False"], done.stdout + done.stderr[-2000:]
+    done = _run_script(script, [a.replace("OUT", str(tmp_path / "out")) for a in args], tmp_path)
+    output = done.stdout + done.stderr[-2000:]
+    assert done.returncode == status and done.stdout.split()[-2:] == ["TENSORFLOW_LOADED", "False"], output
     assert said in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
