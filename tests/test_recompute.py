@@ -1,12 +1,10 @@
 """Per-stack recomputation (``hourglass_tf.recompute``): the same training step, computed again in the backward
-pass, with the batch-norm moving averages moved once, and a model that stays stock."""
+pass, with the batch-norm moving averages moved once, and a model that stays stock. (Under MirroredStrategy:
+test_strategies.py, whose one mirrored process trains it beside the strategy tests' models.)"""
 
 import collections
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 import zipfile
 
 import keras
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, TINY, allocator_peaks, tiny_config
+from conftest import TINY, allocator_peaks, tiny_config
 from hourglass_tf import batchnorm, build_model, output_names, recompute
 from hourglass_tf.data import synthetic
 from hourglass_tf.metadata import read_info
@@ -196,55 +194,3 @@ def test_recomputation_holds_about_one_stack_of_activations_at_a_time():
     (docs/performance.md)."""
     peaks = allocator_peaks(MEMORY_SCRIPT)
     assert 0 < peaks["recomputed"] < 0.75 * peaks["plain"], peaks
-
-
-MIRRORED_SCRIPT = """
-import json
-import keras
-import numpy as np
-import tensorflow as tf
-from hourglass_tf import batchnorm, build_model, output_names, recompute
-from hourglass_tf.distribute import dataset_options, make_strategy
-from hourglass_tf.train import compile_for_training
-
-strategy = make_strategy("mirrored", cpu_replicas=2)
-rng = np.random.default_rng(1)
-x = rng.random((16, 64, 64, 3), dtype=np.float32)
-y = {f"stack_{s}": rng.random((16, 16, 16, 4), dtype=np.float32) for s in (1, 2)}
-weights = {}
-for name in ("plain", "recomputed"):
-    keras.utils.set_random_seed(2)
-    with strategy.scope():
-        model = build_model(num_stacks=2, filters=16, depth=2, num_joints=4, input_size=64)
-        batchnorm.use_fused_batch_norm(model)
-        if name == "recomputed":
-            recompute.recompute_stacks(model)
-        compile_for_training(model, keras.optimizers.SGD(0.05))
-    weights["start"] = [np.asarray(w).ravel().tolist() for w in model.weights] + [[0.0]]
-    data = dataset_options(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), workers=1)
-    losses = model.fit(data, epochs=1, verbose=0).history["loss"]
-    weights[name] = [np.asarray(w).ravel().tolist() for w in model.weights] + [losses]
-print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync, **weights}))
-"""
-
-
-def test_recomputation_under_mirrored_strategy_trains_what_the_plain_step_trains():
-    """Two logical CPUs, 4 SGD steps of global batch 4: the same weights, moving averages and loss as the plain
-    step under the same strategy."""
-    done = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        cwd=REPO,
-        timeout=600,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, done.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
-    assert result["replicas"] == 2
-    start, plain, recomputed = (
-        np.concatenate([np.asarray(w, np.float64) for w in result[name]]) for name in ("start", "plain", "recomputed")
-    )  # every weight and moving average, then the epoch's loss
-    assert np.linalg.norm(plain - start) > 0
-    assert np.linalg.norm(recomputed - plain) < 1e-4 * np.linalg.norm(plain - start)
