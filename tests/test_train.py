@@ -365,12 +365,17 @@ def _backed_up_epochs(run_dir):
 
 
 def test_a_killed_two_replica_run_resumes_to_the_unkilled_run_s_weights(data_dir, tmp_path):
-    """SIGKILL inside an epoch of a MirroredStrategy run over 2 logical CPUs, then the same command again: it
-    resumes from the backup (no corrupt checkpoint, each epoch logged once) and ends with the weights, losses
-    and rate drops of the same run left alone. The resumed stream starts where the backup's epochs ended, and
-    the plateau rule (patience 1, so it drops the rate in this run) replays the logged validations."""
+    """SIGKILL inside an epoch of a MirroredStrategy run over 2 logical CPUs in the shipped flagfiles' settings
+    (--mixed_precision, fused batch norm), then the same command again: it resumes from the backup (no corrupt
+    checkpoint, each epoch logged once) and ends with the weights, losses and rate drops of the same run left
+    alone. The resumed stream starts where the backup's epochs ended, and the plateau rule (patience 1, so it
+    drops the rate in this run) replays the logged validations. The checkpoint says what it trained in and loads
+    computing in float32. (Exporting such a file to every format is the LSPET journey's and test_metadata's: the
+    strategy leaves no trace in the file.)"""
+    from hourglass_tf import metadata
+
     epochs = 6
-    common = [*TINY_FLAGS, f"--data_dir={data_dir}", f"--epochs={epochs}", "--steps_per_epoch=6"]
+    common = [*TINY_FLAGS, f"--data_dir={data_dir}", f"--epochs={epochs}", "--steps_per_epoch=6", "--mixed_precision"]
     common += ["--strategy=mirrored", "--cpu_replicas=2", "--plateau_patience=1", "--plateau_factor=0.5"]
     killed_dir, unkilled_dir = tmp_path / "killed", tmp_path / "unkilled"
     unkilled = _start_training([*common, f"--run_dir={unkilled_dir}"], tmp_path / "unkilled.txt")
@@ -394,7 +399,10 @@ def test_a_killed_two_replica_run_resumes_to_the_unkilled_run_s_weights(data_dir
     assert unkilled.wait(timeout=600) == 0, (tmp_path / "unkilled.txt").read_text()[-3000:]
     summary = json.loads((killed_dir / "train_summary.json").read_text())
     assert summary["resumed_at_epoch"] == backed_up and summary["epochs_run"] == epochs - backed_up
-    assert summary["replicas"] == 2
+    assert summary["replicas"] == 2 and summary["global_batch"] == 8
+    model, info = metadata.load_keras(killed_dir / "last.keras")
+    assert info.precision == "mixed_bfloat16"  # what it trained in (this CPU path picks bfloat16)
+    assert {layer.compute_dtype for layer in model.layers if hasattr(layer, "compute_dtype")} == {"float32"}
     resumed_log, unkilled_log = read_log(killed_dir), read_log(unkilled_dir)
     assert [int(r["epoch"]) for r in resumed_log] == list(range(epochs))  # each epoch logged once
     rates = [float(r["learning_rate"]) for r in unkilled_log]
@@ -460,21 +468,6 @@ def _strategy_config(data_dir, run_dir, strategy, **extra):
         **extra,
     )
     return dataclasses.asdict(config)
-
-
-def test_mirrored_strategy_over_two_logical_cpus_in_mixed_precision_saves_a_float32_checkpoint(data_dir, tmp_path):
-    """The shipped flagfiles' settings (--mixed_precision, fused batch norm) under MirroredStrategy: it trains, and
-    the checkpoint says what it trained in and loads computing in float32. (Exporting such a file to every format
-    is the LSPET journey's and test_metadata's: the strategy leaves no trace in the file.)"""
-    from hourglass_tf import metadata
-
-    config = _strategy_config(data_dir, tmp_path / "run", "mirrored", cpu_replicas=2, mixed_precision=True)
-    result = _result(_strategy_run(config))
-    assert result["replicas"] == 2 and result["global_batch"] == 4 and result["epochs"] == 1
-    assert np.isfinite(result["checksum"])
-    model, info = metadata.load_keras(tmp_path / "run" / "last.keras")
-    assert info.precision == "mixed_bfloat16"  # what it trained in (this CPU path picks bfloat16)
-    assert {layer.compute_dtype for layer in model.layers if hasattr(layer, "compute_dtype")} == {"float32"}
 
 
 def test_multi_worker_strategy_two_processes_agree_on_the_trainable_weights(data_dir, tmp_path):
