@@ -121,7 +121,9 @@ def test_tflite_matches_keras(tiny, exported, quantize, tolerance):
             TFLiteRunner(path, num_threads=0)
 
 
-def test_tflite_int8_reports_keypoint_agreement(tiny):
+def test_tflite_int8_reports_keypoint_agreement_and_its_runner_quantizes_with_the_file_s_parameters(tiny):
+    from hourglass_tf.backends import TFLiteRunner
+
     model, crops, expected, root = tiny
     calibration = np.random.default_rng(4).random((8, 64, 64, 3), dtype=np.float32)
     path = export(model, root / "tfl_int8", formats=("tflite",), quantize="int8", calibration_images=calibration)[
@@ -132,6 +134,15 @@ def test_tflite_int8_reports_keypoint_agreement(tiny):
     agree = np.linalg.norm(codec.decode(heatmaps)[0].numpy() - codec.decode(expected)[0].numpy(), axis=-1) < 4.0
     print(f"int8 keypoint agreement (within one heatmap pixel): {agree.mean():.2%}")
     assert np.isfinite(heatmaps).all() and agree.mean() > 0.5
+
+    runner = TFLiteRunner(path)
+    scale, zero = runner.input_quantization
+    assert runner.input_dtype == np.uint8 and scale > 0
+    floats = (np.random.default_rng(2).integers(0, 128, (2, 64, 64, 3)) / 255.0).astype(np.float32)
+    # The runner quantizes with the file's parameters: feeding the same uint8 tensor by hand agrees.
+    manual = np.clip(np.round(floats / scale + zero), 0, 255).astype(np.uint8)
+    by_hand = np.concatenate([runner.runner(**{runner.input_name: m[None]})[runner.output_name] for m in manual])
+    np.testing.assert_array_equal(runner.raw(floats)[0], by_hand)
     with pytest.raises(ValueError, match="calibration"):
         export(model, root / "no_calib", formats=("tflite",), quantize="int8")
 

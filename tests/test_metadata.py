@@ -171,7 +171,7 @@ def test_a_mixed_precision_model_exports_float32_keras_and_tflite_files(tmp_path
     # The .keras file and TFLite (what once exported from a mixed-precision model only in name) from either policy,
     # and the float16 TFLite from bfloat16: after float32_copy (checked above) nothing in the export depends on the
     # training policy. The SavedModel and ONNX of a bfloat16-trained model: the LSPET journey (test_train); int8
-    # from a float32 copy: test_int8_runner_reads_the_quantization_from_the_file and test_export.
+    # from a float32 copy: test_export.
     unquantized_formats = ("keras", "tflite")
     for quantize in ("none", "float16") if policy == "mixed_bfloat16" else ("none",):
         formats = unquantized_formats if quantize == "none" else ("tflite",)
@@ -217,28 +217,6 @@ def test_a_converter_failure_is_one_clear_line_and_a_bad_file_is_an_error(tmp_pa
     with pytest.raises(ExportError, match="onnx: the written model.onnx does not load"):
         export_model(path, tmp_path / "out2", formats=("onnx",))
     assert not (tmp_path / "out2").exists()
-
-
-def test_int8_runner_reads_the_quantization_from_the_file(tmp_path):
-    from hourglass_tf.backends import TFLiteRunner
-
-    _, path = _saved(tmp_path, TINY, skeleton.MPII)
-    rng = np.random.default_rng(2)
-    written = export_model(
-        path,
-        tmp_path / "q",
-        formats=("tflite",),
-        quantize="int8",
-        calibration_images=rng.random((8, 64, 64, 3), dtype=np.float32) * 0.5,
-    )["tflite"]
-    runner = TFLiteRunner(written)
-    scale, zero = runner.input_quantization
-    assert runner.input_dtype == np.uint8 and scale > 0
-    crops = (rng.integers(0, 128, (2, 64, 64, 3)) / 255.0).astype(np.float32)
-    # The runner quantizes with the file's parameters: feeding the same uint8 tensor by hand agrees.
-    manual = np.clip(np.round(crops / scale + zero), 0, 255).astype(np.uint8)
-    by_hand = np.concatenate([runner.runner(**{runner.input_name: m[None]})[runner.output_name] for m in manual])
-    np.testing.assert_array_equal(runner.raw(crops)[0], by_hand)
 
 
 def test_importing_the_package_changes_nothing_in_the_process():
