@@ -8,8 +8,8 @@ Conventions:
   original image, network input (crop) and heatmap.
 * A person is a ``center`` (x, y) in original pixels and a ``scale``: the side of the person
   box is ``PERSON_BOX_UNIT * scale`` pixels (the MPII convention).
-* A box (x, y, w, h) becomes a person by the rule of ``box_to_center_scale``: centre of the
-  box, side ``BOX_PAD`` x the larger box side.
+* A box (x, y, w, h) becomes a person by ``boxes.box_rule`` (``box_to_center_scale`` on tensors,
+  ``person_from_box`` on one box in NumPy): centre of the box, side ``BOX_PAD`` x the larger box side.
 * The crop of a person: the box of side 200 x scale x scale_factor around ``center``
   (rotated by ``rotation`` degrees counter-clockwise, optionally mirrored) is mapped onto the
   input_size x input_size crop, ``center`` landing on the crop's centre ((R - 1) / 2, (R - 1) / 2).
@@ -20,12 +20,21 @@ Functions taking or returning tensors are TensorFlow ops that work eagerly, insi
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
-PERSON_BOX_UNIT = 200.0  # person box side in pixels = PERSON_BOX_UNIT * scale
-BOX_PAD = 1.25  # person box side = BOX_PAD x the larger side of a tight box
-MIN_BOX_SIDE = 32.0  # smallest person box side (pixels) derived from joints
+# The box rule and its NumPy helpers live in ``boxes`` (no TensorFlow there, so the dataset readers load without
+# it); they are re-exported here with the rest of the crop geometry.
+from hourglass_tf.boxes import (  # noqa: F401 - re-exported
+    BOX_PAD,
+    MIN_BOX_SIDE,
+    PERSON_BOX_UNIT,
+    box_from_person,
+    box_rule,
+    boxes_outside,
+    center_scale_from_joints,
+    person_from_box,
+    whole_image_person,
+)
 
 
 def box_to_center_scale(boxes):
@@ -34,51 +43,9 @@ def box_to_center_scale(boxes):
     The rule: centre of the box, box side ``BOX_PAD`` x the larger of w and h, scale = side / 200.
     Width and height are not checked here (graph code asserts them; ``person_from_box`` raises).
     """
-    boxes = tf.cast(boxes, tf.float32)
-    x, y, w, h = tf.unstack(boxes, 4, axis=-1)
-    center = tf.stack([x + w / 2.0, y + h / 2.0], axis=-1)
-    return center, BOX_PAD * tf.maximum(w, h) / PERSON_BOX_UNIT
-
-
-def boxes_outside(boxes, width, height):
-    """(M,) bool: which boxes (M, 4) as x, y, w, h lie entirely outside a ``width`` x ``height`` image."""
-    x, y, w, h = np.asarray(boxes, np.float64).reshape(-1, 4).T
-    return (x >= width) | (y >= height) | (x + w <= 0) | (y + h <= 0)
-
-
-def box_from_person(center, scale):
-    """The inverse of the box rule: the square box (x, y, w, h) whose person is ``center``, ``scale``."""
-    side = float(scale) * PERSON_BOX_UNIT / BOX_PAD
-    return np.array([center[0] - side / 2, center[1] - side / 2, side, side], np.float32)
-
-
-def person_from_box(box):
-    """One box (x, y, w, h) -> (centre (2,) float32 NumPy, scale float); ValueError for a box without area."""
-    values = tuple(float(v) for v in np.asarray(box, np.float64).ravel())
-    if len(values) != 4:
-        raise ValueError(f"a box is x, y, w, h, received {box!r}")
-    if not (values[2] > 0 and values[3] > 0):
-        raise ValueError(f"box width and height must be positive, received box={values}")
-    center, scale = box_to_center_scale(values)
-    return center.numpy(), float(scale)
-
-
-def center_scale_from_joints(joints, present):
-    """The box of the annotated joints -> (centre (2,) float32, scale): side BOX_PAD x the larger side, >= 32 px.
-
-    Returns (NaN, NaN) when no joint is present.
-    """
-    xy = np.asarray(joints, np.float64)[np.asarray(present, bool)]
-    if len(xy) == 0:
-        return np.array([np.nan, np.nan], np.float32), float("nan")
-    lo, hi = xy.min(axis=0), xy.max(axis=0)
-    side = max(BOX_PAD * float(np.max(hi - lo)), MIN_BOX_SIDE)
-    return ((lo + hi) / 2).astype(np.float32), side / PERSON_BOX_UNIT
-
-
-def whole_image_person(width, height):
-    """The person who fills a width x height image: centre of the image, box side = the larger side."""
-    return np.array([(width - 1) / 2, (height - 1) / 2], np.float32), max(width, height) / PERSON_BOX_UNIT
+    x, y, w, h = tf.unstack(tf.cast(boxes, tf.float32), 4, axis=-1)
+    cx, cy, scale = box_rule(x, y, w, h, tf.maximum)
+    return tf.stack([cx, cy], axis=-1), scale
 
 
 def crop_matrix(center, scale, output_size, rotation=0.0, scale_factor=1.0, flip=False):

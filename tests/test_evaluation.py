@@ -162,6 +162,20 @@ def test_box_to_center_scale_and_bad_boxes():
         person_from_box((0, 0, 0, 5))
 
 
+def test_the_box_rule_gives_the_same_bits_in_numpy_and_in_tensorflow():
+    """One rule (``boxes.box_rule``) run by the readers in NumPy and by graphs and signatures in TensorFlow."""
+    from hourglass_tf.geometry import box_to_center_scale
+
+    rng = np.random.default_rng(7)
+    boxes = np.concatenate([rng.uniform(-50, 900, (200, 2)), rng.uniform(0.3, 700, (200, 2))], axis=1)
+    boxes = boxes.astype(np.float32)
+    centers, scales = box_to_center_scale(boxes)
+    for box, center, scale in zip(boxes, centers.numpy(), scales.numpy()):
+        mine = person_from_box(box)
+        np.testing.assert_array_equal(mine[0], center)
+        assert mine[1] == float(scale)
+
+
 def test_flip_test_averages_the_mirrored_pass(tiny_model_file):
     plain = Predictor.from_file(tiny_model_file, flip_test=False)
     flipped = Predictor.from_file(tiny_model_file, flip_test=True)

@@ -1,4 +1,5 @@
-"""Dependencies point one way: skeleton/geometry/codec/model/metadata <- data <- training, inference, evaluation <- export."""
+"""Dependencies point one way: skeleton/boxes/geometry/codec/model/metadata <- data <- training, inference,
+evaluation <- export."""
 
 import ast
 
@@ -11,6 +12,7 @@ PACKAGE = REPO / "hourglass_tf"
 LAYERS = {
     0: {
         "skeleton",
+        "boxes",
         "geometry",
         "images",
         "codec",

@@ -1,6 +1,8 @@
 """Dataset readers on files the tests generate, and on the real ../shared files when present."""
 
 import json
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -314,3 +316,15 @@ def test_load_source_drops_side_conflicts_from_raw_files_only(tmp_path):
     assert report.skipped[sources.SIDE_CONFLICT] == 1 and report.examples[sources.SIDE_CONFLICT] == ["lspet-2"]
     with pytest.raises(ValueError, match="drop_side_conflicts needs the raw annotations"):
         sources.load_source("lspet", "train", tfrecord_dir=tmp_path, drop_side_conflicts=True)
+
+
+def test_the_dataset_readers_and_the_box_rule_load_without_tensorflow():
+    """Reading annotations (and writing the generated example sets) needs no TensorFlow: ``make_quadrupeds.py``
+    starts in a fraction of a second, and the box rule the readers apply is ``boxes.box_rule``, the one the graphs
+    run (test_evaluation checks both give the same bits)."""
+    modules = ["hourglass_tf.boxes", *(f"hourglass_tf.data.{m}" for m in ("readers", "coco_keypoints", "synthetic"))]
+    modules.append("hourglass_tf.data.quadrupeds")
+    code = f"import sys; import {', '.join(modules)}; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False"]

@@ -12,7 +12,7 @@ triples x, y, v with v = 0 missing, 1 occluded, 2 visible, ``iscrowd``) and ``ca
   trains without flip augmentation and is tested without the flip test (the trainer and the predictor say so).
 * An annotation becomes a sample unless it is a crowd, belongs to another category, or has fewer than
   ``options.min_keypoints`` annotated keypoints (each counted in the ``skipped`` report). Its crop is its box by
-  the package's rule (``geometry.person_from_box``).
+  the package's rule (``boxes.person_from_box``).
 * The PCK normaliser (``options.normalizer``): ``"box"``, the box's longer side (PCK@0.05, mmpose's convention
   for box-normalised PCK), or ``"joint_a:joint_b"``, the distance between two named joints (PCK@0.2, as the
   torso for LSP); NaN where it is unknown (that sample is left out of PCK, and counted).
@@ -28,8 +28,8 @@ import pathlib
 import numpy as np
 
 from hourglass_tf import skeleton as skeletons
+from hourglass_tf.boxes import person_from_box
 from hourglass_tf.data.sample import DataFileError, PoseSample, require_file
-from hourglass_tf.geometry import person_from_box
 
 DATASET = "coco_keypoints"
 

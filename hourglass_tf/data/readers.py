@@ -41,9 +41,9 @@ import posixpath
 import numpy as np
 
 from hourglass_tf import metrics, skeleton
+from hourglass_tf.boxes import center_scale_from_joints
 from hourglass_tf.data import DATASETS, coco_keypoints
 from hourglass_tf.data.sample import DataFileError, PoseSample, load_h5, load_mat, require_file, require_folder
-from hourglass_tf.geometry import center_scale_from_joints
 
 MPII_CENTER_SHIFT = 15.0  # pixels per unit of scale, downwards
 MPII_SCALE_PAD = 1.25

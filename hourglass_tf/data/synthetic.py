@@ -25,8 +25,8 @@ import pathlib
 import cv2
 import numpy as np
 
+from hourglass_tf.boxes import BOX_PAD, PERSON_BOX_UNIT
 from hourglass_tf.data.readers import MPII_CENTER_SHIFT, MPII_SCALE_PAD
-from hourglass_tf.geometry import BOX_PAD, PERSON_BOX_UNIT
 from hourglass_tf.metrics import HEAD_SIZE_FACTOR
 from hourglass_tf.skeleton import MPII
 

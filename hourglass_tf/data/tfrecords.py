@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from hourglass_tf.boxes import PERSON_BOX_UNIT
 from hourglass_tf.data.pipeline import inspect_sample
 from hourglass_tf.data.sample import DataFileError, SkipReport
 from hourglass_tf.data.shard_meta import (  # noqa: F401 - the shard folder's meta.json, re-exported here
@@ -31,7 +32,6 @@ from hourglass_tf.data.shard_meta import (  # noqa: F401 - the shard folder's me
     region_bounds,
     write_meta,
 )
-from hourglass_tf.geometry import PERSON_BOX_UNIT
 
 JPEG_QUALITY = 95
 
