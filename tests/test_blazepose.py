@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks import reliability
 from conftest import REPO
 from hourglass_tf import blazepose, people, skeleton
 
@@ -105,12 +106,10 @@ def test_missing_weights_are_one_line_saying_the_command_that_installs_them(tmp_
 
     model = build_model(num_stacks=1, num_blocks=1, filters=16, depth=2, num_joints=16, input_size=64)
     save_keras(model, tmp_path / "m.keras", describe(model, skeleton.MPII))
-    code = (
-        "import sys; sys.prefix = sys.argv.pop(1); sys.argv[0] = 'predict.py'; "
-        f"import runpy; runpy.run_path({str(REPO / 'scripts' / 'predict.py')!r}, run_name='__main__')"
-    )
+    code = "import sys; sys.prefix = sys.argv.pop(1)\n" + reliability.RUN_AND_SAY_IF_TENSORFLOW_LOADED
     done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path), f"--model={tmp_path / 'm.keras'}", "--detector=blazepose"]
+        [sys.executable, "-c", code, str(tmp_path), str(REPO / "scripts" / "predict.py")]
+        + [f"--model={tmp_path / 'm.keras'}", "--detector=blazepose"]
         + [f"--output_dir={tmp_path / 'out'}", str(image)],
         capture_output=True,
         text=True,
@@ -118,6 +117,7 @@ def test_missing_weights_are_one_line_saying_the_command_that_installs_them(tmp_
     )
     assert done.returncode == 2, done.stdout + done.stderr[-2000:]
     assert blazepose.INSTALL in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout.split()[-2:] == ["TENSORFLOW_LOADED", "False"]  # said before TensorFlow loads
     assert not (tmp_path / "out").exists()
 
 

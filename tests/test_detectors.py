@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks import reliability
 from conftest import REPO
 from hourglass_tf import detectors, people, serving, skeleton
 
@@ -64,9 +65,9 @@ def test_missing_weights_are_one_line_saying_the_command_that_installs_them(tmp_
 
     model = build_model(num_stacks=1, num_blocks=1, filters=16, depth=2, num_joints=16, input_size=64)
     save_keras(model, tmp_path / "m.keras", describe(model, skeleton.MPII))
+    script = [sys.executable, "-c", reliability.RUN_AND_SAY_IF_TENSORFLOW_LOADED, str(REPO / "scripts" / "predict.py")]
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "predict.py"), f"--model={tmp_path / 'm.keras'}", str(image)]
-        + [f"--output_dir={tmp_path / 'out'}"],
+        [*script, f"--model={tmp_path / 'm.keras'}", str(image), f"--output_dir={tmp_path / 'out'}"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -74,6 +75,7 @@ def test_missing_weights_are_one_line_saying_the_command_that_installs_them(tmp_
     )
     assert done.returncode == 2, done.stdout + done.stderr[-2000:]
     assert detectors.INSTALL in done.stderr and "--detector=hog" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout.split()[-2:] == ["TENSORFLOW_LOADED", "False"]  # said before TensorFlow loads
     assert not (tmp_path / "out").exists()
 
 

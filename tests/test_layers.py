@@ -42,6 +42,7 @@ LAYERS = {
         "people",
         "tracking",
         "detectors",
+        "detector_files",
         "blazepose",
     },
     3: {"export", "export_options", "serving", "weights"},
