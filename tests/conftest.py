@@ -15,30 +15,31 @@ if str(REPO) not in sys.path:  # benchmarks/ lives beside the package and is not
     sys.path.insert(0, str(REPO))
 
 
-# The test files in decreasing order of their time on 2 cores (a fresh clone's `--durations=0`, 2026-12-07, 1,434 s
-# in all). `make test` hands whole files to its two workers in the collection order (pytest-xdist's `--dist loadfile
-# --no-loadscope-reorder`), and `pytest_collection_modifyitems` below puts these first, so the last file to finish
-# is a short one; by default xdist orders files by their number of tests, which left the 123-s test_recompute.py and
-# the 65-s test_strategies.py for the end. A file not listed runs after these, in name order.
+# The test files in decreasing order of their time on 2 cores (a fresh clone's `--durations=0`, 2026-12-07 evening,
+# 1,467 s in all). `make test` hands whole files to its two workers in the collection order (pytest-xdist's `--dist
+# loadfile --no-loadscope-reorder`), and `pytest_collection_modifyitems` below puts these first, so the last file to
+# finish is a short one; by default xdist orders files by their number of tests, which left the long
+# test_recompute.py and test_strategies.py for the end. A file not listed runs after these, in name order.
 LONGEST_FILES_FIRST = (
     "test_train.py",
     "test_metadata.py",
-    "test_recompute.py",
     "test_export.py",
-    "test_reliability.py",
-    "test_evaluation.py",
-    "test_strategies.py",
     "test_model.py",
+    "test_recompute.py",
+    "test_strategies.py",
+    "test_reliability.py",
     "test_weights.py",
-    "test_benchmark.py",
     "test_preactivation.py",
-    "test_custom_keypoints.py",
+    "test_benchmark.py",
+    "test_evaluation.py",
     "test_pretrained.py",
-    "test_batchnorm.py",
+    "test_custom_keypoints.py",
     "test_people.py",
     "test_pipeline.py",
     "test_detectors.py",
     "test_precision.py",
+    "test_optimizers.py",
+    "test_batchnorm.py",
 )
 
 
