@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -567,12 +568,19 @@ def full_disk(work):
             "--formats=keras,saved_model",
         ]
     )
+    # Exported again from the previous export's own model.keras (no optimizer state): Keras writes the file's
+    # weights entry to a temporary file when it reads it, and the new model.keras is that entry plus the model's
+    # configuration, so a limit between the two lets the model load and stops the export's first file.
+    source = work / "export_source.keras"
+    shutil.copy(exported / "model.keras", source)
+    with zipfile.ZipFile(source) as archive:
+        weights = max(info.file_size for info in archive.infolist() if info.filename.endswith(".h5"))
     before = _snapshot(exported)
-    code, output = run_with_file_size_limit(  # loading (1.2 MB of weights) fits, the SavedModel graph (3.8 MB) does not
-        2_000_000,
+    code, output = run_with_file_size_limit(
+        (weights + source.stat().st_size) // 2,
         "export.py",
         [
-            f"--model={work / 'run' / 'best.keras'}",
+            f"--model={source}",
             f"--output={exported}",
             "--formats=keras,saved_model",
             "--overwrite",
