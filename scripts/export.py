@@ -73,16 +73,19 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.quantize == "int8" and "tflite" in FLAGS.formats and FLAGS.calibration_data is None:
         raise app.UsageError("--quantize=int8 needs --calibration_data (a representative data split)")
-    from hourglass_tf import export_options, metadata, pretrained
+    from hourglass_tf import detector_files, export_options, metadata, pretrained
 
     detector = None if FLAGS.detector == "none" else FLAGS.detector
-    try:  # said before TensorFlow loads: a mistyped model path or format, an early exit past the model's stacks
+    try:  # said before TensorFlow loads: a mistyped model path or format, an early exit past the model's stacks,
+        # the detector's weights missing
         pretrained.check_model_argument(FLAGS.model)
         path = pretrained.resolve(FLAGS.model)
         described = metadata.read_info(path)
         model_stacks = described.architecture.get("num_stacks") if described else None
         export_options.check(FLAGS.formats, FLAGS.quantize, FLAGS.precision, FLAGS.num_stacks, model_stacks, detector)
-    except ValueError as err:
+        if detector is not None:
+            detector_files.check_installed(detector)
+    except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from hourglass_tf.data.sample import DataFileError

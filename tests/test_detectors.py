@@ -77,6 +77,18 @@ def test_missing_weights_are_one_line_saying_the_command_that_installs_them(tmp_
     assert detectors.INSTALL in done.stderr and "--detector=hog" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout.split()[-2:] == ["TENSORFLOW_LOADED", "False"]  # said before TensorFlow loads
     assert not (tmp_path / "out").exists()
+    # The photo-in SavedModel needs the same file: export.py says so before TensorFlow loads too.
+    script = [sys.executable, "-c", reliability.RUN_AND_SAY_IF_TENSORFLOW_LOADED, str(REPO / "scripts" / "export.py")]
+    done = subprocess.run(
+        [*script, f"--model={tmp_path / 'm.keras'}", f"--output={tmp_path / 'exported'}", "--detector=ssdlite"]
+        + ["--formats=saved_model"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2 and detectors.INSTALL in done.stderr, done.stdout + done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["TENSORFLOW_LOADED", "False"] and not (tmp_path / "exported").exists()
 
 
 def test_a_file_that_is_not_the_detector_graph_is_refused_naming_it(tmp_path):
