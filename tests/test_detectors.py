@@ -64,31 +64,30 @@ def test_missing_weights_are_one_line_saying_the_command_that_installs_them(tmp_
     from hourglass_tf.model import build_model
 
     model = build_model(num_stacks=1, num_blocks=1, filters=16, depth=2, num_joints=16, input_size=64)
-    save_keras(model, tmp_path / "m.keras", describe(model, skeleton.MPII))
-    script = [sys.executable, "-c", reliability.RUN_AND_SAY_IF_TENSORFLOW_LOADED, str(REPO / "scripts" / "predict.py")]
-    done = subprocess.run(
-        [*script, f"--model={tmp_path / 'm.keras'}", str(image), f"--output_dir={tmp_path / 'out'}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
-    assert detectors.INSTALL in done.stderr and "--detector=hog" in done.stderr and "Traceback" not in done.stderr
-    assert done.stdout.split()[-2:] == ["TENSORFLOW_LOADED", "False"]  # said before TensorFlow loads
-    assert not (tmp_path / "out").exists()
-    # The photo-in SavedModel needs the same file: export.py says so before TensorFlow loads too.
-    script = [sys.executable, "-c", reliability.RUN_AND_SAY_IF_TENSORFLOW_LOADED, str(REPO / "scripts" / "export.py")]
-    done = subprocess.run(
-        [*script, f"--model={tmp_path / 'm.keras'}", f"--output={tmp_path / 'exported'}", "--detector=ssdlite"]
-        + ["--formats=saved_model"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
-    )
-    assert done.returncode == 2 and detectors.INSTALL in done.stderr, done.stdout + done.stderr[-2000:]
-    assert done.stdout.split()[-2:] == ["TENSORFLOW_LOADED", "False"] and not (tmp_path / "exported").exists()
+    model_file, out, exported = tmp_path / "m.keras", tmp_path / "out", tmp_path / "exported"
+    save_keras(model, model_file, describe(model, skeleton.MPII))
+    # predict.py finding people, and export.py writing the photo-in SavedModel, need the same file.
+    for script, args, output in (
+        ("predict.py", [f"--model={model_file}", str(image), f"--output_dir={out}"], out),
+        (
+            "export.py",
+            [f"--model={model_file}", f"--output={exported}", "--detector=ssdlite", "--formats=saved_model"],
+            exported,
+        ),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", reliability.RUN_AND_SAY_IF_TENSORFLOW_LOADED, str(REPO / "scripts" / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+        )
+        assert done.returncode == 2, script + done.stdout + done.stderr[-2000:]
+        assert detectors.INSTALL in done.stderr and "Traceback" not in done.stderr, script
+        assert done.stdout.split()[-2:] == ["TENSORFLOW_LOADED", "False"], script  # said before TensorFlow loads
+        assert not output.exists(), script
+        if script == "predict.py":
+            assert "--detector=hog" in done.stderr
 
 
 def test_a_file_that_is_not_the_detector_graph_is_refused_naming_it(tmp_path):

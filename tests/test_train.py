@@ -429,8 +429,7 @@ result = train(config)
 # (synchronized=False, as in the paper's single-GPU batches) and are not compared.
 weights = np.concatenate([w.numpy().ravel() for w in result["model"].trainable_weights])
 print("RESULT " + json.dumps({"replicas": result["summary"]["replicas"], "global_batch": result["summary"]["global_batch"],
-                             "checksum": float(np.sum(weights.astype(np.float64))), "first": weights[:8].tolist(),
-                             "epochs": result["summary"]["epochs_run"]}))
+                             "checksum": float(np.sum(weights.astype(np.float64))), "first": weights[:8].tolist()}))
 """
 
 
