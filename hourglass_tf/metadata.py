@@ -32,6 +32,7 @@ import shutil
 import zipfile
 
 from hourglass_tf import skeleton as skeletons
+from hourglass_tf.keras_saving import saving_cache
 
 FORMAT_VERSION = 1
 FILENAME = "hourglass_tf.json"
@@ -240,7 +241,8 @@ def save_keras(model, path, info):
     """
 
     def write(tmp):
-        model.save(tmp)
+        with saving_cache():
+            model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(FILENAME, info.to_json())
 
@@ -296,7 +298,8 @@ def load_keras_model(path):
     if not path.is_file():
         raise MetadataError(f"{path}: no such model file")
     try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
+        with saving_cache():
+            return keras.models.load_model(path, safe_mode=True, compile=False)
     except (ValueError, TypeError, OSError, zipfile.BadZipFile, KeyError, EOFError) as err:
         raise MetadataError(f"{path}: not a loadable .keras model ({type(err).__name__}: {_cause(err)})") from None
 

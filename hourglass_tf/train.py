@@ -73,6 +73,7 @@ from hourglass_tf.distribute import (
     multi_worker_fit_fixes,
     worker_count,
 )
+from hourglass_tf.keras_saving import saving_cache
 from hourglass_tf.metadata import describe, load_keras_model, remove_stale_temporaries
 from hourglass_tf.model import architecture_of, build_model, output_names
 
@@ -360,7 +361,7 @@ def _train(config):
     watch = _callbacks(config, run, data, model, val_data, steps, failures, resumed_epochs)
     _say_what_trains(config, run, data, steps)
     start = time.time()
-    with multi_worker_fit_fixes(model, run.strategy), failures_explained(config):
+    with multi_worker_fit_fixes(model, run.strategy), failures_explained(config), saving_cache():
         history = model.fit(
             train_data, epochs=config.epochs, steps_per_epoch=steps, callbacks=watch.callbacks, verbose=config.verbose
         )

@@ -18,6 +18,7 @@ LAYERS = {
         "codec",
         "model",
         "metadata",
+        "keras_saving",
         "pretrained",
         "metrics",
         "visualize",

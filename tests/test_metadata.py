@@ -233,6 +233,50 @@ def test_importing_the_package_changes_nothing_in_the_process():
     assert result.stdout.strip().splitlines()[-1] == "None"
 
 
+def test_the_saving_cache_is_keras_own_sets_for_the_block_only(tmp_path):
+    """``keras_saving.saving_cache``: inside the block Keras' ``get_attr_skipset`` returns one cached set per type,
+    equal to what it computes uncached; after the block (nested too) Keras is as before; a model saved inside
+    it is the file saved outside it. Fails when Keras caches the sets itself (then remove the module) or when
+    the function or its key changes."""
+    import h5py
+    from keras.src.backend.common import global_state
+    from keras.src.saving import saving_lib
+
+    from hourglass_tf import keras_saving
+
+    keys = [keras_saving.READ_KEY.format(t) for t in keras_saving.TYPES]
+    assert all(global_state.get_global_attribute(k) is None for k in keys)
+    uncached = {t: saving_lib.get_attr_skipset(t) for t in keras_saving.TYPES}
+    for obj_type, skipset in uncached.items():  # Keras' own cache misses: every call computes the set again
+        assert saving_lib.get_attr_skipset(obj_type) is not skipset, f"Keras caches {obj_type}: remove keras_saving"
+    with keras_saving.saving_cache():
+        cached = {t: saving_lib.get_attr_skipset(t) for t in keras_saving.TYPES}
+        with keras_saving.saving_cache():
+            assert all(saving_lib.get_attr_skipset(t) is cached[t] for t in cached)
+        assert all(saving_lib.get_attr_skipset(t) is cached[t] for t in cached)  # the inner block left them
+        assert cached == uncached
+    assert all(global_state.get_global_attribute(k) is None for k in keys)
+
+    model = build_model(**TINY)
+    model.save(tmp_path / "plain.keras")
+    with keras_saving.saving_cache():
+        model.save(tmp_path / "cached.keras")
+
+    def contents(path):
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+            (tmp_path / "w.h5").write_bytes(archive.read("model.weights.h5"))
+        arrays = {}
+        with h5py.File(tmp_path / "w.h5") as f:
+            f.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+        return config, arrays
+
+    (config_a, arrays_a), (config_b, arrays_b) = contents(tmp_path / "plain.keras"), contents(tmp_path / "cached.keras")
+    assert config_a == config_b and sorted(arrays_a) == sorted(arrays_b) and len(arrays_a) == len(model.weights)
+    for name in arrays_a:
+        np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
+
+
 def test_the_multi_worker_fixes_are_undone_after_fit(tmp_path):
     code = """
 import tensorflow as tf
