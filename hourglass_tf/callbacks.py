@@ -427,6 +427,16 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         state = self.run_dir / "best.json"
         if state.exists():
             self.best = json.loads(state.read_text())["value"]
+        self._float32 = None  # (the model it copies, the float32 copy)
+
+    def _float32_model(self):
+        """``float32_copy(self.model)``, built at the first save and given the current weights at each later one (a
+        mixed-precision model is rebuilt once per run, not once per epoch: 5 s an epoch for the paper's 8 stacks)."""
+        if self._float32 is None or self._float32[0] is not self.model:
+            self._float32 = (self.model, float32_copy(self.model))
+        elif self._float32[1] is not self.model:
+            self._float32[1].set_weights(self.model.get_weights())
+        return self._float32[1]
 
     def _save(self, name, epoch, value):
         final = self.run_dir / name
@@ -436,7 +446,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             os.replace(tmp, final)
             return
         provenance = {**self.info.provenance, "epoch": epoch + 1, "value": value}
-        save_keras(float32_copy(self.model), final, dataclasses.replace(self.info, provenance=provenance))
+        save_keras(self._float32_model(), final, dataclasses.replace(self.info, provenance=provenance))
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.enabled or (self.guard is not None and self.guard.reason) or not _finite(logs):

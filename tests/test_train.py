@@ -339,6 +339,53 @@ def test_after_a_nan_the_last_good_checkpoint_and_backup_are_intact(tmp_path):
     assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 1
 
 
+def test_a_mixed_precision_run_s_checkpoints_are_float32_with_each_epoch_s_weights(tmp_path, monkeypatch):
+    """``AtomicCheckpoint`` builds the float32 copy of a mixed-precision model once and gives it the weights of
+    each epoch it saves: every ``last.keras`` computes in float32 and holds that epoch's trained weights."""
+    import hourglass_tf.callbacks
+    from hourglass_tf import metadata, skeleton
+    from hourglass_tf.model import build_model
+
+    calls = []
+    original = hourglass_tf.callbacks.float32_copy
+
+    class Record(keras.callbacks.Callback):  # the weights at each epoch's end, before the checkpoint saves
+        def on_epoch_end(self, epoch, logs=None):
+            weights.append(self.model.get_weights())
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = build_model(num_stacks=1, filters=8, depth=1, num_joints=2, input_size=32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss={"stack_1": "mse"})
+    info = metadata.describe(model, skeleton.Skeleton("two", ("a", "b"), ((0, 1),)), precision="mixed_bfloat16")
+    checkpoint = AtomicCheckpoint(tmp_path, "loss_metric", info=info)
+    weights = []
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 32, 32, 3), np.float32), {"stack_1": rng.random((8, 8, 8, 2), np.float32)}
+    saved = []
+
+    class Keep(keras.callbacks.Callback):  # a copy of each epoch's file
+        def on_epoch_end(self, epoch, logs=None):
+            saved.append(tmp_path / f"epoch{epoch}.keras")
+            saved[-1].write_bytes((tmp_path / "last.keras").read_bytes())
+
+    def counted(m):
+        calls.append(m)
+        return original(m)
+
+    monkeypatch.setattr(hourglass_tf.callbacks, "float32_copy", counted)
+    model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[Record(), checkpoint, Keep()])
+    assert len(calls) == 1  # one copy for the run
+    assert not np.allclose(weights[0][0], weights[-1][0])  # it trained
+    for path, expected in zip(saved, weights, strict=True):
+        loaded = keras.models.load_model(path)
+        assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
+        for a, b in zip(loaded.get_weights(), expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_inconsistent_flags_fail_before_anything_is_built(tmp_path):
     result = run_script(["--dataset=synthetic", f"--run_dir={tmp_path / 'run'}", "--input_size=100", "--batch_size=0"])
     assert result.returncode == 2
