@@ -53,7 +53,8 @@ def gradient_function(model):
 def test_recomputed_gradients_equal_the_plain_ones_and_the_stacks_are_computed_twice():
     plain, recomputed = twin_models(num_stacks=3)
     x = tf.constant(np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32))
-    (loss_a, grads_a), (loss_b, grads_b) = gradient_function(plain)(x), gradient_function(recomputed)(x)
+    functions = gradient_function(plain), gradient_function(recomputed)
+    (loss_a, grads_a), (loss_b, grads_b) = (f(x) for f in functions)
     assert float(loss_b) == pytest.approx(float(loss_a), rel=1e-6)
     assert all(g is not None for g in grads_b)
     difference = np.sqrt(sum(float(tf.reduce_sum(tf.square(a - b))) for a, b in zip(grads_a, grads_b)))
@@ -62,13 +63,14 @@ def test_recomputed_gradients_equal_the_plain_ones_and_the_stacks_are_computed_t
 
     # The step's graph: the kernel of every batch norm but the last stack's twice (forward and recomputation),
     # the moving averages assigned once; the plain step computes each once.
-    def op_counts(model):
-        graph = gradient_function(model).get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    def op_counts(function):  # the graph traced for the call above (no second trace)
+        graph = function.get_concrete_function(x).graph
         return collections.Counter(op.type for op in graph.get_operations())
 
     norms = [layer.name for layer in plain.layers if isinstance(layer, keras.layers.BatchNormalization)]
     last_stack = [name for name in norms if name.startswith("hg3_")]
-    plain_ops, recomputed_ops = op_counts(plain), op_counts(recomputed)
+    plain_ops, recomputed_ops = (op_counts(f) for f in functions)
+    assert all(f.experimental_get_tracing_count() == 1 for f in functions)
     assert plain_ops["FusedBatchNormV3"] == len(norms)
     assert recomputed_ops["FusedBatchNormV3"] == 2 * len(norms) - len(last_stack) and last_stack
     assert recomputed_ops["AssignVariableOp"] == plain_ops["AssignVariableOp"] == 2 * len(norms)
