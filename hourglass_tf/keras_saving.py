@@ -6,7 +6,7 @@ function is meant to compute each set once and cache it in Keras' global state, 
 under one key (``saving_attr_skiplist_<type>``) and writes it under another (``saving_attr_skipset_<type>``): the cache
 never hits, and every object of the walk builds a throwaway ``Layer()`` and lists its attributes again. That is about a
 third of a save (the tiny test model: 0.21 -> 0.14 s; the paper's 8-stack model: 2.4 -> 1.6 s for ``model.save``,
-1.8 -> 1.3 s for ``save_weights``; docs/performance.md).
+2.2 -> 1.6 s for ``save_weights`` with an RMSprop optimizer; docs/performance.md).
 
 ``saving_cache()`` computes each set once, with Keras' own function, and stores it under the key Keras reads, for the
 ``with`` block only: on exit the previous values (normally none) are back, so importing or using the package leaves
