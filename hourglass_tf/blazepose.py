@@ -57,8 +57,7 @@ def installed_weights():
     path = weights_path()
     if not path.is_file():
         raise MissingWeightsError(
-            f"the BlazePose person detector's weights ({path}) are not installed: run `{INSTALL}` (make install does), "
-            "or choose another --detector (ssdlite, hog, none)"
+            f"the BlazePose person detector's weights ({path}) are not installed: run `{INSTALL}` (make install does)"
         )
     return path
 

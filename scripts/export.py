@@ -84,7 +84,7 @@ def main(argv):
         model_stacks = described.architecture.get("num_stacks") if described else None
         export_options.check(FLAGS.formats, FLAGS.quantize, FLAGS.precision, FLAGS.num_stacks, model_stacks, detector)
         if detector is not None:
-            detector_files.check_installed(detector)
+            detector_files.check_installed(detector, FLAGS["detector"].parser.enum_values)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

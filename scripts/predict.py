@@ -143,7 +143,7 @@ def main(argv):
         if len(missing) == len(inputs):
             raise ValueError(f"no such file or folder: {', '.join(missing)}")
         if not given:  # the detector finds the people: its weights must be there
-            detector_files.check_installed(FLAGS.detector)
+            detector_files.check_installed(FLAGS.detector, FLAGS["detector"].parser.enum_values)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
