@@ -346,13 +346,6 @@ def test_a_mixed_precision_run_s_checkpoints_are_float32_with_each_epoch_s_weigh
     from hourglass_tf import metadata, skeleton
     from hourglass_tf.model import build_model
 
-    calls = []
-    original = hourglass_tf.callbacks.float32_copy
-
-    class Record(keras.callbacks.Callback):  # the weights at each epoch's end, before the checkpoint saves
-        def on_epoch_end(self, epoch, logs=None):
-            weights.append(self.model.get_weights())
-
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         model = build_model(num_stacks=1, filters=8, depth=1, num_joints=2, input_size=32)
@@ -360,24 +353,29 @@ def test_a_mixed_precision_run_s_checkpoints_are_float32_with_each_epoch_s_weigh
         keras.mixed_precision.set_global_policy("float32")
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss={"stack_1": "mse"})
     info = metadata.describe(model, skeleton.Skeleton("two", ("a", "b"), ((0, 1),)), precision="mixed_bfloat16")
-    checkpoint = AtomicCheckpoint(tmp_path, "loss_metric", info=info)
-    weights = []
     rng = np.random.default_rng(0)
     x, y = rng.random((8, 32, 32, 3), np.float32), {"stack_1": rng.random((8, 8, 8, 2), np.float32)}
-    saved = []
 
-    class Keep(keras.callbacks.Callback):  # a copy of each epoch's file
+    copies, weights, saved = [], [], []  # float32_copy's calls; each epoch's weights and its checkpoint's copy
+    original = hourglass_tf.callbacks.float32_copy
+
+    def counted(m):
+        copies.append(m)
+        return original(m)
+
+    class Record(keras.callbacks.Callback):  # the weights at each epoch's end, before the checkpoint saves
+        def on_epoch_end(self, epoch, logs=None):
+            weights.append(self.model.get_weights())
+
+    class Keep(keras.callbacks.Callback):  # after it: a copy of the epoch's file
         def on_epoch_end(self, epoch, logs=None):
             saved.append(tmp_path / f"epoch{epoch}.keras")
             saved[-1].write_bytes((tmp_path / "last.keras").read_bytes())
 
-    def counted(m):
-        calls.append(m)
-        return original(m)
-
     monkeypatch.setattr(hourglass_tf.callbacks, "float32_copy", counted)
+    checkpoint = AtomicCheckpoint(tmp_path, "loss_metric", info=info)
     model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[Record(), checkpoint, Keep()])
-    assert len(calls) == 1  # one copy for the run
+    assert len(copies) == 1  # one copy for the run
     assert not np.allclose(weights[0][0], weights[-1][0])  # it trained
     for path, expected in zip(saved, weights, strict=True):
         loaded = keras.models.load_model(path)
