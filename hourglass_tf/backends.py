@@ -18,7 +18,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import metadata, pretrained
+from hourglass_tf import litert_cache, metadata, pretrained
 from hourglass_tf.geometry import average_with_mirror
 
 
@@ -31,6 +31,7 @@ class Runner:
 
     flips_inside = False  # a SavedModel exported with --flip_test already averages the mirror
     source = None  # the file or folder it was loaded from
+    runtime = "tensorflow"  # what runs the network: tensorflow, litert or onnxruntime
 
     def raw(self, crops):
         raise NotImplementedError
@@ -117,6 +118,8 @@ class TFLiteRunner(Runner):
     implementation-defined), as TensorFlow and ONNX Runtime do.
     """
 
+    runtime = "litert"
+
     def __init__(self, path, num_threads=None):
         from ai_edge_litert.interpreter import Interpreter
 
@@ -159,6 +162,8 @@ def _quantization(detail):
 
 class OnnxRunner(Runner):
     """A ``.onnx`` file on ONNX Runtime (CPU)."""
+
+    runtime = "onnxruntime"
 
     def __init__(self, path):
         import onnxruntime
@@ -205,48 +210,147 @@ def choose_precision(requested, path, info=None, flags=None, flops=None):
     return "bfloat16" if keras_file and check.get("passed") and pays and runtime.cpu_has_bfloat16(flags) else "float32"
 
 
-def load_runner(path, precision="float32"):
+RUNTIMES = ("auto", "tensorflow", "litert")
+
+
+def load_runner(path, precision="float32", runtime=None, log=print):
     """The runner for a model file or folder (see the module docstring); ValueError naming it otherwise.
 
     ``precision``: one of ``PRECISIONS`` for a ``.keras`` file (``choose_precision``, with the model's size for
-    ``auto``); the runner's ``precision`` says what it runs in."""
+    ``auto``); the runner's ``precision`` says what it runs in.
+    ``runtime``: what runs a ``.keras`` model, one of ``RUNTIMES``: ``tensorflow`` (a compiled ``tf.function``),
+    ``litert`` (its TFLite conversion, made once and cached: ``litert_cache``) or ``auto`` (LiteRT for a model
+    that runs in float32, TensorFlow for bfloat16 or when the conversion fails; ``log`` says which, and what was
+    converted). None: each format's own runtime, TensorFlow for ``.keras``. Another format runs on its own runtime
+    (asking another is a ValueError); the runner's ``runtime`` says which.
+    """
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, received runtime={runtime!r}")
     if precision != "auto":
         choose_precision(precision, path)  # refuses an unknown precision, and bfloat16 for a format other than .keras
     path = pathlib.Path(path)
     if not path.exists():
         raise ValueError(pretrained.no_such_model(path))
     if path.is_dir():
-        if (path / "saved_model.pb").is_file():
-            return _open(SavedModelRunner, path)
-        # An export folder (its saved_model/ holds numbered versions), or that saved_model/ itself (TF Serving's
-        # model base path): the highest version.
-        numbered = [p for base in (path / "saved_model", path) for p in base.glob("*") if p.name.isdigit()]
-        versions = sorted((p for p in numbered if (p / "saved_model.pb").is_file()), key=lambda p: int(p.name))
-        if versions:
-            return _open(SavedModelRunner, versions[-1])
-        for name in ("model.keras", "model.tflite", "model.onnx"):
-            if (path / name).is_file():
-                return load_runner(path / name)
-        raise ValueError(
-            f"{path}: no SavedModel (nor numbered SavedModel versions), model.keras, model.tflite or model.onnx inside"
-        )
-    suffix = path.suffix.lower()
-    if suffix == ".keras":
-        from hourglass_tf.model import bfloat16_copy, conv_flops, float32_copy, fold_batch_norm
-
-        model = fold_batch_norm(float32_copy(metadata.load_keras_model(path)))
-        if precision == "auto":
-            precision = choose_precision("auto", path, _keras_info(path), flops=conv_flops(model))
-        runner = KerasRunner(bfloat16_copy(model) if precision == "bfloat16" else model)
-    elif suffix in (".tflite", ".onnx"):
-        runner = _open(TFLiteRunner if suffix == ".tflite" else OnnxRunner, path)
+        runner = _folder_runner(path, precision, runtime, log)
     else:
-        raise ValueError(
-            f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder"
-        )
-    runner.source = path
-    runner.precision = precision if suffix == ".keras" else "float32"
+        suffix = path.suffix.lower()
+        if suffix == ".keras":
+            runner = _keras_runner(path, precision, runtime, log)
+        elif suffix in (".tflite", ".onnx"):
+            runner = _open(TFLiteRunner if suffix == ".tflite" else OnnxRunner, path)
+            runner.precision = "float32"
+        else:
+            raise ValueError(
+                f"{path}: unknown model format {suffix!r}; expected .keras, .tflite, .onnx or a SavedModel folder"
+            )
+        runner.source = path
+    if runtime not in (None, "auto", runner.runtime):
+        raise ValueError(f"{path} runs on {runner.runtime}; runtime={runtime!r} is a choice for a .keras model")
     return runner
+
+
+def _folder_runner(path, precision, runtime, log):
+    if (path / "saved_model.pb").is_file():
+        return _saved_model_runner(path)
+    # An export folder (its saved_model/ holds numbered versions), or that saved_model/ itself (TF Serving's
+    # model base path): the highest version.
+    numbered = [p for base in (path / "saved_model", path) for p in base.glob("*") if p.name.isdigit()]
+    versions = sorted((p for p in numbered if (p / "saved_model.pb").is_file()), key=lambda p: int(p.name))
+    if versions:
+        return _saved_model_runner(versions[-1])
+    for name in ("model.keras", "model.tflite", "model.onnx"):
+        if (path / name).is_file():
+            return load_runner(path / name, precision if name == "model.keras" else "float32", runtime, log)
+    raise ValueError(
+        f"{path}: no SavedModel (nor numbered SavedModel versions), model.keras, model.tflite or model.onnx inside"
+    )
+
+
+def _saved_model_runner(path):
+    runner = _open(SavedModelRunner, path)
+    runner.precision = "float32"
+    return runner
+
+
+def _keras_runner(path, precision, runtime, log):
+    """A ``.keras`` model's runner: its batch norms folded, in the chosen precision, on the chosen runtime."""
+    import functools
+
+    from hourglass_tf.model import bfloat16_copy, conv_flops, float32_copy, fold_batch_norm
+
+    @functools.cache
+    def model():
+        return fold_batch_norm(float32_copy(metadata.load_keras_model(path)))
+
+    target = litert_cache.entry(path) if runtime in ("auto", "litert") else None
+    if precision == "auto":  # the model's size decides only where everything else allows bfloat16
+        info = _keras_info(path)
+        if choose_precision("auto", path, info) == "bfloat16":
+            flops = litert_cache.remembered_flops(target) if target is not None else None  # spares loading it
+            precision = choose_precision("auto", path, info, flops=conv_flops(model()) if flops is None else flops)
+        else:
+            precision = "float32"
+    if runtime == "litert" and precision != "float32":
+        raise ValueError(f"{path}: LiteRT runs the model in float32; {precision} runs on TensorFlow")
+    runner = None
+    if target is not None and precision == "float32":
+        try:
+            runner = _cached_litert_runner(path, target, model, log)
+        except (litert_cache.ConversionError, OSError, ImportError) as err:
+            if runtime == "litert":
+                raise ValueError(f"{path}: cannot run on LiteRT: {err}") from err
+            log(f"{path} runs on TensorFlow: its LiteRT conversion failed: {err}")
+    if runner is None:
+        runner = KerasRunner(bfloat16_copy(model()) if precision == "bfloat16" else model())
+    runner.precision = precision
+    return runner
+
+
+def _cached_litert_runner(path, target, model, log):
+    """A TFLiteRunner over the ``.keras`` file's cache entry ``target``, converting (``model()``: the folded float32
+    Keras model) when there is none or it does not load; says which through ``log``."""
+    if target.is_file():
+        try:
+            runner = _open(TFLiteRunner, target)
+        except ValueError:  # not written by a completed conversion of this package: made again below
+            pass
+        else:
+            log(f"{path} runs on LiteRT, through its TFLite conversion cached as {target}")
+            runner.cache_entry = target
+            return runner
+    seconds = litert_cache.convert(model(), target, _litert_check(model()))
+    log(
+        f"{path} runs on LiteRT: converted to TFLite once ({seconds:.1f} s, checked against TensorFlow) and cached "
+        f"as {target} (--runtime=tensorflow runs it on TensorFlow)"
+    )
+    runner = _open(TFLiteRunner, target)
+    runner.cache_entry = target
+    return runner
+
+
+def _litert_check(model):
+    """``check(tflite_path)`` for ``litert_cache.convert``: the file's heatmaps against ``model``'s on
+    ``conversion.check_crops``, within ``conversion.TOLERANCES["tflite"]``."""
+    from hourglass_tf import conversion
+    from hourglass_tf.model import output_names
+
+    crops = conversion.check_crops(int(model.inputs[0].shape[1]))
+    reference = np.asarray(model(crops, training=False)[output_names(model)[-1]], np.float32)
+
+    def check(candidate):
+        heatmaps = TFLiteRunner(candidate).raw(crops)[-1]
+        try:
+            largest, within = conversion.deviation(heatmaps, reference, "tflite")
+        except ValueError as err:
+            raise litert_cache.ConversionError(f"the converted model gives {err}") from None
+        if not within:
+            raise litert_cache.ConversionError(
+                f"the converted model disagrees with the Keras model: max heatmap deviation {largest:.3g} > "
+                f"{conversion.TOLERANCES['tflite']:g}"
+            )
+
+    return check
 
 
 class MissingDependencyError(ImportError):
@@ -297,15 +401,16 @@ def _keras_info(path):
         return None
 
 
-def load_model_file(path, skeleton=None, precision="float32"):
+def load_model_file(path, skeleton=None, precision="float32", runtime=None, log=print):
     """(runner, ModelInfo) for a model file or folder (see ``load_runner`` and ``metadata.read_info``).
 
     Args:
       skeleton: the joint set (``Skeleton`` or name) for a model that carries no description;
         for one that does, it must agree with the stored one.
       precision: one of ``PRECISIONS`` (``choose_precision``); the runner's ``precision`` says what it runs in.
+      runtime: None or one of ``RUNTIMES`` (``load_runner``; ``log`` says what ``auto`` chose and converted).
     """
-    runner = load_runner(path, precision)
+    runner = load_runner(path, precision, runtime, log)
 
     def build(skel):
         return metadata.ModelInfo(

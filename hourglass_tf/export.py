@@ -53,8 +53,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hourglass_tf import export_options, images, metadata, serving
+from hourglass_tf import conversion, export_options, images, metadata, serving
 from hourglass_tf.codec import HeatmapCodec
+from hourglass_tf.conversion import heatmap_model
 from hourglass_tf.export_options import FORMATS, QUANTIZATIONS  # noqa: F401 - export.FORMATS, export.QUANTIZATIONS
 from hourglass_tf.geometry import (
     average_with_mirror,
@@ -71,12 +72,6 @@ from hourglass_tf.model import (
 )
 
 ONNX_OPSET = 17
-
-
-def heatmap_model(model):
-    """(N, R, R, 3) float32 -> the last stack's heatmaps, as a single-output Keras model."""
-    last = output_names(model)[-1]
-    return keras.Model(model.inputs[0], model.get_layer(last).output, name=f"{model.name}_heatmaps")
 
 
 def decode_photo(data):
@@ -268,7 +263,7 @@ def _export_saved_model(model, path, info_json, flip_test, info, detector=None):
     }
     if detector is not None:
         signatures["predict_photo"] = (module.serve_photo, [tf.TensorSpec([], tf.string, name="image_bytes")])
-    _save_signatures(module.model, signatures, path)
+    conversion.save_signatures(module.model, signatures, path)
     extra = pathlib.Path(path) / "assets.extra"
     extra.mkdir(exist_ok=True)
     (extra / metadata.FILENAME).write_text(info_json)
@@ -276,58 +271,10 @@ def _export_saved_model(model, path, info_json, flip_test, info, detector=None):
     return path
 
 
-def _save_signatures(model, signatures, path):
-    """Writes a SavedModel of ``model``'s weights and the given signatures, name -> (function, input specs), each
-    traced once; the weights are saved as the TensorFlow variables of Keras' TensorFlow backend (``Variable.value``).
-
-    What ``keras.export.ExportArchive`` writes (named signatures, the weights, no Keras objects), without its
-    search of the Keras object tree for other resources (a third of a small model's export time): these graphs
-    hold none (the person detector's graph is constants).
-    """
-    root = tf.Module()
-    root.weights = [weight.value for weight in model.weights]
-    if not all(isinstance(weight, tf.Variable) for weight in root.weights):
-        raise TypeError("Keras' TensorFlow backend no longer keeps a tf.Variable in Variable.value")
-    concrete = {
-        name: tf.function(function, input_signature=specs, autograph=False).get_concrete_function()
-        for name, (function, specs) in signatures.items()
-    }
-    tf.saved_model.save(root, str(path), signatures=concrete)
-
-
-def _heatmap_saved_model(model, path):
-    """Writes a SavedModel of one ``serving_default`` signature, float32 crops ``image`` (N, R, R, 3) in [0, 1] ->
-    ``heatmaps`` (N, R/4, R/4, K) of the last stack: what the TFLite converter reads (a third of the time
-    ``from_keras_model`` takes, which writes Keras' own export archive first, for the same file)."""
-    head = heatmap_model(model)
-    size = int(head.inputs[0].shape[1])
-    spec = [tf.TensorSpec([None, size, size, 3], tf.float32, name="image")]
-    _save_signatures(head, {"serving_default": (lambda image: {"heatmaps": head(image, training=False)}, spec)}, path)
-
-
 def _export_tflite(model, directory, quantize, calibration_images):
     name = {"none": "model.tflite", "float16": "model_float16.tflite", "int8": "model_int8.tflite"}[quantize]
-    with tempfile.TemporaryDirectory(prefix=".tflite_source.", dir=directory) as source:
-        _heatmap_saved_model(model, source)
-        converter = tf.lite.TFLiteConverter.from_saved_model(source)  # read again by convert(): inside the block
-        if quantize == "float16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantize == "int8":
-            calibration = np.asarray(calibration_images, np.float32)
-
-            def representative():
-                for image in calibration:
-                    yield [image[None]]
-
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = representative
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8  # scale and zero point are in the file; the runner reads them
-            converter.inference_output_type = tf.float32
-        flatbuffer = converter.convert()
     path = pathlib.Path(directory) / name
-    path.write_bytes(flatbuffer)
+    path.write_bytes(conversion.tflite_flatbuffer(model, directory, quantize, calibration_images))
     return path
 
 
@@ -379,36 +326,22 @@ def _cause(err):
     return f"{type(err).__name__}: {hint[:300]}"
 
 
-# Heatmap deviation allowed against the float32 Keras model, relative to the largest reference value
-# (at least 1): float32 formats differ by summation order only; float16 weights by about 1e-3 relative;
-# int8 is reported, not bounded (its error depends on the calibration data).
-TOLERANCES = {
-    "keras": 1e-5,
-    "saved_model": 1e-4,
-    "saved_model_bfloat16": 5e-2,  # bfloat16 keeps 8 significant bits: about 0.4 % a rounding, through 60+ layers
-    "tflite": 1e-4,
-    "tflite_float16": 2e-2,
-    "onnx": 1e-4,
-}
-
-
 def _check_outputs(fmt, path, crops, reference):
-    """Loads ``path`` with its runtime, runs ``crops`` and returns the max deviation from ``reference``."""
+    """Loads ``path`` with its runtime, runs ``crops`` and returns the max deviation from ``reference``
+    (within ``conversion.TOLERANCES[fmt]``, else ``ExportError``)."""
     from hourglass_tf.backends import load_runner
 
     heatmaps = load_runner(path).raw(crops)[-1]
-    if heatmaps.shape != reference.shape or not np.all(np.isfinite(heatmaps)):
+    try:
+        largest, within = conversion.deviation(heatmaps, reference, fmt)
+    except ValueError as err:
+        raise ExportError(f"{fmt}: {path} loads but gives {err}") from None
+    if not within:
         raise ExportError(
-            f"{fmt}: {path} loads but gives heatmaps of shape {heatmaps.shape} (finite: "
-            f"{bool(np.all(np.isfinite(heatmaps)))}), expected {reference.shape}"
+            f"{fmt}: {path} disagrees with the Keras model: max heatmap deviation {largest:.3g} > "
+            f"{conversion.TOLERANCES[fmt]:g}"
         )
-    deviation = float(np.max(np.abs(heatmaps - reference)))
-    tolerance = TOLERANCES.get(fmt)
-    if tolerance is not None and deviation > tolerance * max(1.0, float(np.max(np.abs(reference)))):
-        raise ExportError(
-            f"{fmt}: {path} disagrees with the Keras model: max heatmap deviation {deviation:.3g} > {tolerance:g}"
-        )
-    return deviation
+    return largest
 
 
 STAGING = "staging-"  # an export is written into ``.NAME.staging-XXXXXXXX/`` beside ``NAME``, then renamed
@@ -457,7 +390,7 @@ def export_model(
         the description's ``export.detector`` (and the ``metadata`` signature) names it.
       precision: ``float32``, or ``bfloat16`` for a SavedModel that computes in bfloat16 (every layer but the
         outputs; heatmaps float32), for CPUs with bfloat16 arithmetic and GPUs/TPUs; checked against the float32
-        model within ``TOLERANCES["saved_model_bfloat16"]``. TFLite and ONNX are written in float32 (or the asked
+        model within ``conversion.TOLERANCES["saved_model_bfloat16"]``. TFLite and ONNX are written in float32 (or the asked
         quantization) only.
 
     Returns:
@@ -515,8 +448,7 @@ def export_model(
     remove_stale_staging(output)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.{STAGING}", dir=output.parent))
     size = int(head.inputs[0].shape[1])
-    # Check crops are uint8 values / 255, so the SavedModel's uint8 input sees exactly the same pixels.
-    crops = np.random.default_rng(0).integers(0, 256, (2, size, size, 3)).astype(np.float32) / 255.0
+    crops = conversion.check_crops(size)
     reference = np.asarray(head(crops, training=False), np.float32)
     tflite_format = "tflite" if quantize == "none" else f"tflite_{quantize}"
     writers = {

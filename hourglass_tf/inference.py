@@ -99,10 +99,19 @@ class Predictor:
         self.flip_test = flip_test
         self.scales = parse_scales(scales)
         self.precision = getattr(self.runner, "precision", "float32")
+        self.runtime = self.runner.runtime
 
     @classmethod
     def from_file(
-        cls, path=None, skeleton=None, flip_test=True, refine=None, scales=(1.0,), log=print, precision="float32"
+        cls,
+        path=None,
+        skeleton=None,
+        flip_test=True,
+        refine=None,
+        scales=(1.0,),
+        log=print,
+        precision="float32",
+        runtime=None,
     ):
         """Loads ``.keras``, a SavedModel or ``exported/NAME`` folder, ``.tflite`` or ``.onnx`` with its description.
 
@@ -110,10 +119,14 @@ class Predictor:
         default shipped model and says so through ``log``. ``skeleton`` (a ``Skeleton`` or name) is needed only
         for a model that carries no description. ``precision``: ``float32``, ``bfloat16`` or ``auto`` for a
         ``.keras`` model (``backends.choose_precision``); the predictor's ``precision`` says what it runs in.
+        ``runtime``: what runs a ``.keras`` model, ``tensorflow``, ``litert`` (a TFLite conversion made once and
+        cached, ``litert_cache``) or ``auto`` (LiteRT in float32; ``backends.load_runner``), said through ``log``;
+        None: TensorFlow for ``.keras``, every other format on its own runtime. The predictor's ``runtime`` says
+        which runs it.
         """
         from hourglass_tf import pretrained
 
-        runner, info = load_model_file(pretrained.resolve(path, log), skeleton, precision)
+        runner, info = load_model_file(pretrained.resolve(path, log), skeleton, precision, runtime, log)
         return cls(runner, info=info, flip_test=flip_test, refine=refine, scales=scales)
 
     def all_stack_heatmaps(self, crops):

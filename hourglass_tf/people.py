@@ -448,10 +448,14 @@ class PoseEstimator:
         )
 
     @classmethod
-    def from_file(cls, model=None, people=DEFAULT_DETECTOR, skeleton=None, flip_test=True, refine=None, **kwargs):
+    def from_file(
+        cls, model=None, people=DEFAULT_DETECTOR, skeleton=None, flip_test=True, refine=None, runtime=None, **kwargs
+    ):
         """A model file of any format the package reads or a shipped model's name (``Predictor.from_file``; None:
-        the default shipped model), and a person source."""
-        return cls(Predictor.from_file(model, skeleton=skeleton, flip_test=flip_test, refine=refine), people, **kwargs)
+        the default shipped model; ``runtime="auto"`` runs a float32 ``.keras`` model on LiteRT, as ``predict.py``
+        does), and a person source."""
+        predictor = Predictor.from_file(model, skeleton=skeleton, flip_test=flip_test, refine=refine, runtime=runtime)
+        return cls(predictor, people, **kwargs)
 
     def boxes(self, image, key=None):
         """The person source's boxes and scores for ``image``, filtered and ordered best first."""

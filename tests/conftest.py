@@ -1,12 +1,19 @@
 """Shared fixtures: quiet TF, tiny models, and the optional ../shared data folder."""
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The LiteRT conversions the tests make (predict.py's default runtime, litert_cache) go to a folder of this test
+# process, which its child processes inherit, never to the user's cache; removed at exit.
+os.environ["HOURGLASS_TF_CACHE"] = tempfile.mkdtemp(prefix="hourglass_tf_test_cache.")
+atexit.register(shutil.rmtree, os.environ["HOURGLASS_TF_CACHE"], True)
 
 import pytest  # noqa: E402
 

@@ -339,6 +339,7 @@ def test_predict_cli_writes_json_and_png_and_reports_bad_inputs(tiny_model_file,
     out = tmp_path / "out"
     result = script("predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", inputs, notes)
     assert result.returncode == 1  # some inputs failed
+    assert f"{tiny_model_file} runs on LiteRT" in result.stdout  # a float32 .keras model: its conversion, said
     assert "broken.jpg: not a photo whose header" in result.stdout and "notes.txt: not a photo whose" in result.stdout
     for name in ("in__a", "in__b"):  # named by their path below the inputs' common folder (tmp_path)
         data = json.loads((out / f"{name}.json").read_text())
@@ -349,6 +350,7 @@ def test_predict_cli_writes_json_and_png_and_reports_bad_inputs(tiny_model_file,
         "predict.py", f"--model={tiny_model_file}", f"--output_dir={out}", "--bbox=500,500,10,10", inputs / "a.jpg"
     )
     assert outside.returncode == 1 and "outside the 100x80 image" in outside.stdout
+    assert "through its TFLite conversion cached as" in outside.stdout  # converted once (conftest's cache folder)
     good = script(
         "predict.py",
         f"--model={tiny_model_file}",
