@@ -5,12 +5,14 @@ every stack for a Keras model, the last stack (S = 1) for exported formats. With
 permutation it applies the paper's flip test: crops and mirrors in one batch, mirrored
 heatmaps flipped back with left/right channels swapped, averaged.
 
-``load_runner(path)`` picks the backend from the file: ``.keras``; a SavedModel folder (or an
-``exported/NAME`` folder, whose SavedModel is preferred); ``.tflite`` (LiteRT); ``.onnx``
-(ONNX Runtime). ``load_model_file(path, skeleton)`` adds the model's description
-(``metadata.ModelInfo``): the one stored with the model, or one built from the named skeleton.
+``load_runner(path)`` picks the backend from the file: ``.keras`` (TensorFlow, or with ``runtime`` LiteRT
+through a conversion made once and cached, ``litert_cache``); a SavedModel folder (or an ``exported/NAME``
+folder: its SavedModel, or with ``runtime`` its ``model.tflite``); ``.tflite`` (LiteRT); ``.onnx`` (ONNX
+Runtime). ``load_model_file(path, skeleton)`` adds the model's description (``metadata.ModelInfo``): the one
+stored with the model, or one built from the named skeleton.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -221,8 +223,9 @@ def load_runner(path, precision="float32", runtime=None, log=print):
     ``runtime``: what runs a ``.keras`` model, one of ``RUNTIMES``: ``tensorflow`` (a compiled ``tf.function``),
     ``litert`` (its TFLite conversion, made once and cached: ``litert_cache``) or ``auto`` (LiteRT for a model
     that runs in float32, TensorFlow for bfloat16 or when the conversion fails; ``log`` says which, and what was
-    converted). None: each format's own runtime, TensorFlow for ``.keras``. Another format runs on its own runtime
-    (asking another is a ValueError); the runner's ``runtime`` says which.
+    converted). None: each format's own runtime, TensorFlow for ``.keras``. An export folder runs its float32
+    ``model.tflite`` on ``litert``, and on ``auto`` unless its SavedModel computes in bfloat16. Another format runs
+    on its own runtime (asking another is a ValueError); the runner's ``runtime`` says which.
     """
     if runtime is not None and runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, received runtime={runtime!r}")
@@ -251,6 +254,11 @@ def load_runner(path, precision="float32", runtime=None, log=print):
 
 
 def _folder_runner(path, precision, runtime, log):
+    exported = _exported_tflite(path, runtime)
+    if exported is not None:
+        if runtime == "auto":
+            log(f"{path} runs on LiteRT: its exported {exported.name} (--runtime=tensorflow runs its SavedModel)")
+        return load_runner(exported, "float32", runtime, log)
     if (path / "saved_model.pb").is_file():
         return _saved_model_runner(path)
     # An export folder (its saved_model/ holds numbered versions), or that saved_model/ itself (TF Serving's
@@ -267,6 +275,19 @@ def _folder_runner(path, precision, runtime, log):
     )
 
 
+def _exported_tflite(folder, runtime):
+    """An export folder's float32 ``model.tflite`` when ``runtime`` is ``litert``, or ``auto`` and the export's
+    SavedModel computes in float32 (a bfloat16 one is faster: stays); else None."""
+    tflite = folder / "model.tflite"
+    if runtime not in ("auto", "litert") or not tflite.is_file():
+        return None
+    try:
+        export = json.loads((folder / metadata.FILENAME).read_text()).get("export") or {}
+    except (OSError, ValueError):
+        export = {}
+    return tflite if runtime == "litert" or export.get("precision", "float32") == "float32" else None
+
+
 def _saved_model_runner(path):
     runner = _open(SavedModelRunner, path)
     runner.precision = "float32"
@@ -275,8 +296,6 @@ def _saved_model_runner(path):
 
 def _keras_runner(path, precision, runtime, log):
     """A ``.keras`` model's runner: its batch norms folded, in the chosen precision, on the chosen runtime."""
-    import functools
-
     from hourglass_tf.model import bfloat16_copy, conv_flops, float32_copy, fold_batch_norm
 
     @functools.cache
@@ -339,7 +358,11 @@ def _litert_check(model):
     reference = np.asarray(model(crops, training=False)[output_names(model)[-1]], np.float32)
 
     def check(candidate):
-        heatmaps = TFLiteRunner(candidate).raw(crops)[-1]
+        try:
+            heatmaps = TFLiteRunner(candidate).raw(crops)[-1]
+        except Exception as err:  # LiteRT raises its own types for a file it cannot run
+            cause = " ".join(str(err).split())[:300]
+            raise litert_cache.ConversionError(f"LiteRT cannot run the converted model ({cause})") from None
         try:
             largest, within = conversion.deviation(heatmaps, reference, "tflite")
         except ValueError as err:

@@ -226,7 +226,8 @@ def test_flip_test_inside_the_saved_model(tiny, tmp_path):
 
 
 def test_predict_accepts_every_exported_format(exported, tmp_path):
-    """The CLI on the exported folder (it picks the SavedModel); the same library call predict.py makes on each file."""
+    """The CLI on the exported folder (its model.tflite: predict.py's runtime is auto); the same library call
+    predict.py makes on each file, and on the folder with each runtime."""
     import os
     import subprocess
     import sys
@@ -256,6 +257,7 @@ def test_predict_accepts_every_exported_format(exported, tmp_path):
         env=os.environ.copy(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{export_dir} runs on LiteRT: its exported model.tflite" in result.stdout
 
     def keypoints_of(out):
         data = json.loads((out / "a.json").read_text())
@@ -263,6 +265,12 @@ def test_predict_accepts_every_exported_format(exported, tmp_path):
 
     reference = keypoints_of(tmp_path / "out_cli")
     paths["saved_model_base"] = paths["saved_model"].parent  # TF Serving's base path: it takes the highest version
+    by_runtime = {runtime: Predictor.from_file(export_dir, runtime=runtime) for runtime in (None, "auto", "tensorflow")}
+    assert {k: type(v.runner).__name__ for k, v in by_runtime.items()} == {
+        None: "SavedModelRunner",
+        "auto": "TFLiteRunner",
+        "tensorflow": "SavedModelRunner",
+    }
     for name in ("keras", "tflite", "onnx", "saved_model", "saved_model_base"):
         estimator = PoseEstimator(Predictor.from_file(paths[name]), [[10, 5, 70, 60]])
         written, failed, _ = predict_inputs(

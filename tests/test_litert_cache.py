@@ -103,7 +103,11 @@ def test_without_a_good_conversion_auto_runs_tensorflow_and_litert_is_an_error(t
     def failing(*args, **kwargs):
         raise ValueError("the converter cannot lower this op")
 
-    for converter, cause in ((failing, "the converter cannot lower this op"), (lambda *a, **k: wrong, "disagrees")):
+    for converter, cause in (
+        (failing, "the converter cannot lower this op"),
+        (lambda *a, **k: wrong, "disagrees"),
+        (lambda *a, **k: b"not a flatbuffer", "LiteRT cannot run the converted model"),
+    ):
         monkeypatch.setattr(conversion, "tflite_flatbuffer", converter)
         said = []
         predictor = Predictor.from_file(path, runtime="auto", log=said.append)
@@ -139,3 +143,16 @@ def test_which_runtime_each_choice_gives(tmp_path, cache, conversions, monkeypat
     assert Predictor.from_file(tflite, skeleton="mpii", runtime="auto").runtime == "litert"
     with pytest.raises(ValueError, match="runs on litert; runtime='tensorflow' is a choice for a .keras model"):
         Predictor.from_file(tflite, skeleton="mpii", runtime="tensorflow")
+
+
+def test_an_export_folder_runs_its_float32_tflite_unless_its_saved_model_computes_in_bfloat16(tmp_path):
+    from hourglass_tf.backends import _exported_tflite
+
+    (tmp_path / "model.tflite").write_bytes(b"the exported float32 network")
+    assert [_exported_tflite(tmp_path, runtime) for runtime in (None, "tensorflow")] == [None, None]
+    for precision, auto in (("float32", tmp_path / "model.tflite"), ("bfloat16", None)):
+        (tmp_path / "hourglass_tf.json").write_text(f'{{"export": {{"precision": "{precision}"}}}}')
+        assert _exported_tflite(tmp_path, "auto") == auto
+        assert _exported_tflite(tmp_path, "litert") == tmp_path / "model.tflite"
+    (tmp_path / "model.tflite").unlink()
+    assert _exported_tflite(tmp_path, "litert") is None
