@@ -19,7 +19,8 @@ NAME is the input's path relative to the inputs' common folder (a/x.jpg -> a__x;
 x.png), so no two inputs share an output; an output that would land on an input stops the run before anything
 is written (exit 2). Files in a given folder that are not photos or videos are listed as passed over.
 A float32 .keras model runs on LiteRT (--runtime=auto): converted to TFLite on first use, checked against
-TensorFlow and cached (one line says so; --runtime=tensorflow runs TensorFlow instead).
+TensorFlow and cached (one line says so; --runtime=tensorflow runs TensorFlow instead); an export folder runs its
+model.tflite the same way, without a conversion.
 The exit status is 1 when any input failed (the others are still processed); 2, before anything loads, when the
 model or every input does not exist.
 """
@@ -105,9 +106,11 @@ flags.DEFINE_enum(
     "runtime",
     "auto",
     ["auto", "tensorflow", "litert"],
-    "What runs a .keras model: auto runs a float32 one on LiteRT, faster at a few people a photo, through a TFLite "
-    "conversion made on first use, checked and cached (in $HOURGLASS_TF_CACHE, $XDG_CACHE_HOME/hourglass_tf or "
-    "~/.cache/hourglass_tf), and bfloat16 on TensorFlow; tensorflow or litert choose. Other formats run on their own.",
+    "What runs a .keras model or an export folder: auto runs a float32 .keras model on LiteRT, faster at a few "
+    "people a photo, through a TFLite conversion made on first use, checked and cached (in $HOURGLASS_TF_CACHE, "
+    "$XDG_CACHE_HOME/hourglass_tf or ~/.cache/hourglass_tf), bfloat16 on TensorFlow, and an export folder's "
+    "model.tflite unless its SavedModel computes in bfloat16; tensorflow or litert choose. A .tflite, .onnx or "
+    "SavedModel file runs on its own runtime.",
 )
 flags.DEFINE_string(
     "skeleton",
