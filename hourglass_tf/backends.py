@@ -336,6 +336,7 @@ def _cached_litert_runner(path, target, model, log):
             pass
         else:
             log(f"{path} runs on LiteRT, through its TFLite conversion cached as {target}")
+            litert_cache.used(target)
             runner.cache_entry = target
             return runner
     seconds = litert_cache.convert(model(), target, _litert_check(model()))

@@ -1,8 +1,8 @@
 """A ``.keras`` model on LiteRT: converted to TFLite once, checked, cached, and reused.
 
 At batch 1 LiteRT (XNNPACK) runs the networks faster than TensorFlow's compiled ``tf.function``: the shipped
-LSPET model predicts a person (flip test included) in 20 ms against 29 ms, the paper's 8 stacks in about 0.85x the
-time (docs/performance.md). ``backends.load_runner(..., runtime="auto")`` (what ``predict.py`` does by default)
+LSPET model predicts a person (flip test included) in 21 ms against 30 ms, the paper's 8 stacks in 0.93x the
+time, and a cached file opens in 0.01-0.07 s where loading the Keras model takes 1.4-9 s (docs/performance.md). ``backends.load_runner(..., runtime="auto")`` (what ``predict.py`` does by default)
 runs a float32 ``.keras`` model through the entry this module keeps for it.
 
 An entry is a ``.tflite`` file in ``cache_folder()``, named by the model file's stem, its SHA-256 and the
@@ -11,7 +11,9 @@ another conversion rule gets a new entry, never a stale one. A conversion is wri
 cache folder, checked against the Keras model (``conversion.TOLERANCES["tflite"]``) and only then renamed into
 place, so a reader never meets a partial or unchecked file. Beside it, ``NAME.json`` remembers the model's forward
 FLOPs per image (``model.conv_flops``), which ``backends.choose_precision`` weighs, so a cached run does not load
-the Keras model to count them. Nothing is written beside the user's model.
+the Keras model to count them. Nothing is written beside the user's model. The folder keeps the ``KEEP`` entries
+used last (a use touches its entry; a conversion removes the others), so predicting with one checkpoint after
+another does not fill the disk.
 """
 
 import contextlib
@@ -24,6 +26,8 @@ import time
 
 CONVERSION = 1  # raise when what a .keras model is converted into changes (folding, the heatmap head, the converter)
 ENVIRONMENT = "HOURGLASS_TF_CACHE"
+KEEP = 8  # entries kept: the ones used last
+PATTERN = "*-tf*-c*.tflite"  # the names ``entry`` gives; nothing else in the folder is touched
 
 
 class ConversionError(RuntimeError):
@@ -59,6 +63,30 @@ def remembered_flops(target):
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return flops if isinstance(flops, int) and flops > 0 else None
+
+
+def used(target):
+    """Marks the entry ``target`` as used now (its modification time), so ``prune`` keeps it; a cache folder that
+    cannot be written is left as it is."""
+    with contextlib.suppress(OSError):
+        os.utime(target)
+
+
+def prune(folder, keep=KEEP):
+    """Removes all but the ``keep`` entries of ``folder`` used last (each with its ``.json``); returns the removed."""
+
+    def last_use(path):
+        try:
+            return path.stat().st_mtime
+        except OSError:  # removed meanwhile by another process
+            return 0.0
+
+    entries = sorted(pathlib.Path(folder).glob(PATTERN), key=last_use, reverse=True)
+    for old in entries[keep:]:
+        for path in (old, old.with_suffix(".json")):
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return entries[keep:]
 
 
 def _warnings_and_above(record):
@@ -108,4 +136,5 @@ def convert(model, target, check):
         facts.write_text(json.dumps({"forward_flops": int(conv_flops(model))}))
         os.replace(facts, target.with_suffix(".json"))
         os.replace(candidate, target)
+    prune(target.parent)
     return time.perf_counter() - start

@@ -1,5 +1,8 @@
 """A .keras model on LiteRT: one checked conversion, cached by content, said; TensorFlow when it cannot be had."""
 
+import os
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -156,3 +159,19 @@ def test_an_export_folder_runs_its_float32_tflite_unless_its_saved_model_compute
         assert _exported_tflite(tmp_path, "litert") == tmp_path / "model.tflite"
     (tmp_path / "model.tflite").unlink()
     assert _exported_tflite(tmp_path, "litert") is None
+
+
+def test_the_cache_keeps_the_entries_used_last_and_nothing_else_is_touched(tmp_path):
+    names = [f"m{i}-{i:020d}-tf2.21.0-c1.tflite" for i in range(litert_cache.KEEP + 3)]
+    for age, name in enumerate(names):  # names[0] used last
+        for path in (tmp_path / name, (tmp_path / name).with_suffix(".json")):
+            path.write_text("x")
+            os.utime(path, (1e9 - age, 1e9 - age))
+    litert_cache.used(tmp_path / names[-1])  # the oldest, used now
+    (tmp_path / "notes.txt").write_text("the user's")
+    removed = litert_cache.prune(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(names[litert_cache.KEEP - 1 : -1])
+    kept = sorted(p.name for p in tmp_path.glob("*.tflite"))
+    assert kept == sorted([*names[: litert_cache.KEEP - 1], names[-1]])
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(pathlib.Path(n).stem for n in kept)
+    assert (tmp_path / "notes.txt").read_text() == "the user's"
