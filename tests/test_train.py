@@ -587,7 +587,8 @@ def _script(name, *args, timeout=900):
 
 
 def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, tmp_path):
-    """What lspet.flags does (TFRecords, mixed precision, fused batch norm), then evaluate, export, predict, serve."""
+    """What lspet.flags does (TFRecords, mixed precision, fused batch norm), then evaluate, export, predict (on
+    every format, and on LiteRT through predict.py's cached conversion), serve."""
     from hourglass_tf import metadata, serving
 
     shards = tmp_path / "shards"
@@ -649,6 +650,15 @@ def test_the_lspet_journey_on_shards_in_bfloat16_through_every_export(data_dir, 
             model, "synthetic", tfrecord_dir=shards, output_dir=tmp_path / "eval_fmt", progress=False
         )
         assert abs(result["summary"]["Mean"] - keras_pck) < 1.0, (model, result["summary"]["Mean"], keras_pck)
+    from hourglass_tf.inference import Predictor
+
+    # What predict.py runs the checkpoint on by default: LiteRT, through a float32 conversion of its own.
+    on_litert, on_tensorflow = (Predictor.from_file(run / "best.keras", runtime=r) for r in ("litert", "tensorflow"))
+    assert on_litert.runner.input_dtype == np.float32 and on_litert.runner.cache_entry.is_file()
+    size = on_tensorflow.input_size
+    crops = np.random.default_rng(4).random((2, size, size, 3), np.float32)
+    expected = on_tensorflow.predict_crops(crops)["heatmaps"]
+    np.testing.assert_allclose(on_litert.predict_crops(crops)["heatmaps"], expected, atol=1e-4 * np.abs(expected).max())
     image = np.random.default_rng(3).integers(0, 256, (80, 96, 3), dtype=np.uint8)
     png = tf.io.encode_png(image).numpy()
     saved_model = out / "saved_model" / "1"
