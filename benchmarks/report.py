@@ -112,7 +112,8 @@ def derive(results):
     if video:
         targets.append(
             target(
-                "video, one tracked person, 640 x 480, LSPET-size model: frames/s",
+                f"video, one tracked person, 640 x 480, LSPET-size model on {video.get('runtime', 'tensorflow')}: "
+                "frames/s",
                 video["frames_per_second"],
                 TARGETS["video_fps"],
                 ">=",
@@ -213,7 +214,8 @@ def markdown(results):
         lines += [
             "",
             f"Photo to poses (LSPET-size model: {model['num_stacks']} stacks x {model['filters']} at "
-            f"{model['input_size']} px, flip test; one 640 x 480 image, every person in one batch)",
+            f"{model['input_size']} px, flip test, on {found.get('runtime', 'tensorflow')} as predict.py runs it; "
+            f"one 640 x 480 image, every person in one batch)",
             "",
             "| people in the image | time | people/s |",
             "|---|---|---|",
@@ -229,8 +231,13 @@ def markdown(results):
         lines += [
             "",
             f"Video, one tracked person, {v['frame_size'][0]} x {v['frame_size'][1]}: **{v['frames_per_second']:.1f} "
-            f"frames/s** end to end ({v['frames']} frames, detector {v['detector_runs']} times, One-Euro filter); "
-            f"memory {growth}.",
+            f"frames/s** end to end on {v.get('runtime', 'tensorflow')} ({v['frames']} frames, detector "
+            f"{v['detector_runs']} times, One-Euro filter); memory {growth}."
+            + (
+                f" On TensorFlow (`--runtime=tensorflow`): {found['video_tensorflow']['frames_per_second']:.1f} frames/s."
+                if "video_tensorflow" in found
+                else ""
+            ),
         ]
     elif "error" in found:
         lines += ["", f"Photo to poses: failed: {found['error'][:200]}"]

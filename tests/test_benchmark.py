@@ -63,6 +63,8 @@ def test_quick_benchmark_reports_every_field(tmp_path):
     assert "error" not in found, found
     assert set(found["people"]) == {"1", "4", "8"} and all(r["people_per_s"] > 0 for r in found["people"].values())
     assert found["video"]["frames_per_second"] > 0 and found["video"]["detector_runs"] == 2  # frames 0 and 30 of 40
+    assert found["runtime"] == found["video"]["runtime"] == "litert"  # what predict.py runs the .keras model on
+    assert found["video_tensorflow"]["runtime"] == "tensorflow" and found["video_tensorflow"]["frames_per_second"] > 0
     names = [t["name"] for t in loaded["targets"]]
     assert any("fraction of the GEMM rate" in n and "training" in n for n in names)
     assert any("peak memory" in n and "inference" in n for n in names)
@@ -82,6 +84,8 @@ def test_quick_benchmark_reports_every_field(tmp_path):
         "peak RSS",
         "| target |",
         "people/s",
+        "frames/s** end to end on litert",
+        "On TensorFlow (`--runtime=tensorflow`)",
     ):
         assert fragment in table, fragment
 
