@@ -351,7 +351,7 @@ def _cached_litert_runner(path, target, model, log):
 
 def _litert_check(model):
     """``check(tflite_path)`` for ``litert_cache.convert``: the file's heatmaps against ``model``'s on
-    ``conversion.check_crops``, within ``conversion.TOLERANCES["tflite"]``."""
+    ``conversion.check_crops``, by the export's rule (``conversion.checked_deviation``)."""
     from hourglass_tf import conversion
     from hourglass_tf.model import output_names
 
@@ -365,14 +365,9 @@ def _litert_check(model):
             cause = " ".join(str(err).split())[:300]
             raise litert_cache.ConversionError(f"LiteRT cannot run the converted model ({cause})") from None
         try:
-            largest, within = conversion.deviation(heatmaps, reference, "tflite")
+            conversion.checked_deviation(heatmaps, reference, "tflite")
         except ValueError as err:
-            raise litert_cache.ConversionError(f"the converted model gives {err}") from None
-        if not within:
-            raise litert_cache.ConversionError(
-                f"the converted model disagrees with the Keras model: max heatmap deviation {largest:.3g} > "
-                f"{conversion.TOLERANCES['tflite']:g}"
-            )
+            raise litert_cache.ConversionError(f"the converted model {err}") from None
 
     return check
 

@@ -99,15 +99,18 @@ def check_crops(size, count=2):
     return np.random.default_rng(0).integers(0, 256, (count, size, size, 3)).astype(np.float32) / 255.0
 
 
-def deviation(heatmaps, reference, fmt):
-    """(max |heatmaps - reference|, whether it is within ``TOLERANCES[fmt]``; always True for a format without
-    one); ValueError when the shapes differ or a value is not finite."""
+def checked_deviation(heatmaps, reference, fmt):
+    """max |heatmaps - reference| of a converted format's heatmaps against the Keras model's (any within
+    ``TOLERANCES[fmt]``; a format without one is not bounded). ValueError saying what is wrong otherwise: other
+    shapes or a value that is not finite ("loads but gives ..."), or a larger deviation ("disagrees with ...")."""
     heatmaps, reference = np.asarray(heatmaps), np.asarray(reference)
     if heatmaps.shape != reference.shape or not np.all(np.isfinite(heatmaps)):
         raise ValueError(
-            f"heatmaps of shape {heatmaps.shape} (finite: {bool(np.all(np.isfinite(heatmaps)))}), "
+            f"loads but gives heatmaps of shape {heatmaps.shape} (finite: {bool(np.all(np.isfinite(heatmaps)))}), "
             f"expected {reference.shape}"
         )
     largest = float(np.max(np.abs(heatmaps - reference)))
     tolerance = TOLERANCES.get(fmt)
-    return largest, tolerance is None or largest <= tolerance * max(1.0, float(np.max(np.abs(reference))))
+    if tolerance is not None and largest > tolerance * max(1.0, float(np.max(np.abs(reference)))):
+        raise ValueError(f"disagrees with the Keras model: max heatmap deviation {largest:.3g} > {tolerance:g}")
+    return largest

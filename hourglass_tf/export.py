@@ -328,20 +328,14 @@ def _cause(err):
 
 def _check_outputs(fmt, path, crops, reference):
     """Loads ``path`` with its runtime, runs ``crops`` and returns the max deviation from ``reference``
-    (within ``conversion.TOLERANCES[fmt]``, else ``ExportError``)."""
+    (``conversion.checked_deviation``; ``ExportError`` naming the format and the file otherwise)."""
     from hourglass_tf.backends import load_runner
 
     heatmaps = load_runner(path).raw(crops)[-1]
     try:
-        largest, within = conversion.deviation(heatmaps, reference, fmt)
+        return conversion.checked_deviation(heatmaps, reference, fmt)
     except ValueError as err:
-        raise ExportError(f"{fmt}: {path} loads but gives {err}") from None
-    if not within:
-        raise ExportError(
-            f"{fmt}: {path} disagrees with the Keras model: max heatmap deviation {largest:.3g} > "
-            f"{conversion.TOLERANCES[fmt]:g}"
-        )
-    return largest
+        raise ExportError(f"{fmt}: {path} {err}") from None
 
 
 STAGING = "staging-"  # an export is written into ``.NAME.staging-XXXXXXXX/`` beside ``NAME``, then renamed
