@@ -50,8 +50,8 @@ def side_by_side(
     training), each in a fresh process; reports the medians and their ratio (package / PyTorch).
 
     Inference: the package's runners (``TF_INFERENCE``: the compiled ``tf.function``, what ``predict.py`` and
-    the estimator use for a ``.keras`` model, and LiteRT for an exported ``.tflite``; bfloat16 through Keras'
-    ``mixed_bfloat16`` policy) against PyTorch eager ``inference_mode``, the faster of NCHW and channels-last
+    the estimator use for a ``.keras`` model, and LiteRT for an exported ``.tflite``; bfloat16 through
+    ``model.bfloat16_copy``) against PyTorch eager ``inference_mode``, the faster of NCHW and channels-last
     (bfloat16 through CPU autocast), batch 1 and 8; the ratio and target use the package's fastest runner.
     Training: the compiled Keras RMSprop step (fused batch norm; ``mixed_precision``) against PyTorch's RMSprop
     step (channels-last; autocast), batch 8, with each side's first step and peak memory.

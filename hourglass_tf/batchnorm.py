@@ -19,6 +19,12 @@ during training; the normalised values move by about 5e-9 / variance in relative
 
 Eligible layers have ``scale`` and ``center``, no renorm and are not synchronized; a call with a 4-D input
 normalised over its last axis and no mask uses the kernel, any other call the stock computation.
+
+``use_fused_inference(model)`` does the same for *inference* copies (``model.fold_batch_norm`` and
+``model.bfloat16_copy`` call it): the batch norms that could not be folded into a convolution normalise with their
+moving statistics in the same kernel (``is_training=False``: one op a layer, where Keras' inference computation is
+six, two of them over the whole tensor), and TensorFlow's graph optimiser fuses the ReLU that follows into it
+(``_FusedBatchNormEx`` with oneDNN). Same epsilon floor as above; a training call stays Keras' own.
 """
 
 import contextlib
@@ -29,6 +35,7 @@ import tensorflow as tf
 from keras import layers
 
 FUSED_ATTRIBUTE = "_hourglass_fused_batch_norm"
+INFERENCE_ATTRIBUTE = "_hourglass_fused_batch_norm_inference"
 
 # False while a training computation is being recomputed (``hourglass_tf.recompute``): the fused kernel then
 # normalises with the batch statistics as before but leaves the moving averages alone. Read at trace time.
@@ -82,6 +89,28 @@ def _fused_training_call(layer, inputs, training=None, mask=None):
     layer.moving_mean.assign(layer.moving_mean * momentum + tf.cast(mean, layer.moving_mean.dtype) * (1.0 - momentum))
     layer.moving_variance.assign(
         layer.moving_variance * momentum + tf.cast(variance, layer.moving_variance.dtype) * (1.0 - momentum)
+    )
+    return tf.cast(y, layer.compute_dtype)
+
+
+def _fused_inference_call(layer, inputs, training=None, mask=None):
+    """The layer's ``call`` with the fused kernel at inference (its moving statistics); the stock call when
+    training (a trainable layer with ``training=True``) or for an input the kernel does not take."""
+    stock = type(layer).call
+    rank = inputs.shape.rank
+    last_axis = rank is not None and layer.axis in (-1, rank - 1)
+    floating = inputs.dtype in (tf.float32, tf.float16, tf.bfloat16)
+    if (training and layer.trainable) or mask is not None or rank != 4 or not last_axis or not floating:
+        return stock(layer, inputs, training=training, mask=mask)
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        inputs,
+        tf.cast(layer.gamma, tf.float32),
+        tf.cast(layer.beta, tf.float32),
+        mean=tf.cast(layer.moving_mean, tf.float32),
+        variance=tf.cast(layer.moving_variance, tf.float32),
+        epsilon=layer.epsilon,
+        data_format="NHWC",
+        is_training=False,
     )
     return tf.cast(y, layer.compute_dtype)
 
@@ -154,6 +183,34 @@ def use_fused_batch_norm(model):
       int, the number of layers switched (layers already switched count again; none is switched twice).
     """
     return switch_calls(model, eligible, _fused_training_call, FUSED_ATTRIBUTE, "use_fused_batch_norm")
+
+
+def _inference_eligible(layer):
+    """A ``BatchNormalization`` with ``scale`` and ``center`` (at inference, synchronization does not matter)."""
+    if not isinstance(layer, layers.BatchNormalization) or not (layer.scale and layer.center):
+        return False
+    if is_fused(layer):
+        raise ValueError(
+            f"use_fused_inference is for inference copies: layer {layer.name!r} trains with the fused kernel "
+            "(use_fused_batch_norm); copy the model for inference first (model.fold_batch_norm)"
+        )
+    return True
+
+
+def use_fused_inference(model):
+    """Runs the inference calls (``training=False``) of every ``BatchNormalization`` layer of ``model`` with
+    scale and center on TensorFlow's fused kernel (see the module docstring). For inference copies of a model
+    (``model.fold_batch_norm`` and ``model.bfloat16_copy`` call it); the layers keep their class, config and
+    variables, so such a copy still saves as stock Keras.
+
+    Args:
+      model: a built Keras model (nested models are searched too) whose layers were not switched by
+        ``use_fused_batch_norm`` (a ``ValueError`` names such a layer).
+
+    Returns:
+      int, the number of layers switched (layers already switched count again; none is switched twice).
+    """
+    return switch_calls(model, _inference_eligible, _fused_inference_call, INFERENCE_ATTRIBUTE, "use_fused_inference")
 
 
 def synchronize(model):

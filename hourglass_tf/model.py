@@ -379,12 +379,16 @@ def fold_batch_norm(model):
     convolution before it: the kernel scaled per output channel by gamma / sqrt(variance + epsilon), the bias
     shifted to (bias - mean) * that scale + beta, and the batch norm replaced by a stock ``Identity`` layer of
     the same name (so every layer name, and the file's loading with plain Keras, stay). The other layers keep
-    their weights. Same outputs as ``model`` at inference (training=False) up to float rounding; for
-    predicting and exporting, not for training (the folded layers no longer learn statistics).
+    their weights; the batch norms left (each module's first) run TensorFlow's fused inference kernel, with the
+    ReLU after them fused in by the graph optimiser (``batchnorm.use_fused_inference``: one op where Keras'
+    computation is six; the layers stay stock). Same outputs as ``model`` at inference (training=False) up to
+    float rounding; for predicting and exporting, not for training (the folded layers no longer learn statistics).
 
     ``model`` computes in float32 (``float32_copy`` first for a mixed-precision model).
     """
     import numpy as np
+
+    from hourglass_tf import batchnorm
 
     pairs = foldable_batch_norms(model)
     convs = {conv: bn for bn, conv in pairs.items()}
@@ -416,26 +420,30 @@ def fold_batch_norm(model):
         kernel = np.asarray(source.kernel, np.float64)
         bias = np.asarray(source.bias, np.float64) if source.use_bias else np.zeros(kernel.shape[-1])
         layer.set_weights([(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)])
+    batchnorm.use_fused_inference(folded)
     return folded
 
 
 def bfloat16_copy(model):
-    """``model`` computing in bfloat16 (Keras' ``mixed_bfloat16``: bfloat16 arithmetic, float32 variables) except
-    the layers that produce its outputs, which stay float32, so the heatmaps come out float32. Same weights, no
-    state shared. For inference on CPUs with bfloat16 arithmetic (``distribute.cpu_has_bfloat16``); fold batch
-    norm first (``fold_batch_norm``), or the remaining batch norms cast to float32 and back around themselves.
+    """``model`` computing in bfloat16 except the layers that produce its outputs, which stay float32, so the
+    heatmaps come out float32. The convolutions hold their kernels and biases in bfloat16 (Keras' ``bfloat16``
+    policy: the values a ``mixed_bfloat16`` layer would cast them to at every call, cast once here), the other
+    layers compute under ``mixed_bfloat16`` (float32 variables; a batch norm normalises in float32, on the fused
+    inference kernel: ``batchnorm.use_fused_inference``). Same weights, no state shared. For inference on CPUs
+    with bfloat16 arithmetic (``distribute.cpu_has_bfloat16``); fold batch norm first (``fold_batch_norm``).
     """
+    from hourglass_tf import batchnorm
+
     outputs = {tensor._keras_history.operation.name for tensor in keras.tree.flatten(model.outputs)}
-    policy = {
-        "module": "keras",
-        "class_name": "DTypePolicy",
-        "config": {"name": "mixed_bfloat16"},
-        "registered_name": None,
-    }
+
+    def policy(name):
+        return {"module": "keras", "class_name": "DTypePolicy", "config": {"name": name}, "registered_name": None}
+
     config = model.get_config()
     for layer in config["layers"]:
         if layer["class_name"] != "InputLayer" and layer["config"].get("name") not in outputs:
-            layer["config"]["dtype"] = policy
+            layer["config"]["dtype"] = policy("bfloat16" if layer["class_name"] == "Conv2D" else "mixed_bfloat16")
     copy = keras.Model.from_config(config)
     copy.set_weights(model.get_weights())
+    batchnorm.use_fused_inference(copy)
     return copy

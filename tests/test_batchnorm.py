@@ -179,3 +179,40 @@ def test_benchmark_training_model_follows_the_training_default_unless_asked(fuse
     model, _, _ = compiled_training_model(1, filters=16, input_size=64, batch_size=1, fused_batch_norm=fused)
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(batchnorm.is_fused(layer) == fused for layer in norms)
+
+
+def test_fused_inference_matches_the_stock_layer_and_leaves_training_to_keras():
+    """``use_fused_inference``: the moving statistics in one FusedBatchNormV3 (inference) op, Keras' outputs within
+    float rounding (the kernel's epsilon floor of 1.001e-5 included), in float32 and under mixed_bfloat16; a training
+    call is Keras' own (it moves the moving averages as the stock layer does); a layer switched for training is
+    refused, naming it."""
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(0.3, 2.0, (4, 5, 5, 6)).astype(np.float32))
+    for policy in ("float32", "mixed_bfloat16"):
+        pair = []
+        for _ in range(2):
+            layer = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype=policy)
+            layer.build(x.shape)
+            pair.append(layer)
+        weights = [rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in pair[0].get_weights()]
+        for layer in pair:
+            layer.set_weights(weights)
+        stock, fused = pair
+        assert batchnorm.use_fused_inference(keras.Sequential([keras.Input(x.shape[1:]), fused])) == 1
+        graph = tf.function(lambda x, layer=fused: layer(x, training=False)).get_concrete_function(x).graph
+        kinds = [op.type for op in graph.get_operations()]
+        assert kinds.count("FusedBatchNormV3") == 1 and "Rsqrt" not in kinds, kinds
+        expected, got = stock(x, training=False), fused(x, training=False)
+        assert got.dtype == expected.dtype == ("float32" if policy == "float32" else "bfloat16")
+        tolerance = 1e-5 if policy == "float32" else 1e-2  # bfloat16 keeps 8 bits of mantissa
+        scale = float(tf.reduce_max(tf.abs(tf.cast(expected, tf.float32))))
+        difference = tf.abs(tf.cast(got, tf.float32) - tf.cast(expected, tf.float32))
+        assert float(tf.reduce_max(difference)) <= tolerance * scale, policy
+        stock(x, training=True), fused(x, training=True)  # Keras' training computation in both
+        for a, b in zip(stock.get_weights(), fused.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    trained = keras.layers.BatchNormalization(name="trained_bn")
+    model = keras.Sequential([keras.Input((5, 5, 6)), trained])
+    batchnorm.use_fused_batch_norm(model)
+    with pytest.raises(ValueError, match="'trained_bn' trains with the fused kernel"):
+        batchnorm.use_fused_inference(model)

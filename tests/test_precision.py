@@ -29,10 +29,21 @@ def model():
 
 
 def test_the_bfloat16_copy_computes_in_bfloat16_and_answers_float32_heatmaps(model):
+    import keras
+    import tensorflow as tf
+
     copy = bfloat16_copy(fold_batch_norm(model))
     heads = set(output_names(model))
     for layer in copy.layers[1:]:
         assert layer.compute_dtype == ("float32" if layer.name in heads else "bfloat16"), layer.name
+        if isinstance(layer, keras.layers.Conv2D):  # cast once here, not at every call
+            assert {w.dtype for w in layer.weights} == {"float32" if layer.name in heads else "bfloat16"}, layer.name
+    # no weight is cast in the graph: the convolutions read bfloat16 variables, the batch norms float32 ones
+    crops = tf.constant(np.random.default_rng(1).random((4, 64, 64, 3), dtype=np.float32))
+    graph = tf.function(lambda x: copy(x, training=False)).get_concrete_function(crops).graph
+    for op in graph.get_operations():
+        if op.type == "Cast":
+            assert op.inputs[0].op.type != "ReadVariableOp", op.name
     crops = np.random.default_rng(1).random((4, 64, 64, 3), dtype=np.float32)
     expected, got = model(crops, training=False), copy(crops, training=False)
     for name in heads:
