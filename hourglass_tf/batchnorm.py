@@ -64,13 +64,16 @@ def biased_variance_factor(x):
     return (count - 1.0) / tf.maximum(count, 1.0)
 
 
+def _kernel_takes(layer, inputs, mask):
+    """Whether the fused kernel can normalise ``inputs`` for ``layer``: 4-D (NHWC), over the last axis, no mask."""
+    rank = inputs.shape.rank
+    return mask is None and rank == 4 and layer.axis in (-1, rank - 1)
+
+
 def _fused_training_call(layer, inputs, training=None, mask=None):
     """The layer's ``call`` with the fused kernel when training; the stock call otherwise."""
-    stock = type(layer).call
-    rank = inputs.shape.rank
-    last_axis = rank is not None and layer.axis in (-1, rank - 1)
-    if not (training and layer.trainable) or mask is not None or rank != 4 or not last_axis:
-        return stock(layer, inputs, training=training, mask=mask)
+    if not (training and layer.trainable) or not _kernel_takes(layer, inputs, mask):
+        return type(layer).call(layer, inputs, training=training, mask=mask)
     x = inputs
     if x.dtype not in (tf.float32, tf.float16, tf.bfloat16):
         x = tf.cast(x, tf.float32)
@@ -96,12 +99,9 @@ def _fused_training_call(layer, inputs, training=None, mask=None):
 def _fused_inference_call(layer, inputs, training=None, mask=None):
     """The layer's ``call`` with the fused kernel at inference (its moving statistics); the stock call when
     training (a trainable layer with ``training=True``) or for an input the kernel does not take."""
-    stock = type(layer).call
-    rank = inputs.shape.rank
-    last_axis = rank is not None and layer.axis in (-1, rank - 1)
     floating = inputs.dtype in (tf.float32, tf.float16, tf.bfloat16)
-    if (training and layer.trainable) or mask is not None or rank != 4 or not last_axis or not floating:
-        return stock(layer, inputs, training=training, mask=mask)
+    if (training and layer.trainable) or not floating or not _kernel_takes(layer, inputs, mask):
+        return type(layer).call(layer, inputs, training=training, mask=mask)
     y, _, _ = tf.compat.v1.nn.fused_batch_norm(
         inputs,
         tf.cast(layer.gamma, tf.float32),
